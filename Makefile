@@ -1,0 +1,57 @@
+# Every target runs inside .venv, created and filled by `setup` on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CLI := $(BIN)/bgm-export
+
+MODEL := background-matting-mobilenetv2
+ONNX := models/$(MODEL).onnx
+IR32 := models/FP32/$(MODEL).xml
+IR16 := models/FP16/$(MODEL).xml
+SOURCES := $(shell find exporter -name '*.py' 2>/dev/null)
+WEIGHTS := $(wildcard checkpoints/*.pth)
+
+.PHONY: setup export verify bench test style style-check clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# The main job: ONNX, IR FP32 and IR FP16 from the resolved checkpoint.
+export: setup
+	$(CLI) onnx --output $(ONNX)
+	$(CLI) ir --onnx $(ONNX) --precision FP32 --output $(IR32)
+	$(CLI) ir --onnx $(ONNX) --precision FP16 --output $(IR16)
+
+$(ONNX): $(STAMP) $(SOURCES) $(WEIGHTS)
+	$(CLI) onnx --output $@
+$(IR32): $(ONNX)
+	$(CLI) ir --onnx $(ONNX) --precision FP32 --output $@
+$(IR16): $(ONNX)
+	$(CLI) ir --onnx $(ONNX) --precision FP16 --output $@
+
+# Re-exports what is missing or older than the code or the weights, then checks parity.
+verify: $(ONNX) $(IR32) $(IR16)
+	$(CLI) verify $(ONNX) $(IR32) $(IR16)
+
+bench: $(ONNX) $(IR32) $(IR16)
+	$(CLI) bench --preset 720p
+
+test: setup
+	$(BIN)/python -m pytest
+
+style: setup
+	$(BIN)/ruff format exporter tests
+	$(BIN)/ruff check --fix exporter tests
+
+style-check: setup
+	$(BIN)/ruff format --check exporter tests
+	$(BIN)/ruff check exporter tests
+
+clean:
+	rm -rf models .pytest_cache

@@ -1,0 +1,200 @@
+"""Reading, checking and resolving the weights of BackgroundMattingV2 (MobileNetV2).
+
+Weights come from ``--checkpoint PATH``, else ``checkpoints/pytorch_mobilenetv2.pth``, else
+the synthetic recipe (seed 0), which is said loudly: its outputs mean nothing for real
+images. Files are read with ``torch.load(weights_only=True)``, so a pickle that would run
+code is refused, and every failure is a ``CheckpointError`` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from exporter.config import ExportConfig
+from exporter.errors import CheckpointError
+from exporter.model import MattingRefine
+from exporter.synthetic import SYNTHETIC_NAME, synthetic_state_dict
+
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "Weights",
+    "build_model",
+    "file_sha256",
+    "filter_checkpoint",
+    "read_checkpoint",
+    "resolve_weights",
+]
+
+DEFAULT_CHECKPOINT = Path("checkpoints/pytorch_mobilenetv2.pth")
+SYNTHETIC_WARNING = (
+    "no checkpoint given and none at checkpoints/pytorch_mobilenetv2.pth: using the synthetic "
+    f"weights {SYNTHETIC_NAME} (seed 0). The export is structurally real, but its outputs mean "
+    "nothing for real images; put the official weights in checkpoints/ for a usable model."
+)
+_SHOWN_KEYS = 5
+
+# The first bytes of files people hand over by mistake, to name them in the error.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x08", "probably an ONNX model (protobuf)"),
+    (b"<?xml", "an XML file (an OpenVINO IR .xml?)"),
+    (b"\x89HDF", "an HDF5 file (Keras?)"),
+)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A state_dict and where it came from.
+
+    ``label`` is what goes into artifact metadata: ``sha256:<hex>`` of the file, or
+    ``synthetic bgmv2-synthetic-v1 seed 0``.
+    """
+
+    state_dict: OrderedDict[str, torch.Tensor]
+    source: str
+    label: str
+    synthetic: bool
+    warning: str | None = None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def filter_checkpoint(checkpoint: object) -> OrderedDict[str, torch.Tensor]:
+    """Unwrap ``state_dict`` / ``model_state_dict`` and strip a ``module.`` prefix; nothing else."""
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict", "model_state_dict"):
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"checkpoint holds a {type(checkpoint).__name__}, not a state_dict (a dict of tensors)"
+        )
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, value in checkpoint.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor: not a state_dict"
+            )
+        out[key.removeprefix("module.")] = value
+    return out
+
+
+def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
+    """Load a checkpoint file safely and return its state_dict (not yet checked)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror}") from None
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    is_zip = head.startswith(b"PK")
+    is_legacy = head.startswith(b"\x80")  # a pickle, the pre-1.6 torch.save format
+    if not (is_zip or is_legacy):
+        kind = next((name for magic, name in _MAGIC if head.startswith(magic)), "an unknown format")
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch file: it looks like {kind}")
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (its zip archive has no end)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        message = str(exc)
+        if "Weights only load failed" in message:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(
+                r"Unsupported operand (\d+)", message
+            )
+            what = f" ({found.group(0)})" if found else ""
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it holds Python objects or code, not only tensors{what}. "
+                "Only plain state_dicts are loaded (torch.load weights_only=True)"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {message.splitlines()[0]}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {first}") from None
+    return filter_checkpoint(loaded)
+
+
+def _describe_architecture(keys: set[str]) -> str | None:
+    """Name the architecture of a BackgroundMattingV2 checkpoint that is not ours."""
+    if any(k.startswith("backbone.layer") or k.startswith("backbone.conv1") for k in keys):
+        blocks = {int(m.group(1)) for k in keys if (m := re.match(r"backbone\.layer3\.(\d+)\.", k))}
+        variant = "ResNet-101" if len(blocks) > 6 else "ResNet-50" if blocks else "ResNet"
+        return f"a {variant} backbone checkpoint"
+    return None
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys."""
+    keys, want = set(state_dict), set(expected)
+    other = _describe_architecture(keys)
+    if other:
+        raise CheckpointError(
+            f"this is {other}; bgm-export converts the MobileNetV2 model (pytorch_mobilenetv2.pth)"
+        )
+    missing = [k for k in expected if k not in keys]
+    unexpected = [k for k in state_dict if k not in want]
+    mismatched = [
+        f"{k} {list(state_dict[k].shape)} (expected {list(expected[k].shape)})"
+        for k in expected
+        if k in keys and state_dict[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+
+    def shown(items: list[str]) -> str:
+        more = f", ... ({len(items) - _SHOWN_KEYS} more)" if len(items) > _SHOWN_KEYS else ""
+        return ", ".join(items[:_SHOWN_KEYS]) + more
+
+    parts = []
+    if missing and all(k.startswith("refiner.") for k in missing) and not unexpected:
+        parts.append("no refiner weights (a MattingBase checkpoint?)")
+    elif missing:
+        parts.append(f"{len(missing)} missing keys: {shown(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {shown(unexpected)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatches: {shown(mismatched)}")
+    raise CheckpointError("checkpoint is not a BackgroundMattingV2 MobileNetV2 state_dict: " + "; ".join(parts))
+
+
+def resolve_weights(checkpoint: Path | None = None, default: Path = DEFAULT_CHECKPOINT) -> Weights:
+    """``checkpoint`` if given, else ``default`` if it exists, else the synthetic recipe."""
+    path = checkpoint if checkpoint is not None else (default if default.exists() else None)
+    if path is None:
+        return Weights(
+            synthetic_state_dict(0), SYNTHETIC_NAME, f"synthetic {SYNTHETIC_NAME} seed 0", True, SYNTHETIC_WARNING
+        )
+    state_dict = read_checkpoint(path)
+    check_state_dict(state_dict, MattingRefine().state_dict())
+    return Weights(state_dict, str(path), f"sha256:{file_sha256(Path(path))}", False)
+
+
+def build_model(config: ExportConfig, weights: Weights) -> MattingRefine:
+    """``MattingRefine`` for ``config`` with ``weights`` loaded strictly, in eval mode."""
+    model = MattingRefine(**config.model_kwargs())
+    check_state_dict(weights.state_dict, model.state_dict())
+    model.load_state_dict(weights.state_dict, strict=True)
+    return model.eval()

@@ -1,0 +1,186 @@
+"""The ``bgm-export`` command line: parse, call one library function, print, exit.
+
+User mistakes arrive as ``BgmExportError``; they are printed as one line on stderr and end
+the command with the error's exit code (2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional, TypeVar
+
+import typer
+
+from exporter import __version__
+from exporter.config import MODEL_NAME, PRESETS, ExportConfig
+from exporter.errors import BgmExportError
+
+app = typer.Typer(
+    help="Export BackgroundMattingV2 (MobileNetV2) to ONNX and OpenVINO IR, and prove parity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_ONNX = Path("models") / f"{MODEL_NAME}.onnx"
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=code)
+
+
+def user_errors(command: F) -> F:
+    """Turn ``BgmExportError`` into ``error: ...`` on stderr and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return command(*args, **kwargs)
+        except BgmExportError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; no partial output was left", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def printer(quiet: bool) -> Callable[[str, float], None] | None:
+    if quiet:
+        return None
+    return lambda name, seconds: typer.echo(f"  {name:<9} {seconds:7.2f} s")
+
+
+def warn(message: str | None) -> None:
+    if message:
+        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Official pytorch_mobilenetv2.pth (default: checkpoints/pytorch_mobilenetv2.pth, "
+        "else synthetic weights)."
+    ),
+]
+PresetOpt = Annotated[str, typer.Option(help=f"Resolution preset: {', '.join(PRESETS)}.")]
+HeightOpt = Annotated[Optional[int], typer.Option(help="Input height (default from preset).")]
+WidthOpt = Annotated[Optional[int], typer.Option(help="Input width (default from preset).")]
+ScaleOpt = Annotated[Optional[float], typer.Option(help="Backbone scale, at most 0.5.")]
+ModeOpt = Annotated[Optional[str], typer.Option(help="Refine mode: sampling, thresholding or full.")]
+PixelsOpt = Annotated[Optional[int], typer.Option(help="Pixels refined in sampling mode.")]
+ThresholdOpt = Annotated[Optional[float], typer.Option(help="Error threshold in thresholding mode.")]
+OpsetOpt = Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")]
+NoSimplifyOpt = Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and warnings.")]
+
+
+def make_config(
+    preset: str,
+    height: int | None,
+    width: int | None,
+    backbone_scale: float | None,
+    refine_mode: str | None,
+    sample_pixels: int | None,
+    threshold: float | None,
+    opset: int | None,
+) -> ExportConfig:
+    if preset not in PRESETS:
+        raise fail(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
+    given = {
+        "height": height,
+        "width": width,
+        "backbone_scale": backbone_scale,
+        "refine_mode": refine_mode,
+        "sample_pixels": sample_pixels,
+        "threshold": threshold,
+        "opset": opset,
+    }
+    return PRESETS[preset].replace(**{k: v for k, v in given.items() if v is not None})
+
+
+def size_line(label: str, path: Path, size: int, sha256: str) -> str:
+    return f"  {label:<5} {path}  {size / 1e6:.2f} MB  sha256 {sha256}"
+
+
+@app.command()
+@user_errors
+def onnx(
+    checkpoint: CheckpointOpt = None,
+    output: Annotated[Path, typer.Option(help="Where to write the .onnx.")] = DEFAULT_ONNX,
+    preset: PresetOpt = "720p",
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    backbone_scale: ScaleOpt = None,
+    refine_mode: ModeOpt = None,
+    sample_pixels: PixelsOpt = None,
+    threshold: ThresholdOpt = None,
+    opset: OpsetOpt = None,
+    no_simplify: NoSimplifyOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export the Open Model Zoo ONNX model: inputs src, bgr (BGR 0..255); outputs pha, fgr."""
+    from exporter.checkpoint import resolve_weights
+    from exporter.export.onnx import export_onnx
+
+    config = make_config(preset, height, width, backbone_scale, refine_mode, sample_pixels, threshold, opset)
+    weights = resolve_weights(checkpoint)
+    warn(weights.warning)
+    result = export_onnx(config, weights, output, simplify=not no_simplify, on_stage=printer(quiet))
+    if not quiet:
+        typer.echo(f"  nodes     {result.nodes_before} exported, {result.nodes_after} after simplification")
+        typer.echo(size_line("onnx", result.path, result.size, result.sha256))
+
+
+@app.command()
+@user_errors
+def ir(
+    precision: Annotated[str, typer.Option(help="Weight precision: FP32 or FP16.")],
+    onnx: Annotated[
+        Optional[Path], typer.Option("--onnx", help="Convert this .onnx (default: export one first).")
+    ] = None,
+    output: Annotated[
+        Optional[Path], typer.Option(help="The .xml to write (default models/<PRECISION>/...xml).")
+    ] = None,
+    checkpoint: CheckpointOpt = None,
+    preset: PresetOpt = "720p",
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    backbone_scale: ScaleOpt = None,
+    refine_mode: ModeOpt = None,
+    sample_pixels: PixelsOpt = None,
+    threshold: ThresholdOpt = None,
+    opset: OpsetOpt = None,
+    no_simplify: NoSimplifyOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Convert to OpenVINO IR (.xml + .bin) in FP32 or FP16."""
+    from exporter.checkpoint import resolve_weights
+    from exporter.export.openvino import default_ir_path, export_ir, export_ir_from_weights
+
+    precision = precision.upper()
+    output = output or default_ir_path(precision)
+    if onnx is not None:
+        result = export_ir(onnx, output, precision, on_stage=printer(quiet))
+    else:
+        config = make_config(preset, height, width, backbone_scale, refine_mode, sample_pixels, threshold, opset)
+        weights = resolve_weights(checkpoint)
+        warn(weights.warning)
+        result = export_ir_from_weights(
+            config, weights, output, precision, simplify=not no_simplify, on_stage=printer(quiet)
+        )
+    if not quiet:
+        typer.echo(size_line("xml", result.xml, result.xml_size, result.xml_sha256))
+        typer.echo(size_line("bin", result.bin, result.bin_size, result.bin_sha256))
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"bgm-export {__version__}")
+        raise typer.Exit()

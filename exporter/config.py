@@ -1,0 +1,159 @@
+"""What defines an export: one frozen dataclass, its presets, and its validation.
+
+The same object is written into every artifact's metadata and read back from it, so an
+ONNX or IR file says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from exporter import __version__
+from exporter.errors import ConfigError
+from exporter.model import REFINE_MODES
+
+__all__ = ["DEFAULT_OPSET", "MODEL_NAME", "PRECISIONS", "PRESETS", "ExportConfig"]
+
+MODEL_NAME = "background-matting-mobilenetv2"
+PRECISIONS = ("FP32", "FP16")
+# 17 is the newest opset every runtime here imports without a converter warning, and has
+# every op the graph needs (TopK, GatherElements, ScatterElements, Resize).
+DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(13, 22)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export.
+
+    Args:
+        height, width: input resolution; both divisible by 4, and scaled by
+            ``backbone_scale`` to whole numbers.
+        backbone_scale: the base network's input scale, in (0, 1/2].
+        refine_mode: ``sampling`` | ``thresholding`` | ``full``.
+        sample_pixels: pixels refined in ``sampling`` mode (a multiple of 16 patches).
+        threshold: error threshold in ``thresholding`` mode.
+        opset: ONNX opset.
+        precision: IR weight precision, ``FP32`` or ``FP16`` (ONNX is always FP32).
+    """
+
+    height: int = 720
+    width: int = 1280
+    backbone_scale: float = 0.25
+    refine_mode: str = "sampling"
+    sample_pixels: int = 80_000
+    threshold: float = 0.1
+    opset: int = DEFAULT_OPSET
+    precision: str = "FP32"
+
+    def validate(self) -> ExportConfig:
+        """Return self, or raise ``ConfigError`` naming the bad value and what would do."""
+        if not 0 < self.backbone_scale <= 0.5:
+            raise ConfigError(f"backbone scale {self.backbone_scale} is not in (0, 0.5]")
+        if self.refine_mode not in REFINE_MODES:
+            raise ConfigError(f"refine mode {self.refine_mode!r} is not one of {', '.join(REFINE_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.opset not in SUPPORTED_OPSETS:
+            raise ConfigError(f"opset {self.opset} is not in {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+        step, minimum = self.size_step, self.min_size
+        for name, value in (("height", self.height), ("width", self.width)):
+            if value < minimum:
+                nearest = f"{minimum}"
+            elif value % step:
+                nearest = f"{value // step * step} or {value // step * step + step}"
+            else:
+                continue
+            raise ConfigError(
+                f"{name} {value} is not valid at backbone scale {self.backbone_scale}: sizes must be "
+                f"multiples of {step}, at least {minimum}; nearest valid: {nearest}"
+            )
+        if self.refine_mode == "sampling":
+            patches = (self.height // 4) * (self.width // 4)
+            if not 16 <= self.sample_pixels <= patches * 16:
+                raise ConfigError(
+                    f"sample pixels {self.sample_pixels} is not in 16..{patches * 16} "
+                    f"(the {self.height}x{self.width} image has {patches} patches of 4x4)"
+                )
+        if self.refine_mode == "thresholding" and not 0 <= self.threshold < 1:
+            raise ConfigError(f"threshold {self.threshold} is not in [0, 1)")
+        return self
+
+    @property
+    def size_step(self) -> int:
+        """Height and width must be multiples of this: 4 for the refiner's patches, and
+        whatever makes ``size * backbone_scale`` whole (8 at scale 1/8)."""
+        denominator = Fraction(self.backbone_scale).limit_denominator(1 << 16).denominator
+        return math.lcm(4, denominator)
+
+    @property
+    def min_size(self) -> int:
+        """Smallest height or width: the base network needs 16 pixels (one at stride 16)."""
+        step = self.size_step
+        return max(step, math.ceil(16 / self.backbone_scale / step) * step)
+
+    @property
+    def patches(self) -> int:
+        """Number of 4x4 patches the refiner computes: the sample for ``sampling``, else all."""
+        if self.refine_mode == "sampling":
+            return self.sample_pixels // 16
+        return (self.height // 4) * (self.width // 4)
+
+    def replace(self, **changes: object) -> ExportConfig:
+        return dataclasses.replace(self, **changes).validate()
+
+    def model_kwargs(self) -> dict[str, object]:
+        """Keyword arguments of ``MattingRefine`` for this export."""
+        return {
+            "backbone_scale": self.backbone_scale,
+            "refine_mode": self.refine_mode,
+            "refine_sample_pixels": self.sample_pixels,
+            "refine_threshold": self.threshold,
+        }
+
+    def metadata(self, checkpoint: str) -> dict[str, str]:
+        """The key/value pairs written into ONNX ``metadata_props`` and IR ``rt_info``."""
+        return {
+            "model_name": MODEL_NAME,
+            "color_order": "BGR",
+            "input_scale": "255",
+            "layout": "NCHW",
+            "output_color_order": "RGB",
+            "resolution": f"{self.height}x{self.width}",
+            "backbone_scale": repr(self.backbone_scale),
+            "refine_mode": self.refine_mode,
+            "sample_pixels": str(self.sample_pixels),
+            "threshold": repr(self.threshold),
+            "opset": str(self.opset),
+            "precision": self.precision,
+            "checkpoint": checkpoint,
+            "tool": f"bgm-export {__version__}",
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> ExportConfig:
+        """Inverse of ``metadata``; raises ``ConfigError`` if a key is missing or bad."""
+        try:
+            height, width = (int(v) for v in metadata["resolution"].split("x"))
+            return cls(
+                height=height,
+                width=width,
+                backbone_scale=float(metadata["backbone_scale"]),
+                refine_mode=metadata["refine_mode"],
+                sample_pixels=int(metadata["sample_pixels"]),
+                threshold=float(metadata["threshold"]),
+                opset=int(metadata["opset"]),
+                precision=metadata.get("precision", "FP32"),
+            ).validate()
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"artifact metadata is incomplete or malformed ({exc!s}); was it made by bgm-export?") from None
+
+
+PRESETS: dict[str, ExportConfig] = {
+    "720p": ExportConfig(),
+    "1080p": ExportConfig(height=1080, width=1920, backbone_scale=0.25, sample_pixels=80_000),
+    "4k": ExportConfig(height=2160, width=3840, backbone_scale=0.125, sample_pixels=320_000),
+}

@@ -1,0 +1,1 @@
+"""Exporters: torch model -> ONNX -> OpenVINO IR."""

@@ -1,0 +1,203 @@
+"""Export BackgroundMattingV2 to the Open Model Zoo ONNX model, and check what was made.
+
+The graph takes ``src`` and ``bgr`` as BGR 0..255 (the channel reversal and the 1/255 are
+nodes in the graph, so every ONNX consumer gets them), returns ``pha`` and ``fgr`` (RGB,
+0..1), has a static shape for every tensor and none of If, Loop or NonZero.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from exporter.checkpoint import Weights, build_model
+from exporter.config import ExportConfig
+from exporter.errors import ArtifactError, ExportError
+from exporter.files import atomic_outputs, sha256_of, writable_dir
+from exporter.model import MattingRefine
+from exporter.stages import Stages
+
+__all__ = [
+    "BANNED_OPS",
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "BGRInputs",
+    "OnnxExport",
+    "check_graph",
+    "export_onnx",
+    "op_histogram",
+    "read_metadata",
+]
+
+INPUT_NAMES = ("src", "bgr")
+OUTPUT_NAMES = ("pha", "fgr")
+# Data-dependent control flow and shapes: what GPU/NPU plugins and TensorRT-style runtimes
+# cannot plan for.
+BANNED_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "NonMaxSuppression", "RoiAlign"})
+
+
+class BGRInputs(nn.Module):
+    """Feeds ``MattingRefine`` from the deployment layout.
+
+    Inputs: ``src``, ``bgr`` ``(1, 3, H, W)`` float, **BGR, 0..255**.
+    Returns: ``pha (1, 1, H, W)`` alpha 0..1 and ``fgr (1, 3, H, W)`` RGB 0..1.
+    """
+
+    def __init__(self, model: MattingRefine) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pha, fgr, *_ = self.model(src.flip(1) / 255.0, bgr.flip(1) / 255.0)
+        return pha, fgr
+
+
+@dataclass
+class OnnxExport:
+    """What ``export_onnx`` made."""
+
+    path: Path
+    config: ExportConfig
+    checkpoint: str
+    sha256: str
+    size: int
+    nodes_before: int
+    nodes_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    durations: dict[str, float] = field(default_factory=dict)
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    counts = collections.Counter(node.op_type for node in model.graph.node)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _static_dims(value: onnx.ValueInfoProto) -> bool:
+    tensor = value.type.tensor_type
+    return tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
+
+
+def check_graph(model: onnx.ModelProto) -> list[str]:
+    """Problems with an exported graph: checker, strict shape inference, banned ops,
+    non-static shapes, I/O names. Empty when the graph is deployable."""
+    problems: list[str] = []
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return [f"onnx checker / shape inference: {str(exc).splitlines()[0]}"]
+    banned = sorted({n.op_type for n in inferred.graph.node} & BANNED_OPS)
+    if banned:
+        problems.append(f"banned ops: {', '.join(banned)}")
+    graph = inferred.graph
+    values = list(graph.input) + list(graph.output) + list(graph.value_info)
+    dynamic = [v.name for v in values if not _static_dims(v)]
+    typed = {v.name for v in values} | {i.name for i in graph.initializer}
+    untyped = [o for n in graph.node for o in n.output if o and o not in typed]
+    if dynamic:
+        problems.append(f"{len(dynamic)} tensors without a static shape, e.g. {', '.join(dynamic[:3])}")
+    if untyped:
+        problems.append(f"{len(untyped)} tensors whose shape was not inferred, e.g. {', '.join(untyped[:3])}")
+    names = ([i.name for i in graph.input], [o.name for o in graph.output])
+    if names != (list(INPUT_NAMES), list(OUTPUT_NAMES)):
+        problems.append(f"inputs/outputs are {names}, expected {INPUT_NAMES} / {OUTPUT_NAMES}")
+    return problems
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, without loading its weights."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _trace(model: nn.Module, config: ExportConfig) -> onnx.ModelProto:
+    example = torch.full((1, 3, config.height, config.width), 128.0)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter warns that it is deprecated; it is kept because it maps
+        # this graph to plain opset-17 ops with no onnxscript functions to inline.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example, example.clone()),
+            buffer,
+            dynamo=False,
+            opset_version=config.opset,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            do_constant_folding=True,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    with contextlib.redirect_stdout(io.StringIO()):  # onnxsim prints its check progress
+        simplified, ok = onnxsim.simplify(model, check_n=1)
+    if not ok:
+        raise ExportError("onnxsim's check failed: the simplified graph computes something else")
+    return simplified
+
+
+def export_onnx(
+    config: ExportConfig,
+    weights: Weights,
+    output: Path,
+    *,
+    simplify: bool = True,
+    on_stage: Callable[[str, float], None] | None = None,
+) -> OnnxExport:
+    """Export ``MattingRefine`` with ``weights`` at ``config`` to ``output``, atomically.
+
+    Raises ``ConfigError`` for an impossible configuration, ``OutputError`` for an
+    unwritable path and ``ExportError`` if the graph fails ``check_graph``.
+    """
+    config = config.validate()
+    output = Path(output)
+    writable_dir(output)
+    stages = Stages(on_stage)
+    with stages("load"):
+        model = BGRInputs(build_model(config, weights)).eval()
+    with stages("export"):
+        graph = _trace(model, config)
+    before = graph
+    if simplify:
+        with stages("simplify"):
+            graph = _simplify(graph)
+    with stages("check"):
+        problems = check_graph(graph)
+        if problems:
+            raise ExportError("exported graph is not deployable: " + "; ".join(problems))
+    graph.producer_name = "bgm-export"
+    graph.doc_string = "BackgroundMattingV2 MobileNetV2 (arXiv 2012.07810); inputs BGR 0..255, outputs pha and RGB fgr 0..1"
+    del graph.metadata_props[:]
+    for key, value in config.metadata(weights.label).items():
+        graph.metadata_props.add(key=key, value=value)
+    with stages("save"), atomic_outputs(output) as (temporary,):
+        temporary.write_bytes(graph.SerializeToString(deterministic=True))
+    return OnnxExport(
+        path=output,
+        config=config,
+        checkpoint=weights.label,
+        sha256=sha256_of(output),
+        size=output.stat().st_size,
+        nodes_before=len(before.graph.node),
+        nodes_after=len(graph.graph.node),
+        ops_before=op_histogram(before),
+        ops_after=op_histogram(graph),
+        durations=stages.durations,
+    )

@@ -1,0 +1,117 @@
+"""Convert the exported ONNX to OpenVINO IR (``.xml`` + ``.bin``), FP32 or FP16.
+
+The IR carries the same metadata as the ONNX in ``rt_info`` (under ``model_info``, where
+Open Model Zoo tools look), plus the precision.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporter.checkpoint import Weights
+from exporter.config import MODEL_NAME, PRECISIONS, ExportConfig
+from exporter.errors import ArtifactError, ConfigError
+from exporter.export.onnx import export_onnx, read_metadata
+from exporter.files import atomic_outputs, sha256_of, writable_dir
+from exporter.stages import Stages
+
+__all__ = ["IRExport", "default_ir_path", "export_ir", "export_ir_from_weights", "read_ir_metadata"]
+
+RT_INFO_SECTION = "model_info"
+
+
+@dataclass
+class IRExport:
+    """What ``export_ir`` made."""
+
+    xml: Path
+    bin: Path
+    precision: str
+    config: ExportConfig
+    xml_sha256: str
+    bin_sha256: str
+    xml_size: int
+    bin_size: int
+    durations: dict[str, float] = field(default_factory=dict)
+
+
+def default_ir_path(precision: str, root: Path = Path("models")) -> Path:
+    """The Open Model Zoo layout: ``models/<PRECISION>/background-matting-mobilenetv2.xml``."""
+    return root / precision / f"{MODEL_NAME}.xml"
+
+
+def read_ir_metadata(xml: Path) -> dict[str, str]:
+    """The ``model_info`` rt_info of an IR, read from its ``.xml`` only."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.parse(xml).getroot()
+    except (OSError, ElementTree.ParseError) as exc:
+        raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {exc}") from None
+    section = root.find(f"rt_info/{RT_INFO_SECTION}")
+    if section is None:
+        return {}
+    return {child.tag: child.attrib.get("value", "") for child in section}
+
+
+def export_ir(
+    onnx_path: Path,
+    output: Path,
+    precision: str,
+    *,
+    on_stage: Callable[[str, float], None] | None = None,
+) -> IRExport:
+    """Convert ``onnx_path`` to IR at ``output`` (``.xml``; the ``.bin`` beside it), atomically."""
+    import openvino as ov
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    output = Path(output)
+    if output.suffix != ".xml":
+        raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
+    if not Path(onnx_path).is_file():
+        raise ArtifactError(f"ONNX model {onnx_path} does not exist")
+    writable_dir(output)
+    metadata = read_metadata(onnx_path)
+    config = ExportConfig.from_metadata(metadata).replace(precision=precision)
+    metadata["precision"] = precision
+    stages = Stages(on_stage)
+    with stages("convert"):
+        model = ov.convert_model(str(onnx_path))
+        for key, value in metadata.items():
+            model.set_rt_info(value, [RT_INFO_SECTION, key])
+    bin_path = output.with_suffix(".bin")
+    with stages("save"), atomic_outputs(output, bin_path) as (xml_tmp, _):
+        ov.save_model(model, str(xml_tmp), compress_to_fp16=precision == "FP16")
+    return IRExport(
+        xml=output,
+        bin=bin_path,
+        precision=precision,
+        config=config,
+        xml_sha256=sha256_of(output),
+        bin_sha256=sha256_of(bin_path),
+        xml_size=output.stat().st_size,
+        bin_size=bin_path.stat().st_size,
+        durations=stages.durations,
+    )
+
+
+def export_ir_from_weights(
+    config: ExportConfig,
+    weights: Weights,
+    output: Path,
+    precision: str,
+    *,
+    simplify: bool = True,
+    on_stage: Callable[[str, float], None] | None = None,
+) -> IRExport:
+    """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
+    writable_dir(Path(output))
+    with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
+        onnx_file = export_onnx(config, weights, Path(scratch) / f"{MODEL_NAME}.onnx", simplify=simplify, on_stage=on_stage)
+        result = export_ir(onnx_file.path, output, precision, on_stage=on_stage)
+    result.durations = {**onnx_file.durations, **result.durations}
+    return result

@@ -1,0 +1,67 @@
+"""Writing artifacts so that a failed or interrupted export never leaves a partial file."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from exporter.errors import OutputError
+
+__all__ = ["atomic_outputs", "sha256_of", "writable_dir"]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def writable_dir(path: Path) -> Path:
+    """Create ``path``'s parent if needed; raise ``OutputError`` if it cannot hold ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory; give a file path")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {parent} is not writable")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
+    """Yield temporary paths beside ``paths``; on success rename them into place.
+
+    The temporaries share one stem (an IR's ``.xml`` finds its ``.bin`` by stem). On any
+    exception, or an interrupt, they are removed and existing files are left untouched.
+    """
+    paths = [Path(p) for p in paths]
+    parent = writable_dir(paths[0])
+    stem = paths[0].stem
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write in {parent}: {exc.strerror}") from None
+    temporaries = [workdir / (stem + p.suffix) for p in paths]
+    try:
+        yield temporaries
+        # The .xml goes last: it is what readers open, so its pair is in place first.
+        for temporary, final in reversed(list(zip(temporaries, paths))):
+            writable_dir(final)
+            os.replace(temporary, final)
+    except OSError as exc:
+        raise OutputError(f"cannot write {paths[0]}: {exc.strerror or exc}") from None
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            workdir.rmdir()
