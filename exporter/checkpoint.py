@@ -31,6 +31,7 @@ __all__ = [
     "filter_checkpoint",
     "read_checkpoint",
     "resolve_weights",
+    "synthetic_weights",
 ]
 
 DEFAULT_CHECKPOINT = Path("checkpoints/pytorch_mobilenetv2.pth")
@@ -83,9 +84,7 @@ def filter_checkpoint(checkpoint: object) -> OrderedDict[str, torch.Tensor]:
                 checkpoint = checkpoint[key]
                 break
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(
-            f"checkpoint holds a {type(checkpoint).__name__}, not a state_dict (a dict of tensors)"
-        )
+        raise CheckpointError(f"checkpoint holds a {type(checkpoint).__name__}, not a state_dict (a dict of tensors)")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in checkpoint.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
@@ -146,13 +145,15 @@ def _describe_architecture(keys: set[str]) -> str | None:
     return None
 
 
-def check_state_dict(state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys."""
+def check_state_dict(
+    state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str = "weights"
+) -> None:
+    """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys of ``source``."""
     keys, want = set(state_dict), set(expected)
     other = _describe_architecture(keys)
     if other:
         raise CheckpointError(
-            f"this is {other}; bgm-export converts the MobileNetV2 model (pytorch_mobilenetv2.pth)"
+            f"checkpoint {source} is {other}; bgm-export converts the MobileNetV2 model (pytorch_mobilenetv2.pth)"
         )
     missing = [k for k in expected if k not in keys]
     unexpected = [k for k in state_dict if k not in want]
@@ -177,24 +178,30 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], expected: dict[str, to
         parts.append(f"{len(unexpected)} unexpected keys: {shown(unexpected)}")
     if mismatched:
         parts.append(f"{len(mismatched)} shape mismatches: {shown(mismatched)}")
-    raise CheckpointError("checkpoint is not a BackgroundMattingV2 MobileNetV2 state_dict: " + "; ".join(parts))
+    raise CheckpointError(
+        f"checkpoint {source} is not a BackgroundMattingV2 MobileNetV2 state_dict: " + "; ".join(parts)
+    )
+
+
+def synthetic_weights(seed: int = 0) -> Weights:
+    """The ``bgmv2-synthetic-v1`` recipe, labelled as such wherever it ends up."""
+    label = f"synthetic {SYNTHETIC_NAME} seed {seed}"
+    return Weights(synthetic_state_dict(seed), SYNTHETIC_NAME, label, True, SYNTHETIC_WARNING)
 
 
 def resolve_weights(checkpoint: Path | None = None, default: Path = DEFAULT_CHECKPOINT) -> Weights:
     """``checkpoint`` if given, else ``default`` if it exists, else the synthetic recipe."""
     path = checkpoint if checkpoint is not None else (default if default.exists() else None)
     if path is None:
-        return Weights(
-            synthetic_state_dict(0), SYNTHETIC_NAME, f"synthetic {SYNTHETIC_NAME} seed 0", True, SYNTHETIC_WARNING
-        )
+        return synthetic_weights(0)
     state_dict = read_checkpoint(path)
-    check_state_dict(state_dict, MattingRefine().state_dict())
+    check_state_dict(state_dict, MattingRefine().state_dict(), str(path))
     return Weights(state_dict, str(path), f"sha256:{file_sha256(Path(path))}", False)
 
 
 def build_model(config: ExportConfig, weights: Weights) -> MattingRefine:
     """``MattingRefine`` for ``config`` with ``weights`` loaded strictly, in eval mode."""
     model = MattingRefine(**config.model_kwargs())
-    check_state_dict(weights.state_dict, model.state_dict())
+    check_state_dict(weights.state_dict, model.state_dict(), weights.source)
     model.load_state_dict(weights.state_dict, strict=True)
     return model.eval()

@@ -62,8 +62,7 @@ def warn(message: str | None) -> None:
 CheckpointOpt = Annotated[
     Optional[Path],
     typer.Option(
-        help="Official pytorch_mobilenetv2.pth (default: checkpoints/pytorch_mobilenetv2.pth, "
-        "else synthetic weights)."
+        help="Official pytorch_mobilenetv2.pth (default: checkpoints/pytorch_mobilenetv2.pth, else synthetic weights)."
     ),
 ]
 PresetOpt = Annotated[str, typer.Option(help=f"Resolution preset: {', '.join(PRESETS)}.")]

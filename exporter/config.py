@@ -149,7 +149,9 @@ class ExportConfig:
                 precision=metadata.get("precision", "FP32"),
             ).validate()
         except (KeyError, ValueError) as exc:
-            raise ConfigError(f"artifact metadata is incomplete or malformed ({exc!s}); was it made by bgm-export?") from None
+            raise ConfigError(
+                f"artifact metadata is incomplete or malformed ({exc!s}); was it made by bgm-export?"
+            ) from None
 
 
 PRESETS: dict[str, ExportConfig] = {

@@ -55,7 +55,7 @@ def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
     try:
         yield temporaries
         # The .xml goes last: it is what readers open, so its pair is in place first.
-        for temporary, final in reversed(list(zip(temporaries, paths))):
+        for temporary, final in reversed(list(zip(temporaries, paths, strict=True))):
             writable_dir(final)
             os.replace(temporary, final)
     except OSError as exc:

@@ -183,7 +183,9 @@ def export_onnx(
         if problems:
             raise ExportError("exported graph is not deployable: " + "; ".join(problems))
     graph.producer_name = "bgm-export"
-    graph.doc_string = "BackgroundMattingV2 MobileNetV2 (arXiv 2012.07810); inputs BGR 0..255, outputs pha and RGB fgr 0..1"
+    graph.doc_string = (
+        "BackgroundMattingV2 MobileNetV2 (arXiv 2012.07810); inputs BGR 0..255, outputs pha and RGB fgr 0..1"
+    )
     del graph.metadata_props[:]
     for key, value in config.metadata(weights.label).items():
         graph.metadata_props.add(key=key, value=value)

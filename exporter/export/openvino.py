@@ -6,6 +6,7 @@ Open Model Zoo tools look), plus the precision.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from exporter.stages import Stages
 __all__ = ["IRExport", "default_ir_path", "export_ir", "export_ir_from_weights", "read_ir_metadata"]
 
 RT_INFO_SECTION = "model_info"
+# OpenVINO names the nodes it creates "<Type>_<n>" from a counter global to the process,
+# so the same conversion twice in one process would give different bytes.
+_GENERATED_NAME = re.compile(r"^([A-Za-z]+)_\d+$")
 
 
 @dataclass
@@ -57,6 +61,14 @@ def read_ir_metadata(xml: Path) -> dict[str, str]:
     return {child.tag: child.attrib.get("value", "") for child in section}
 
 
+def _stable_names(model: object) -> None:
+    """Renumber generated node names by graph order, so bytes depend on the graph alone."""
+    for index, op in enumerate(model.get_ordered_ops()):
+        match = _GENERATED_NAME.match(op.get_friendly_name())
+        if match:
+            op.set_friendly_name(f"{match.group(1)}_{index}")
+
+
 def export_ir(
     onnx_path: Path,
     output: Path,
@@ -81,6 +93,7 @@ def export_ir(
     stages = Stages(on_stage)
     with stages("convert"):
         model = ov.convert_model(str(onnx_path))
+        _stable_names(model)
         for key, value in metadata.items():
             model.set_rt_info(value, [RT_INFO_SECTION, key])
     bin_path = output.with_suffix(".bin")
@@ -111,7 +124,9 @@ def export_ir_from_weights(
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
     writable_dir(Path(output))
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
-        onnx_file = export_onnx(config, weights, Path(scratch) / f"{MODEL_NAME}.onnx", simplify=simplify, on_stage=on_stage)
+        onnx_file = export_onnx(
+            config, weights, Path(scratch) / f"{MODEL_NAME}.onnx", simplify=simplify, on_stage=on_stage
+        )
         result = export_ir(onnx_file.path, output, precision, on_stage=on_stage)
     result.durations = {**onnx_file.durations, **result.durations}
     return result

@@ -21,9 +21,7 @@ class ASPPConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int) -> None:
         super().__init__(
-            nn.Conv2d(
-                in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False
-            ),
+            nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(),
         )
@@ -59,9 +57,7 @@ class ASPP(nn.Module):
     Shapes: ``(B, in_channels, h, w) -> (B, out_channels, h, w)``.
     """
 
-    def __init__(
-        self, in_channels: int, atrous_rates: Sequence[int] = (3, 6, 9), out_channels: int = 256
-    ) -> None:
+    def __init__(self, in_channels: int, atrous_rates: Sequence[int] = (3, 6, 9), out_channels: int = 256) -> None:
         super().__init__()
         branches: list[nn.Module] = [
             nn.Sequential(

@@ -96,14 +96,11 @@ class MattingRefine(MattingBase):
             refine_prevent_oversampling,
         )
 
-    def forward(
-        self, src: torch.Tensor, bgr: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         height, width = src.shape[2:]
         if src.shape != bgr.shape or height % 4 or width % 4:
             raise ValueError(
-                f"src {tuple(src.shape)} and bgr {tuple(bgr.shape)} must be equal, "
-                "with height and width divisible by 4"
+                f"src {tuple(src.shape)} and bgr {tuple(bgr.shape)} must be equal, with height and width divisible by 4"
             )
         # The original's interpolate(scale_factor, recompute_scale_factor=True) is this size.
         small = (math.floor(height * self.backbone_scale), math.floor(width * self.backbone_scale))

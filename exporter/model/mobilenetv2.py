@@ -125,9 +125,7 @@ class MobileNetV2Encoder(nn.Module):
                 channels = c
         self.features = nn.Sequential(*features)
 
-    def forward(
-        self, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x0 = x
         x = self.features[0:2](x)
         x1 = x

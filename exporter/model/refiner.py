@@ -31,9 +31,7 @@ REFINE_MODES = ("sampling", "thresholding", "full")
 _CHANNELS = (32, 24, 16, 12, 4)
 
 
-def _gather_patches(
-    x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int
-) -> torch.Tensor:
+def _gather_patches(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int) -> torch.Tensor:
     """Crop ``size``-square windows whose corners are ``(rows, cols) * stride``.
 
     ``x`` is ``(B, C, H, W)`` (already padded); ``rows``/``cols`` are ``(B, K)`` patch grid

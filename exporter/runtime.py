@@ -1,0 +1,119 @@
+"""Running exported artifacts: ``.onnx`` in ONNX Runtime or OpenVINO, ``.xml`` in OpenVINO.
+
+Every runner takes ``src`` and ``bgr`` as the model does (``(1, 3, H, W)`` float32, BGR,
+0..255) and returns ``{"pha": ..., "fgr": ...}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.config import ExportConfig
+from exporter.errors import ArtifactError
+from exporter.export.onnx import INPUT_NAMES, OUTPUT_NAMES, read_metadata
+from exporter.export.openvino import read_ir_metadata
+
+__all__ = ["Runner", "artifact_config", "artifact_metadata", "load_runner", "runners_for"]
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+@dataclass
+class Runner:
+    """One artifact loaded in one runtime."""
+
+    path: Path
+    runtime: str
+    run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.name} [{self.runtime}]"
+
+
+def artifact_metadata(path: Path) -> dict[str, str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    if path.suffix == ".onnx":
+        return read_metadata(path)
+    if path.suffix == ".xml":
+        return read_ir_metadata(path)
+    raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
+
+
+def artifact_config(path: Path) -> ExportConfig:
+    """The export configuration an artifact was made with, from its metadata."""
+    metadata = artifact_metadata(path)
+    if not metadata:
+        raise ArtifactError(f"{path} carries no bgm-export metadata; was it made by bgm-export?")
+    return ExportConfig.from_metadata(metadata)
+
+
+def _check_io(path: Path, inputs: list[str], outputs: list[str]) -> None:
+    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
+        raise ArtifactError(
+            f"{path} has inputs {inputs} and outputs {outputs}; a matting model has "
+            f"{list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}"
+        )
+
+
+def _onnxruntime(path: Path) -> Runner:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
+        raise ArtifactError(f"{path} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
+    _check_io(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+
+    def run(src: np.ndarray, bgr: np.ndarray) -> dict[str, np.ndarray]:
+        pha, fgr = session.run(list(OUTPUT_NAMES), {"src": src, "bgr": bgr})
+        return {"pha": pha, "fgr": fgr}
+
+    return Runner(path, "onnxruntime", run)
+
+
+def _openvino(path: Path, device: str = "CPU", f32: bool = True) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    # f32 arithmetic judges the artifact's weights, not the device's default bf16/f16 maths.
+    config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 and device == "CPU" else {}
+    try:
+        compiled = core.compile_model(str(path), device, config)
+    except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
+        raise ArtifactError(f"{path} does not load in OpenVINO {device}: {str(exc).splitlines()[0]}") from None
+    _check_io(path, [i.any_name for i in compiled.inputs], [o.any_name for o in compiled.outputs])
+    request = compiled.create_infer_request()
+
+    def run(src: np.ndarray, bgr: np.ndarray) -> dict[str, np.ndarray]:
+        result = request.infer({"src": src, "bgr": bgr})
+        return {name: np.array(result[compiled.output(name)]) for name in OUTPUT_NAMES}
+
+    return Runner(path, "openvino", run)
+
+
+def load_runner(path: Path, runtime: str, device: str = "CPU") -> Runner:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    if runtime == "onnxruntime":
+        if path.suffix != ".onnx":
+            raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
+        return _onnxruntime(path)
+    if runtime == "openvino":
+        return _openvino(path, device)
+    raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def runners_for(path: Path) -> list[Runner]:
+    """``.onnx``: ONNX Runtime and OpenVINO; ``.xml``: OpenVINO."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return [load_runner(path, "onnxruntime"), load_runner(path, "openvino")]
+    return [load_runner(path, "openvino")]

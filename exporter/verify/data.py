@@ -1,0 +1,137 @@
+"""Inputs for verification: deterministic synthetic composites, or real images on disk.
+
+A synthetic case is what a video call looks like to the model: a background, a person-like
+foreground with soft edges and thin strands (hair) composited over it, and a "captured"
+background that differs slightly from the true one (exposure, sensor noise), with the true
+alpha and foreground kept as ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import InputError
+
+__all__ = ["Case", "image_cases", "synthetic_case", "synthetic_cases", "to_model_input"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class Case:
+    """One input pair, RGB uint8 ``(H, W, 3)``, with optional ground truth in 0..1."""
+
+    name: str
+    src: np.ndarray
+    bgr: np.ndarray
+    pha: np.ndarray | None = None  # (H, W)
+    fgr: np.ndarray | None = None  # (H, W, 3)
+
+
+def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int, channels: int) -> np.ndarray:
+    """Bilinearly upsampled coarse noise: smooth texture in 0..1."""
+    coarse = rng.random((cells + 1, cells + 1, channels))
+    ys = np.linspace(0, cells, height)
+    xs = np.linspace(0, cells, width)
+    y0 = np.minimum(ys.astype(int), cells - 1)
+    x0 = np.minimum(xs.astype(int), cells - 1)
+    fy = (ys - y0)[:, None, None]
+    fx = (xs - x0)[None, :, None]
+    top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
+    bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def synthetic_case(height: int, width: int, seed: int) -> Case:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = 0.15 + 0.7 * _smooth_noise(rng, height, width, 6, 3)
+    for _ in range(4):  # furniture: flat rectangles with hard edges
+        y0, x0 = rng.integers(0, height), rng.integers(0, width)
+        h, w = rng.integers(height // 10, height // 3), rng.integers(width // 10, width // 3)
+        background[y0 : y0 + h, x0 : x0 + w] = rng.random(3) * 0.8 + 0.1
+
+    # A head and shoulders: two ellipses with a soft edge a few pixels wide.
+    cy, cx = height * rng.uniform(0.35, 0.5), width * rng.uniform(0.35, 0.65)
+    scale = min(height, width)
+    head = ((yy - cy) / (0.22 * scale)) ** 2 + ((xx - cx) / (0.16 * scale)) ** 2
+    body = ((yy - height) / (0.45 * scale)) ** 2 + ((xx - cx) / (0.42 * scale)) ** 2
+    edge = max(2.0, scale / 150)
+    distance = np.minimum(np.sqrt(head) - 1, np.sqrt(body) - 1) * 0.2 * scale
+    alpha = np.clip(0.5 - distance / edge, 0, 1)
+    for _ in range(40):  # strands: thin curved lines leaving the head, partly transparent
+        angle = rng.uniform(-np.pi, 0)
+        x = cx + np.cos(angle) * 0.16 * scale
+        y = cy + np.sin(angle) * 0.22 * scale
+        bend = rng.uniform(-0.6, 0.6)
+        strength = rng.uniform(0.4, 1.0)
+        for t in np.linspace(0, 0.12 * scale, int(0.3 * scale)):
+            a = angle + bend * t / scale * 4
+            px, py = int(x + np.cos(a) * t), int(y + np.sin(a) * t)
+            if 0 <= py < height and 0 <= px < width:
+                alpha[py, px] = max(alpha[py, px], strength)
+    foreground = np.clip(0.2 + 0.6 * _smooth_noise(rng, height, width, 12, 3) * rng.random(3), 0, 1)
+
+    composite = alpha[..., None] * foreground + (1 - alpha[..., None]) * background
+    exposure = rng.uniform(0.97, 1.03)
+    captured = background * exposure + rng.normal(0, 2 / 255, background.shape)
+
+    def u8(image: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+    return Case(
+        f"synthetic-{seed}", u8(composite), u8(captured), alpha.astype(np.float32), foreground.astype(np.float32)
+    )
+
+
+def synthetic_cases(height: int, width: int, count: int, seed: int = 0) -> list[Case]:
+    return [synthetic_case(height, width, seed + i) for i in range(count)]
+
+
+def _read_rgb(path: Path, size: tuple[int, int] | None, mode: str = "RGB") -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(image)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def image_cases(folder: Path, height: int, width: int) -> list[Case]:
+    """Open Model Zoo HumanMatting layout: ``com/``, ``bgr/`` and optional ``pha/``, ``fgr/``."""
+    folder = Path(folder)
+    com, bgr = folder / "com", folder / "bgr"
+    if not com.is_dir() or not bgr.is_dir():
+        raise InputError(f"{folder} needs com/ and bgr/ subfolders (Open Model Zoo HumanMatting layout)")
+    names = sorted(p.name for p in com.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise InputError(f"{com} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    cases = []
+    for name in names:
+        if not (bgr / name).is_file():
+            raise InputError(f"{bgr / name} is missing: every com/ image needs a bgr/ image of the same name")
+        size = (height, width)
+        pha = folder / "pha" / name
+        fgr = folder / "fgr" / name
+        cases.append(
+            Case(
+                Path(name).stem,
+                _read_rgb(com / name, size),
+                _read_rgb(bgr / name, size),
+                _read_rgb(pha, size, "L").astype(np.float32) / 255 if pha.is_file() else None,
+                _read_rgb(fgr, size).astype(np.float32) / 255 if fgr.is_file() else None,
+            )
+        )
+    return cases
+
+
+def to_model_input(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` -> the artifact's input: ``(1, 3, H, W)`` float32 BGR 0..255."""
+    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)

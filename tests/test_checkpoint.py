@@ -1,0 +1,191 @@
+"""Checkpoint loading: accepted layouts, weight resolution, and every bad input."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+
+from exporter.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    build_model,
+    file_sha256,
+    filter_checkpoint,
+    read_checkpoint,
+    resolve_weights,
+)
+from exporter.config import ExportConfig
+from exporter.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory, weights) -> Path:
+    """A file laid out like the official pytorch_mobilenetv2.pth: a plain state_dict."""
+    path = tmp_path_factory.mktemp("ckpt") / "pytorch_mobilenetv2.pth"
+    torch.save(weights.state_dict, path)
+    return path
+
+
+def same_tensors(a, b) -> bool:
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda sd: sd,
+        lambda sd: {"state_dict": sd, "epoch": 3},
+        lambda sd: {"model_state_dict": sd},
+        lambda sd: OrderedDict((f"module.{k}", v) for k, v in sd.items()),
+        lambda sd: {"state_dict": OrderedDict((f"module.{k}", v) for k, v in sd.items())},
+    ],
+    ids=["plain", "state_dict", "model_state_dict", "module-prefix", "wrapped-and-prefixed"],
+)
+def test_accepted_layouts(wrap, weights, tmp_path):
+    path = tmp_path / "c.pth"
+    torch.save(wrap(weights.state_dict), path)
+    assert same_tensors(read_checkpoint(path), weights.state_dict)
+
+
+def test_filter_checkpoint_strips_only_module_prefix(weights):
+    out = filter_checkpoint({"module.a.module.b": torch.zeros(1)})
+    assert list(out) == ["a.module.b"]
+
+
+def test_explicit_checkpoint_is_hashed_and_loads_strictly(official, weights):
+    resolved = resolve_weights(official)
+    assert resolved.label == f"sha256:{file_sha256(official)}" and not resolved.synthetic
+    model = build_model(ExportConfig(), resolved)
+    assert same_tensors(model.state_dict(), weights.state_dict)
+
+
+def test_default_path_is_used_when_present(official, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    DEFAULT_CHECKPOINT.parent.mkdir()
+    os.symlink(official, DEFAULT_CHECKPOINT)
+    assert resolve_weights(None).source == str(DEFAULT_CHECKPOINT)
+
+
+def test_synthetic_fallback_warns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_weights(None)
+    assert resolved.synthetic and resolved.label == "synthetic bgmv2-synthetic-v1 seed 0"
+    assert "mean nothing for real images" in resolved.warning
+
+
+class Exploit:
+    """A pickle that would run a shell command when loaded without weights_only."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def resnet50_state_dict() -> dict[str, torch.Tensor]:
+    keys = ["backbone.conv1.weight", "backbone.bn1.weight", "aspp.convs.0.0.weight"]
+    keys += [f"backbone.layer3.{i}.conv1.weight" for i in range(6)]
+    return {k: torch.zeros(1) for k in keys}
+
+
+def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
+    """Write one bad checkpoint; return its path and a fragment the message must carry."""
+    path = tmp / f"{kind}.pth"
+    sd = OrderedDict(weights.state_dict)
+    if kind == "missing":
+        return tmp / "nope.pth", "does not exist"
+    if kind == "directory":
+        path.mkdir()
+        return path, "is a directory"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, "is empty"
+    if kind == "truncated":
+        path.write_bytes(official.read_bytes()[:5_000_000])
+        return path, "truncated or corrupt"
+    if kind == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+        return path, "looks like a PNG image"
+    if kind == "onnx":
+        path.write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(100))
+        return path, "ONNX model"
+    if kind == "text":
+        path.write_text("hello")
+        return path, "unknown format"
+    if kind == "pickle-with-code":
+        torch.save({"x": Exploit(tmp / "pwned")}, path)
+        return path, "refused: it holds Python objects or code"
+    if kind == "not-a-dict":
+        torch.save([torch.zeros(1)], path)
+        return path, "holds a list, not a state_dict"
+    if kind == "resnet50":
+        torch.save(resnet50_state_dict(), path)
+        return path, "ResNet-50 backbone"
+    if kind == "base-only":
+        torch.save(OrderedDict((k, v) for k, v in sd.items() if not k.startswith("refiner.")), path)
+        return path, "no refiner weights"
+    if kind == "missing-keys":
+        del sd["decoder.conv1.weight"], sd["aspp.project.0.weight"]
+        torch.save(sd, path)
+        return path, "2 missing keys: aspp.project.0.weight, decoder.conv1.weight"
+    if kind == "unexpected-keys":
+        sd["extra.weight"] = torch.zeros(1)
+        torch.save(sd, path)
+        return path, "1 unexpected keys: extra.weight"
+    if kind == "shape-mismatch":
+        sd["refiner.conv1.weight"] = torch.zeros(24, 42, 1, 1)
+        torch.save(sd, path)
+        return path, "refiner.conv1.weight [24, 42, 1, 1] (expected [24, 42, 3, 3])"
+    if kind == "zip-not-torch":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("hello.txt", "hi")
+        return path, "truncated or corrupt"
+    raise AssertionError(kind)
+
+
+BAD_KINDS = [
+    "missing",
+    "directory",
+    "empty",
+    "truncated",
+    "png",
+    "onnx",
+    "text",
+    "pickle-with-code",
+    "not-a-dict",
+    "resnet50",
+    "base-only",
+    "missing-keys",
+    "unexpected-keys",
+    "shape-mismatch",
+    "zip-not-torch",
+]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_checkpoint_is_a_clear_error(kind, tmp_path, official, weights):
+    path, fragment = make_bad(kind, tmp_path, official, weights)
+    with pytest.raises(CheckpointError) as info:
+        resolve_weights(path)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_checkpoint_cli_exit_code_two(kind, tmp_path, official, weights):
+    from typer.testing import CliRunner
+
+    from exporter.cli import app
+
+    path, fragment = make_bad(kind, tmp_path, official, weights)
+    result = CliRunner().invoke(app, ["onnx", "--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: checkpoint") and fragment in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "m.onnx").exists()

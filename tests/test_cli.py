@@ -1,0 +1,57 @@
+"""The command line: exit codes, messages, and what each command prints."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from exporter.cli import app
+
+runner = CliRunner()
+SMALL = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
+
+
+def test_onnx_then_ir_from_onnx(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here: the synthetic weights, with a warning
+    result = runner.invoke(app, ["onnx", *SMALL, "--output", "m.onnx"])
+    assert result.exit_code == 0, result.output
+    assert "warning: no checkpoint given" in result.stderr
+    for stage in ("load", "export", "simplify", "check", "save", "nodes", "sha256"):
+        assert stage in result.stdout
+    result = runner.invoke(app, ["ir", "--onnx", "m.onnx", "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "models/FP16/background-matting-mobilenetv2.xml").is_file()
+    assert (tmp_path / "models/FP16/background-matting-mobilenetv2.bin").is_file()
+    assert "convert" in result.stdout and "bin" in result.stdout
+
+
+def test_ir_without_onnx_exports_first_and_leaves_no_onnx(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["ir", *SMALL, "--precision", "FP32", "--output", "out/m.xml", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.bin", "m.xml"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["onnx", "--height", "721"], "height 721 is not valid at backbone scale 0.25"),
+        (["onnx", "--preset", "8k"], "preset '8k' is not one of 720p, 1080p, 4k"),
+        (["onnx", "--refine-mode", "magic"], "refine mode 'magic'"),
+        (["ir", "--precision", "INT8", "--onnx", "x.onnx"], "precision 'INT8'"),
+        (["ir", "--precision", "FP32", "--onnx", "missing.onnx"], "ONNX model missing.onnx does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_two(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.onnx").write_bytes(b"")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == "bgm-export 0.1.0"

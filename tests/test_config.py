@@ -1,0 +1,59 @@
+"""Export configuration: presets, validation with the nearest valid sizes, metadata."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.config import PRESETS, ExportConfig
+from exporter.errors import ConfigError
+
+
+def test_presets_are_the_originals_settings():
+    assert (PRESETS["720p"].height, PRESETS["720p"].width, PRESETS["720p"].sample_pixels) == (720, 1280, 80_000)
+    hd = PRESETS["1080p"]
+    assert (hd.height, hd.width, hd.backbone_scale, hd.sample_pixels) == (1080, 1920, 0.25, 80_000)
+    uhd = PRESETS["4k"]
+    assert (uhd.height, uhd.width, uhd.backbone_scale, uhd.sample_pixels) == (2160, 3840, 0.125, 320_000)
+    for preset in PRESETS.values():
+        assert preset.validate() is preset
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"height": 722},
+            "height 722 is not valid at backbone scale 0.25: sizes must be multiples of 4, "
+            "at least 64; nearest valid: 720 or 724",
+        ),
+        (
+            {"width": 30},
+            "width 30 is not valid at backbone scale 0.25: sizes must be multiples of 4, "
+            "at least 64; nearest valid: 64",
+        ),
+        ({"height": 1084, "backbone_scale": 0.125}, "multiples of 8, at least 128; nearest valid: 1080 or 1088"),
+        ({"backbone_scale": 0.6}, "backbone scale 0.6 is not in (0, 0.5]"),
+        ({"refine_mode": "magic"}, "refine mode 'magic' is not one of sampling, thresholding, full"),
+        ({"sample_pixels": 10_000_000}, "sample pixels 10000000 is not in 16..921600"),
+        ({"opset": 9}, "opset 9 is not in 13..21"),
+        ({"precision": "INT8"}, "precision 'INT8' is not one of FP32, FP16"),
+        ({"refine_mode": "thresholding", "threshold": 1.5}, "threshold 1.5 is not in [0, 1)"),
+    ],
+)
+def test_invalid_configs_name_the_problem(changes, message):
+    with pytest.raises(ConfigError) as info:
+        ExportConfig().replace(**changes)
+    assert message in str(info.value)
+
+
+def test_metadata_round_trip():
+    config = PRESETS["4k"].replace(refine_mode="thresholding", threshold=0.2)
+    metadata = config.metadata("sha256:abc")
+    assert metadata["color_order"] == "BGR" and metadata["input_scale"] == "255"
+    assert metadata["resolution"] == "2160x3840" and metadata["checkpoint"] == "sha256:abc"
+    assert ExportConfig.from_metadata(metadata) == config
+
+
+def test_metadata_missing_key_is_a_clear_error():
+    with pytest.raises(ConfigError, match="metadata is incomplete"):
+        ExportConfig.from_metadata({"resolution": "720x1280"})
