@@ -176,6 +176,69 @@ def ir(
         typer.echo(size_line("bin", result.bin, result.bin_size, result.bin_sha256))
 
 
+@app.command()
+@user_errors
+def verify(
+    artifacts: Annotated[
+        Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
+    ] = None,
+    checkpoint: CheckpointOpt = None,
+    cases: Annotated[int, typer.Option(help="Synthetic composites to run.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the first synthetic composite.")] = 0,
+    images: Annotated[
+        Optional[Path],
+        typer.Option(help="Real data: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout."),
+    ] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write |d| heat-maps and patch maps (PNG) here.")] = None,
+    fp32_max_abs: Annotated[Optional[float], typer.Option(help="FP32 bar: max |d| outside differing patches.")] = None,
+    fp32_patch_share: Annotated[Optional[float], typer.Option(help="FP32 bar: share of patches off by > 1e-3.")] = None,
+    fp16_mean_abs: Annotated[Optional[float], typer.Option(help="FP16 bar: mean |d|.")] = None,
+    fp16_patch_share: Annotated[Optional[float], typer.Option(help="FP16 bar: share of patches off by > 0.05.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Check every artifact against the eager model: parity per output, patch flips, accuracy.
+
+    Exit 0 when every bar holds, 1 when any is missed, 2 for bad usage or input.
+    """
+    import dataclasses
+
+    from exporter.checkpoint import resolve_weights
+    from exporter.verify import default_artifacts
+    from exporter.verify import verify as run_verify
+    from exporter.verify.compare import BARS
+    from exporter.verify.report import format_report, write_json, write_previews
+
+    bars = {
+        "FP32": dataclasses.replace(BARS["FP32"], **_given(max_abs=fp32_max_abs, patch_share=fp32_patch_share)),
+        "FP16": dataclasses.replace(BARS["FP16"], **_given(mean_abs=fp16_mean_abs, patch_share=fp16_patch_share)),
+    }
+    weights = resolve_weights(checkpoint)
+    warn(weights.warning)
+    progress = None if quiet else (lambda message: typer.echo(f"  {message}", err=True))
+    result = run_verify(
+        artifacts or default_artifacts(),
+        weights,
+        cases=cases,
+        seed=seed,
+        images=images,
+        bars=bars,
+        on_progress=progress,
+    )
+    typer.echo(format_report(result))
+    if json_path is not None:
+        write_json(result, json_path)
+        typer.echo(f"numbers: {json_path}")
+    if report is not None:
+        for path in write_previews(result, report):
+            typer.echo(f"report: {path}")
+    raise typer.Exit(code=0 if result.passed else 1)
+
+
+def _given(**values: object) -> dict[str, object]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 @app.callback(invoke_without_command=True)
 def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,

@@ -33,6 +33,7 @@ __all__ = [
     "BGRInputs",
     "OnnxExport",
     "check_graph",
+    "export_module",
     "export_onnx",
     "op_histogram",
     "read_metadata",
@@ -167,13 +168,30 @@ def export_onnx(
     unwritable path and ``ExportError`` if the graph fails ``check_graph``.
     """
     config = config.validate()
-    output = Path(output)
-    writable_dir(output)
+    writable_dir(Path(output))
     stages = Stages(on_stage)
     with stages("load"):
-        model = BGRInputs(build_model(config, weights)).eval()
+        module = BGRInputs(build_model(config, weights)).eval()
+    return export_module(module, config, weights.label, output, simplify=simplify, stages=stages)
+
+
+def export_module(
+    module: nn.Module,
+    config: ExportConfig,
+    checkpoint: str,
+    output: Path,
+    *,
+    simplify: bool = True,
+    stages: Stages | None = None,
+) -> OnnxExport:
+    """Trace, simplify, check and save ``module`` (BGR 0..255 in, ``pha``/``fgr`` out) with
+    ``config``'s metadata. ``export_onnx`` is this for the real model; tests use it to make
+    deliberately broken exports that look like real ones."""
+    output = Path(output)
+    writable_dir(output)
+    stages = stages or Stages()
     with stages("export"):
-        graph = _trace(model, config)
+        graph = _trace(module, config)
     before = graph
     if simplify:
         with stages("simplify"):
@@ -187,14 +205,14 @@ def export_onnx(
         "BackgroundMattingV2 MobileNetV2 (arXiv 2012.07810); inputs BGR 0..255, outputs pha and RGB fgr 0..1"
     )
     del graph.metadata_props[:]
-    for key, value in config.metadata(weights.label).items():
+    for key, value in config.metadata(checkpoint).items():
         graph.metadata_props.add(key=key, value=value)
     with stages("save"), atomic_outputs(output) as (temporary,):
         temporary.write_bytes(graph.SerializeToString(deterministic=True))
     return OnnxExport(
         path=output,
         config=config,
-        checkpoint=weights.label,
+        checkpoint=checkpoint,
         sha256=sha256_of(output),
         size=output.stat().st_size,
         nodes_before=len(before.graph.node),

@@ -1,0 +1,239 @@
+"""Verification: every artifact against the eager model, in every runtime, as data.
+
+The reference is our eager ``MattingRefine`` (proven equal to the original by the golden
+tests) built from the artifact's own metadata and the same checkpoint, fed RGB / 255. The
+artifact gets the same images as BGR 0..255. Outputs are compared per output with the
+bars of the artifact's precision; with ground truth, the Open Model Zoo accuracy metrics
+are computed for the reference and for the artifact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporter.checkpoint import Weights, build_model
+from exporter.config import ExportConfig
+from exporter.errors import ArtifactError
+from exporter.runtime import artifact_metadata, runners_for
+from exporter.verify.compare import BARS, Bars, OutputComparison, compare_output, differing_patches
+from exporter.verify.data import Case, image_cases, synthetic_cases, to_model_input
+from exporter.verify.metrics import METRICS, matting_metrics
+
+__all__ = ["ArtifactResult", "Reference", "VerifyReport", "default_artifacts", "verify"]
+
+OUTPUTS = ("pha", "fgr")
+
+
+@dataclass
+class Reference:
+    """The eager model's outputs on every case, stacked ``(N, C, H, W)``, and its metrics."""
+
+    config: ExportConfig
+    cases: list[Case]
+    pha: np.ndarray
+    fgr: np.ndarray
+    ref: np.ndarray  # (N, H/4, W/4), 1 where refined
+    metrics: dict[str, float]
+
+
+@dataclass
+class ArtifactResult:
+    """One artifact in one runtime."""
+
+    path: Path
+    runtime: str
+    precision: str
+    config: ExportConfig
+    checkpoint: str
+    outputs: dict[str, OutputComparison]
+    patch_flips: float  # share of patches differing in pha or fgr
+    metrics: dict[str, float]
+    reference_metrics: dict[str, float]
+    milliseconds: float
+    preview: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.path} [{self.runtime}]"
+
+    @property
+    def passed(self) -> bool:
+        return all(self.outputs.values())
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+@dataclass
+class VerifyReport:
+    """Every artifact's result; ``passed`` when every bar of every artifact holds."""
+
+    checkpoint: str
+    case_names: list[str]
+    artifacts: list[ArtifactResult]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.artifacts) and all(self.artifacts)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        def output(c: OutputComparison) -> dict:
+            stats = {k: v for k, v in vars(c).items() if k != "checks"}
+            checks = [{"name": k.name, "value": k.value, "bound": k.bound, "passed": k.passed} for k in c.checks]
+            return {**stats, "checks": checks, "passed": c.passed}
+
+        return {
+            "passed": self.passed,
+            "checkpoint": self.checkpoint,
+            "cases": self.case_names,
+            "warnings": self.warnings,
+            "artifacts": [
+                {
+                    "path": str(a.path),
+                    "runtime": a.runtime,
+                    "precision": a.precision,
+                    "resolution": [a.config.height, a.config.width],
+                    "checkpoint": a.checkpoint,
+                    "passed": a.passed,
+                    "patch_flips": a.patch_flips,
+                    "milliseconds_per_frame": a.milliseconds,
+                    "outputs": {name: output(c) for name, c in a.outputs.items()},
+                    "metrics": a.metrics,
+                    "reference_metrics": a.reference_metrics,
+                }
+                for a in self.artifacts
+            ],
+        }
+
+
+def default_artifacts(root: Path = Path("models")) -> list[Path]:
+    """What ``make export`` writes, those of it that exist."""
+    from exporter.config import MODEL_NAME
+
+    candidates = [root / f"{MODEL_NAME}.onnx", root / "FP32" / f"{MODEL_NAME}.xml", root / "FP16" / f"{MODEL_NAME}.xml"]
+    return [path for path in candidates if path.is_file()]
+
+
+def _average(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {name: float(np.mean([row[name] for row in rows])) for name in METRICS if rows and name in rows[0]}
+
+
+def _case_metrics(cases: list[Case], pha: np.ndarray, fgr: np.ndarray) -> dict[str, float]:
+    rows = [
+        matting_metrics(pha[i, 0], fgr[i].transpose(1, 2, 0), case.pha, case.fgr)
+        for i, case in enumerate(cases)
+        if case.pha is not None
+    ]
+    return _average(rows)
+
+
+def _reference(config: ExportConfig, weights: Weights, cases: list[Case]) -> Reference:
+    model = build_model(config, weights)
+    outputs: dict[str, list[np.ndarray]] = {"pha": [], "fgr": [], "ref": []}
+    with torch.no_grad():
+        for case in cases:
+            src = torch.from_numpy(case.src).permute(2, 0, 1)[None].float() / 255
+            bgr = torch.from_numpy(case.bgr).permute(2, 0, 1)[None].float() / 255
+            pha, fgr, *_, ref = model(src, bgr)
+            outputs["pha"].append(pha.numpy())
+            outputs["fgr"].append(fgr.numpy())
+            outputs["ref"].append(ref.numpy()[:, 0])
+    stacked = {k: np.concatenate(v) for k, v in outputs.items()}
+    return Reference(
+        config,
+        cases,
+        stacked["pha"],
+        stacked["fgr"],
+        stacked["ref"],
+        _case_metrics(cases, stacked["pha"], stacked["fgr"]),
+    )
+
+
+def verify(
+    artifacts: Sequence[Path],
+    weights: Weights,
+    *,
+    cases: int = 4,
+    seed: int = 0,
+    images: Path | None = None,
+    bars: dict[str, Bars] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """Verify each artifact (``.onnx`` in ONNX Runtime and OpenVINO, ``.xml`` in OpenVINO)."""
+    bars = {**BARS, **(bars or {})}
+    if not artifacts:
+        raise ArtifactError("no artifacts to verify: give .onnx / .xml files, or run `make export` first")
+    if cases < 1 and images is None:
+        raise ArtifactError(f"--cases {cases}: at least one case is needed")
+    report = VerifyReport(checkpoint=weights.label, case_names=[], artifacts=[])
+    references: dict[ExportConfig, Reference] = {}
+    for path in artifacts:
+        path = Path(path)
+        metadata = artifact_metadata(path)
+        if not metadata:
+            raise ArtifactError(f"{path} carries no bgm-export metadata; was it made by bgm-export?")
+        config = ExportConfig.from_metadata(metadata)
+        precision = config.precision
+        key = config.replace(precision="FP32")
+        if metadata.get("checkpoint") != weights.label:
+            report.warnings.append(
+                f"{path} was exported from {metadata.get('checkpoint')}, but is verified against {weights.label}"
+            )
+        if key not in references:
+            if on_progress:
+                on_progress(f"reference: eager PyTorch at {config.height}x{config.width}")
+            data = (
+                image_cases(images, config.height, config.width)
+                if images is not None
+                else synthetic_cases(config.height, config.width, cases, seed)
+            )
+            references[key] = _reference(key, weights, data)
+            report.case_names = [case.name for case in data]
+        reference = references[key]
+        for runner in runners_for(path):
+            if on_progress:
+                on_progress(f"running {runner.name}")
+            actual: dict[str, list[np.ndarray]] = {"pha": [], "fgr": []}
+            start = time.perf_counter()
+            for case in reference.cases:
+                result = runner.run(to_model_input(case.src), to_model_input(case.bgr))
+                for name in OUTPUTS:
+                    actual[name].append(result[name])
+            milliseconds = (time.perf_counter() - start) * 1000 / len(reference.cases)
+            got = {name: np.concatenate(v) for name, v in actual.items()}
+            bar = bars[precision]
+            comparisons = {name: compare_output(name, getattr(reference, name), got[name], bar) for name in OUTPUTS}
+            flips = differing_patches(reference.pha, got["pha"], bar.patch_delta) | differing_patches(
+                reference.fgr, got["fgr"], bar.patch_delta
+            )
+            report.artifacts.append(
+                ArtifactResult(
+                    path=path,
+                    runtime=runner.runtime,
+                    precision=precision,
+                    config=config,
+                    checkpoint=metadata.get("checkpoint", "?"),
+                    outputs=comparisons,
+                    patch_flips=float(flips.mean()),
+                    metrics=_case_metrics(reference.cases, got["pha"], got["fgr"]),
+                    reference_metrics=reference.metrics,
+                    milliseconds=milliseconds,
+                    preview={
+                        "pha_error": np.abs(got["pha"][0, 0] - reference.pha[0, 0]),
+                        "fgr_error": np.abs(got["fgr"][0] - reference.fgr[0]).max(axis=0),
+                        "reference_ref": reference.ref[0] > 0,
+                        "flips": flips[0],
+                    },
+                )
+            )
+    return report

@@ -99,7 +99,7 @@ def _read_rgb(path: Path, size: tuple[int, int] | None, mode: str = "RGB") -> np
             image = image.convert(mode)
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(image)
+            return np.array(image)
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
 

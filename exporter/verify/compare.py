@@ -1,0 +1,122 @@
+"""Comparing an artifact's outputs with the reference's: statistics and bars, as data.
+
+Statistics are small pure functions over ``|actual - reference|``; a comparison returns an
+``OutputComparison`` whose ``checks`` say which bar held and which did not. Printing is
+``exporter.verify.report``'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from exporter import tolerances as tol
+
+__all__ = [
+    "BARS",
+    "Bars",
+    "Check",
+    "OutputComparison",
+    "compare_output",
+    "differing_patches",
+]
+
+PATCH = 4  # the refiner's patch size at full resolution
+
+
+@dataclass(frozen=True)
+class Bars:
+    """What an artifact of one precision must meet, per output.
+
+    Args:
+        max_abs: largest |d| allowed outside differing patches (None: not judged).
+        mean_abs: largest mean |d| allowed (None: not judged).
+        patch_delta: a 4x4 patch differs when its largest |d| exceeds this.
+        patch_share: largest share of differing patches allowed.
+    """
+
+    max_abs: float | None
+    mean_abs: float | None
+    patch_delta: float
+    patch_share: float
+
+
+BARS: dict[str, Bars] = {
+    "FP32": Bars(
+        max_abs=tol.FP32_ATOL, mean_abs=None, patch_delta=tol.FP32_PATCH_DELTA, patch_share=tol.FP32_PATCH_SHARE
+    ),
+    "FP16": Bars(
+        max_abs=None, mean_abs=tol.FP16_MEAN_ATOL, patch_delta=tol.FP16_PATCH_DELTA, patch_share=tol.FP16_PATCH_SHARE
+    ),
+}
+
+
+@dataclass
+class Check:
+    """One bar: ``value <= bound``."""
+
+    name: str
+    value: float
+    bound: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.value <= self.bound)
+
+
+@dataclass
+class OutputComparison:
+    """Statistics of one output over every case, and the bars' verdicts."""
+
+    output: str
+    max_abs: float
+    mean_abs: float
+    p999_abs: float
+    share_over_level: float
+    patch_share: float
+    max_abs_outside: float
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def patch_max(error: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W)`` -> largest value in each 4x4 patch over channels, ``(N, H/4, W/4)``."""
+    n, c, h, w = error.shape
+    return error.reshape(n, c, h // PATCH, PATCH, w // PATCH, PATCH).max(axis=(1, 3, 5))
+
+
+def differing_patches(reference: np.ndarray, actual: np.ndarray, delta: float) -> np.ndarray:
+    """Boolean ``(N, H/4, W/4)``: patches whose largest |d| exceeds ``delta``."""
+    return patch_max(np.abs(actual - reference)) > delta
+
+
+def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, bars: Bars) -> OutputComparison:
+    """Compare ``actual`` with ``reference`` (both ``(N, C, H, W)``, N cases) under ``bars``."""
+    if reference.shape != actual.shape:
+        raise ValueError(f"{name}: shape {actual.shape} differs from the reference's {reference.shape}")
+    error = np.abs(actual.astype(np.float64) - reference.astype(np.float64))
+    differing = patch_max(error) > bars.patch_delta
+    outside = np.repeat(np.repeat(~differing, PATCH, axis=1), PATCH, axis=2)[:, None]
+    outside_error = np.where(outside, error, 0.0)
+    result = OutputComparison(
+        output=name,
+        max_abs=float(error.max()),
+        mean_abs=float(error.mean()),
+        p999_abs=float(np.quantile(error, 0.999)),
+        share_over_level=float((error > tol.OFF_BY_ONE_LEVEL).mean()),
+        patch_share=float(differing.mean()),
+        max_abs_outside=float(outside_error.max()),
+    )
+    if bars.max_abs is not None:
+        result.checks.append(Check("max |d| outside differing patches", result.max_abs_outside, bars.max_abs))
+    if bars.mean_abs is not None:
+        result.checks.append(Check("mean |d|", result.mean_abs, bars.mean_abs))
+    result.checks.append(Check(f"patches off by > {bars.patch_delta:g}", result.patch_share, bars.patch_share))
+    return result

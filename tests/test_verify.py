@@ -1,0 +1,176 @@
+"""verify: passes good exports, and each bar catches a broken one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import GOLDEN_CONFIG
+from exporter.checkpoint import build_model
+from exporter.cli import app
+from exporter.errors import ArtifactError
+from exporter.export.onnx import BGRInputs, export_module
+from exporter.export.openvino import export_ir
+from exporter.verify import verify
+from exporter.verify.compare import BARS, compare_output
+from exporter.verify.data import synthetic_case
+from exporter.verify.metrics import alpha_grad, alpha_mad, alpha_mse, foreground_mse
+
+CASES = 2
+
+
+class NoChannelSwap(BGRInputs):
+    def forward(self, src, bgr):
+        pha, fgr, *_ = self.model(src / 255.0, bgr / 255.0)
+        return pha, fgr
+
+
+class NoScale(BGRInputs):
+    def forward(self, src, bgr):
+        pha, fgr, *_ = self.model(src.flip(1), bgr.flip(1))
+        return pha, fgr
+
+
+def broken_export(kind: str, weights, path):
+    model = build_model(GOLDEN_CONFIG, weights)
+    module = BGRInputs(model)
+    if kind == "no-channel-swap":
+        module = NoChannelSwap(model)
+    elif kind == "no-scale":
+        module = NoScale(model)
+    elif kind == "one-weight-x1.01":
+        with torch.no_grad():
+            model.decoder.conv2.weight.mul_(1.01)
+    elif kind == "half-the-patches":
+        model.refiner.sample_pixels //= 2  # the metadata still says 16,000
+    return export_module(module.eval(), GOLDEN_CONFIG, weights.label, path).path
+
+
+@pytest.fixture(scope="module")
+def good_report(golden_onnx, golden_irs, weights):
+    return verify([golden_onnx, golden_irs["FP32"], golden_irs["FP16"]], weights, cases=CASES)
+
+
+def test_good_exports_pass_every_bar(good_report):
+    assert good_report.passed
+    assert [(a.path.suffix, a.runtime, a.precision) for a in good_report.artifacts] == [
+        (".onnx", "onnxruntime", "FP32"),
+        (".onnx", "openvino", "FP32"),
+        (".xml", "openvino", "FP32"),
+        (".xml", "openvino", "FP16"),
+    ]
+    for a in good_report.artifacts[:3]:
+        assert a.outputs["pha"].max_abs_outside < 1e-4 and a.patch_flips <= BARS["FP32"].patch_share
+    fp16 = good_report.artifacts[3]
+    assert 1e-5 < fp16.outputs["pha"].mean_abs < 3e-3
+    assert set(fp16.metrics) == {"alpha MAD", "alpha MSE", "alpha GRAD", "foreground MSE"}
+
+
+BROKEN = ["no-channel-swap", "no-scale", "one-weight-x1.01", "half-the-patches"]
+
+
+# FP16's mean bar (3e-3) is looser than a 1% scale of one tensor moves the output
+# (5.5e-4 -> 1.4e-3 measured): that break is the FP32 artifacts' to catch.
+@pytest.mark.parametrize(
+    "kind, precision",
+    [(kind, "ONNX") for kind in BROKEN] + [(kind, "FP16") for kind in BROKEN if kind != "one-weight-x1.01"],
+)
+def test_broken_exports_fail(kind, precision, weights, tmp_path):
+    path = broken_export(kind, weights, tmp_path / "broken.onnx")
+    if precision == "FP16":
+        path = export_ir(path, tmp_path / "broken.xml", "FP16").xml
+    report = verify([path], weights, cases=CASES)
+    assert not report.passed
+    assert all(not a.passed for a in report.artifacts)
+
+
+def test_a_weight_scaled_by_one_percent_misses_the_fp32_bar_by_far(weights, tmp_path):
+    path = broken_export("one-weight-x1.01", weights, tmp_path / "broken.onnx")
+    result = verify([path], weights, cases=CASES).artifacts[0]
+    assert result.outputs["pha"].patch_share > 100 * BARS["FP32"].patch_share
+    assert result.outputs["pha"].mean_abs > 10 * BARS["FP32"].max_abs
+
+
+def test_compare_output_checks():
+    reference = np.zeros((1, 1, 8, 8), np.float32)
+    actual = reference.copy()
+    actual[0, 0, 0, 0] = 0.5  # one patch of four differs
+    actual[0, 0, 7, 7] = 5e-5
+    result = compare_output("pha", reference, actual, BARS["FP32"])
+    assert result.patch_share == 0.25 and result.max_abs == 0.5 and result.max_abs_outside == pytest.approx(5e-5)
+    assert [c.passed for c in result.checks] == [True, False] and not result
+    actual[0, 0, 0, 0] = 0
+    assert compare_output("pha", reference, actual, BARS["FP32"])
+
+
+def test_metrics_on_known_values():
+    gt = np.zeros((16, 16), np.float32)
+    gt[:, 8:] = 1
+    pred = gt.copy()
+    pred[:, 8] = 0.5  # 16 pixels off by 0.5
+    assert alpha_mad(pred, gt) == pytest.approx(0.5 * 16 / 256 * 1e3)
+    assert alpha_mse(pred, gt) == pytest.approx(0.25 * 16 / 256 * 1e3)
+    assert alpha_grad(gt, gt) == 0 and alpha_grad(pred, gt) > 0
+    rgb = np.ones((16, 16, 3), np.float32)
+    assert foreground_mse(rgb * 0.9, rgb, gt) == pytest.approx(0.01 * 1e3)
+
+
+def test_synthetic_case_is_deterministic_with_ground_truth():
+    a, b = synthetic_case(64, 96, 5), synthetic_case(64, 96, 5)
+    assert np.array_equal(a.src, b.src) and np.array_equal(a.pha, b.pha)
+    assert a.src.shape == (64, 96, 3) and a.src.dtype == np.uint8
+    assert 0 < a.pha.mean() < 1 and ((a.pha > 0) & (a.pha < 1)).any()
+    assert not np.array_equal(a.src, a.bgr)
+
+
+def test_images_folder(golden_onnx, weights, tmp_path):
+    from PIL import Image
+
+    case = synthetic_case(100, 150, 1)  # another size: resized to the artifact's
+    for sub, image in (("com", case.src), ("bgr", case.bgr), ("pha", (case.pha * 255).astype(np.uint8))):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(image).save(tmp_path / sub / "frame.png")
+    report = verify([golden_onnx], weights, images=tmp_path)
+    assert report.case_names == ["frame"] and report.passed
+    assert set(report.artifacts[0].metrics) == {"alpha MAD", "alpha MSE", "alpha GRAD"}
+
+
+def test_images_folder_without_bgr_is_a_clear_error(golden_onnx, weights, tmp_path):
+    (tmp_path / "com").mkdir()
+    with pytest.raises(Exception, match="needs com/ and bgr/"):
+        verify([golden_onnx], weights, images=tmp_path)
+
+
+def test_no_artifacts_is_a_clear_error(weights):
+    with pytest.raises(ArtifactError, match="make export"):
+        verify([], weights)
+
+
+def test_cli_exit_codes_json_and_report(golden_onnx, weights, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(
+        app,
+        ["verify", str(golden_onnx), "--cases", "1", "--json", str(tmp_path / "v.json"), "--report", str(tmp_path)],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "PASSED | " in ok.stdout and "VERIFIED" in ok.stdout
+    data = json.loads((tmp_path / "v.json").read_text())
+    assert data["passed"] and data["artifacts"][0]["outputs"]["pha"]["max_abs"] < 1e-4
+    assert len(list(tmp_path.glob("*.png"))) == 2
+
+    broken = broken_export("no-scale", weights, tmp_path / "broken.onnx")
+    bad = runner.invoke(app, ["verify", str(broken), "--cases", "1"])
+    assert bad.exit_code == 1
+    assert "FAILED | " in bad.stdout and "NOT VERIFIED" in bad.stdout and "would pass" in bad.stdout
+
+    loose = runner.invoke(
+        app, ["verify", str(broken), "--cases", "1", "--fp32-max-abs", "2", "--fp32-patch-share", "1"]
+    )
+    assert loose.exit_code == 0, loose.stdout
+
+    missing = runner.invoke(app, ["verify", str(tmp_path / "nope.onnx")])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
