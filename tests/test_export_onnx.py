@@ -120,7 +120,7 @@ def test_deterministic_bytes(golden_onnx, weights, tmp_path):
 def test_failed_export_leaves_existing_file_untouched(weights, tmp_path, monkeypatch):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"good")
-    monkeypatch.setattr(onnx_export, "check_graph", lambda model: ["banned ops: NonZero"])
+    monkeypatch.setattr(onnx_export, "check_graph", lambda model, banned: ["banned ops: NonZero"])
     with pytest.raises(ExportError, match="banned ops"):
         export_onnx(GOLDEN_CONFIG, weights, target)
     assert target.read_bytes() == b"good"

@@ -39,18 +39,17 @@ class MattingBase(nn.Module):
         self.aspp = ASPP(320, (3, 6, 9))
         self.decoder = Decoder([256, 128, 64, 48, 1 + 3 + 1 + 32], [32, 24, 16, 6])
 
-    def _coarse(
-        self, src: torch.Tensor, bgr: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """pha (clamped), fgr residual (not yet added to src), err (clamped), hid (ReLU)."""
-        x, *shortcuts = self.backbone(torch.cat([src, bgr], dim=1))
+    def _coarse(self, src_bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From ``cat([src, bgr])``: pha (clamped), fgr residual (not yet added to src),
+        err (clamped), hid (ReLU)."""
+        x, *shortcuts = self.backbone(src_bgr)
         x = self.decoder(self.aspp(x), *shortcuts)
         return x[:, 0:1].clamp(0.0, 1.0), x[:, 1:4], x[:, 4:5].clamp(0.0, 1.0), x[:, 5:].relu()
 
     def forward(
         self, src: torch.Tensor, bgr: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        pha, fgr, err, hid = self._coarse(src, bgr)
+        pha, fgr, err, hid = self._coarse(torch.cat([src, bgr], dim=1))
         return pha, (fgr + src).clamp(0.0, 1.0), err, hid
 
 
@@ -102,17 +101,22 @@ class MattingRefine(MattingBase):
             raise ValueError(
                 f"src {tuple(src.shape)} and bgr {tuple(bgr.shape)} must be equal, with height and width divisible by 4"
             )
+        return self.forward_stacked(torch.cat([src, bgr], dim=1))
+
+    def forward_stacked(self, src_bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``forward`` on ``cat([src, bgr])`` ``(B, 6, H, W)``: each full-resolution step
+        (resize, crop) then runs once on six channels instead of twice on three."""
+        height, width = src_bgr.shape[2:]
         # The original's interpolate(scale_factor, recompute_scale_factor=True) is this size.
         small = (math.floor(height * self.backbone_scale), math.floor(width * self.backbone_scale))
-        src_sm = F.interpolate(src, small, mode="bilinear", align_corners=False)
-        bgr_sm = F.interpolate(bgr, small, mode="bilinear", align_corners=False)
-        pha_sm, fgr_sm, err_sm, hid_sm = self._coarse(src_sm, bgr_sm)
-        pha, fgr, ref_sm = self.refiner(src, bgr, pha_sm, fgr_sm, err_sm, hid_sm)
+        src_bgr_sm = F.interpolate(src_bgr, small, mode="bilinear", align_corners=False)
+        pha_sm, fgr_sm, err_sm, hid_sm = self._coarse(src_bgr_sm)
+        pha, fgr, ref_sm = self.refiner(src_bgr, pha_sm, fgr_sm, err_sm, hid_sm)
         return (
             pha.clamp(0.0, 1.0),
-            (fgr + src).clamp(0.0, 1.0),
+            (fgr + src_bgr[:, :3]).clamp(0.0, 1.0),
             pha_sm,
-            (fgr_sm + src_sm).clamp(0.0, 1.0),
+            (fgr_sm + src_bgr_sm[:, :3]).clamp(0.0, 1.0),
             err_sm,
             ref_sm,
         )

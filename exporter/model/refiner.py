@@ -42,9 +42,11 @@ def _gather_patches(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, siz
     pixel = (rows * stride)[:, :, None, None] + offsets[:, None]
     pixel = pixel * width + (cols * stride)[:, :, None, None] + offsets
     pixel = pixel + (torch.arange(batch, device=x.device) * (height * width))[:, None, None, None]
-    flat = x.transpose(0, 1).reshape(channels, batch * height * width)
-    patches = torch.index_select(flat, 1, pixel.reshape(-1))
-    return patches.reshape(channels, -1, size, size).transpose(0, 1)
+    # Channels-last, so each gathered row is one pixel's contiguous channel vector; the
+    # runtimes' convolutions want that layout anyway, which cancels the final permute.
+    flat = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+    patches = torch.index_select(flat, 0, pixel.reshape(-1))
+    return patches.reshape(-1, size, size, channels).permute(0, 3, 1, 2)
 
 
 class Refiner(nn.Module):
@@ -61,8 +63,8 @@ class Refiner(nn.Module):
             whose error is not positive. ``False`` only for speed tests.
 
     Inputs:
-        src, bgr: ``(B, 3, H, W)`` full-resolution source and background, RGB, 0..1;
-            H and W divisible by 4.
+        src_bgr: ``(B, 6, H, W)`` full-resolution source and background stacked, RGB,
+            0..1; H and W divisible by 4.
         pha: ``(B, 1, Hc, Wc)`` coarse alpha; fgr: ``(B, 3, Hc, Wc)`` coarse foreground
             residual; err: ``(B, 1, Hc, Wc)`` coarse error; hid: ``(B, 32, Hc, Wc)``.
 
@@ -109,17 +111,15 @@ class Refiner(nn.Module):
 
     def forward(
         self,
-        src: torch.Tensor,
-        bgr: torch.Tensor,
+        src_bgr: torch.Tensor,
         pha: torch.Tensor,
         fgr: torch.Tensor,
         err: torch.Tensor,
         hid: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        height, width = src.shape[2:]
+        height, width = src_bgr.shape[2:]
         half = (height // 2, width // 2)
         quarter = (height // 4, width // 4)
-        src_bgr = torch.cat([src, bgr], dim=1)
         # Everything the first stage sees, at half resolution: 32 + 1 + 3 + 6 channels.
         features = torch.cat(
             [
@@ -130,13 +130,13 @@ class Refiner(nn.Module):
         )
         if self.mode == "full":
             out = self._refine_all(features, src_bgr)
-            ref = torch.ones_like(src[:, :1, : quarter[0], : quarter[1]])
+            ref = torch.ones_like(src_bgr[:, :1, : quarter[0], : quarter[1]])
             return out[:, :1], out[:, 1:], ref
 
         coarse = F.interpolate(torch.cat([pha, fgr], dim=1), (height, width), mode="bilinear", align_corners=False)
         err = F.interpolate(err, quarter, mode="bilinear", align_corners=False)
         if self.mode == "thresholding":
-            ref = err.gt(self.threshold).to(src.dtype)
+            ref = err.gt(self.threshold).to(src_bgr.dtype)
             refined = self._refine_all(features, src_bgr)
             mask = F.interpolate(ref, (height, width), mode="nearest")
             out = torch.where(mask > 0, refined, coarse)

@@ -1,0 +1,204 @@
+"""What each runtime costs per frame: eager PyTorch, ONNX Runtime, OpenVINO IR FP32/FP16,
+and the original repository's export recipe, timed in one run on one machine.
+
+Latency is one synchronous request at a time (median and 90th percentile after warm-up).
+Throughput is OpenVINO's THROUGHPUT hint with its optimal number of asynchronous requests;
+for eager PyTorch and ONNX Runtime it is frames per second at that latency. Every number
+is measured here and now; nothing is asserted about it in tests.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporter.checkpoint import Weights, build_model
+from exporter.config import ExportConfig
+from exporter.export.onnx import export_onnx
+from exporter.export.openvino import export_ir
+from exporter.export.upstream import export_upstream_onnx
+from exporter.info import count_flops
+from exporter.verify.data import synthetic_case, to_model_input
+
+__all__ = ["BenchReport", "BenchRow", "LayerCost", "bench"]
+
+WARMUP = 3
+SETTLE_SECONDS = 1.0
+
+
+@dataclass
+class LayerCost:
+    name: str
+    type: str
+    kernel: str
+    milliseconds: float
+
+
+@dataclass
+class BenchRow:
+    """One model in one runtime."""
+
+    name: str
+    runtime: str
+    precision: str  # weights
+    inference: str  # arithmetic
+    median_ms: float
+    p90_ms: float
+    fps: float
+    throughput_fps: float
+    gflops: float
+    speedup_latency: float = 0.0
+    speedup_throughput: float = 0.0
+    profile: list[LayerCost] = field(default_factory=list)
+
+    @property
+    def gflops_per_second(self) -> float:
+        return self.gflops * self.throughput_fps
+
+
+@dataclass
+class BenchReport:
+    config: ExportConfig
+    checkpoint: str
+    threads: int
+    rows: list[BenchRow]
+
+    def row(self, name: str) -> BenchRow:
+        return next(r for r in self.rows if r.name == name)
+
+    def to_dict(self) -> dict:
+        return {
+            "resolution": [self.config.height, self.config.width],
+            "sample_pixels": self.config.sample_pixels,
+            "checkpoint": self.checkpoint,
+            "threads": self.threads,
+            "rows": [{**asdict(r), "gflops_per_second": r.gflops_per_second} for r in self.rows],
+        }
+
+
+def _time(run: Callable[[], object], runs: int) -> list[float]:
+    # The previous runtime's worker threads may still be spinning: let them go to sleep.
+    time.sleep(SETTLE_SECONDS)
+    for _ in range(WARMUP):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def _row(name: str, runtime: str, precision: str, inference: str, times: list[float], gflops: float) -> BenchRow:
+    median = statistics.median(times)
+    return BenchRow(
+        name=name,
+        runtime=runtime,
+        precision=precision,
+        inference=inference,
+        median_ms=median,
+        p90_ms=float(np.percentile(times, 90)),
+        fps=1000 / median,
+        throughput_fps=1000 / median,
+        gflops=gflops,
+    )
+
+
+def _openvino_rows(
+    name: str, xml: Path, precision: str, inputs: dict, runs: int, gflops: float, profile: bool, f32: bool
+) -> BenchRow:
+    import openvino as ov
+
+    core = ov.Core()
+    extra = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
+    compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
+    inference = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower().replace("<type: '", "").rstrip("'>")
+    request = compiled.create_infer_request()
+    row = _row(name, "openvino", precision, inference, _time(lambda: request.infer(inputs), runs), gflops)
+    del request, compiled
+    if profile:  # counters cost time of their own, so they are read from a separate run
+        compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": "YES", **extra})
+        request = compiled.create_infer_request()
+        _time(lambda: request.infer(inputs), 1)
+        costs = [
+            LayerCost(p.node_name, p.node_type, p.exec_type, p.real_time.total_seconds() * 1000)
+            for p in request.profiling_info
+        ]
+        row.profile = sorted(costs, key=lambda c: -c.milliseconds)[:10]
+        del request, compiled
+
+    compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **extra})
+    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    frames = max(runs, 2 * len(queue))
+    for _ in range(len(queue)):
+        queue.start_async(inputs)
+    queue.wait_all()
+    start = time.perf_counter()
+    for _ in range(frames):
+        queue.start_async(inputs)
+    queue.wait_all()
+    row.throughput_fps = frames / (time.perf_counter() - start)
+    return row
+
+
+def bench(
+    config: ExportConfig,
+    weights: Weights,
+    *,
+    runs: int = 20,
+    profile: bool = False,
+    on_progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Export every variant at ``config`` into a scratch folder and time each."""
+    import onnx
+    import onnxruntime as ort
+
+    say = on_progress or (lambda message: None)
+    case = synthetic_case(config.height, config.width, 0)
+    inputs = {"src": to_model_input(case.src), "bgr": to_model_input(case.bgr)}
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory(prefix="bgm-bench-") as scratch:
+        root = Path(scratch)
+        say("exporting ONNX, IR FP32, IR FP16 and the original recipe's IR")
+        ours = export_onnx(config, weights, root / "ours.onnx").path
+        ir32 = export_ir(ours, root / "FP32" / "ours.xml", "FP32").xml
+        ir16 = export_ir(ours, root / "FP16" / "ours.xml", "FP16").xml
+        upstream_onnx = export_upstream_onnx(config, weights, root / "upstream.onnx").path
+        upstream = export_ir(upstream_onnx, root / "upstream" / "upstream.xml", "FP32").xml
+        gflops = count_flops(onnx.load(str(ours)))[0]
+
+        say("eager PyTorch")
+        model = build_model(config, weights)
+        src = torch.from_numpy(case.src).permute(2, 0, 1)[None].float() / 255
+        bgr = torch.from_numpy(case.bgr).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            rows.append(_row("eager PyTorch", "torch", "FP32", "f32", _time(lambda: model(src, bgr), runs), gflops))
+
+        say("ONNX Runtime")
+        session = ort.InferenceSession(str(ours), providers=["CPUExecutionProvider"])
+        rows.append(_row("ONNX", "onnxruntime", "FP32", "f32", _time(lambda: session.run(None, inputs), runs), gflops))
+        del session
+
+        variants = [
+            ("IR FP32", ir32, "FP32", True),
+            ("IR FP32", ir32, "FP32", False),
+            ("IR FP16", ir16, "FP16", False),
+            ("original recipe IR FP32", upstream, "FP32", True),
+            ("original recipe IR FP32", upstream, "FP32", False),
+        ]
+        for name, xml, precision, f32 in variants:
+            say(f"OpenVINO {name} ({'f32' if f32 else 'device default'} arithmetic)")
+            rows.append(_openvino_rows(name, xml, precision, inputs, runs, gflops, profile, f32))
+
+    eager = rows[0]
+    for row in rows:
+        row.speedup_latency = eager.median_ms / row.median_ms
+        row.speedup_throughput = row.throughput_fps / eager.throughput_fps
+    return BenchReport(config, weights.label, torch.get_num_threads(), rows)

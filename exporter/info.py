@@ -1,0 +1,115 @@
+"""What an exported model is: parameters, FLOPs counted from the graph, ops, sizes, metadata.
+
+FLOPs count multiply-accumulates of Conv and MatMul/Gemm nodes as two operations each, from
+shapes that ONNX shape inference makes static; element-wise ops, resizes and data movement
+are not counted (they are memory-bound and, together, under 1% of the arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from exporter.errors import ArtifactError
+
+__all__ = ["ModelInfo", "count_flops", "graph_parameters", "onnx_info"]
+
+
+@dataclass
+class ModelInfo:
+    """Facts about one artifact (or the checkpoint's model, exported at a config)."""
+
+    path: str
+    format: str
+    trainable_parameters: int | None
+    graph_parameters: int
+    gflops: float
+    gflops_by_block: dict[str, float]
+    nodes: int
+    nodes_before_simplify: int | None
+    ops: dict[str, int]
+    files: dict[str, int]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    graph = inferred.graph
+    shapes = {}
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value for d in dims]
+    for initializer in graph.initializer:
+        shapes[initializer.name] = list(initializer.dims)
+    return shapes
+
+
+def _block(node: onnx.NodeProto) -> str:
+    """``/model/refiner/conv1/Conv`` -> ``refiner``: the paper's block a node belongs to."""
+    parts = [p for p in node.name.split("/") if p and p != "model"]
+    return parts[0] if len(parts) > 1 and parts[0] in {"backbone", "aspp", "decoder", "refiner"} else "other"
+
+
+def count_flops(model: onnx.ModelProto) -> tuple[float, dict[str, float]]:
+    """Total GFLOPs and GFLOPs per block (backbone, aspp, decoder, refiner, other)."""
+    shapes = _shapes(model)
+    by_block: dict[str, float] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            weight = shapes[node.input[1]]  # (Cout, Cin/groups, kh, kw)
+            flops = 2 * math.prod(shapes[node.output[0]]) * math.prod(weight[1:])
+        elif node.op_type in ("MatMul", "Gemm"):
+            a, out = shapes[node.input[0]], shapes[node.output[0]]
+            flops = 2 * math.prod(out) * a[-1]
+        else:
+            continue
+        block = _block(node)
+        by_block[block] = by_block.get(block, 0.0) + flops / 1e9
+    return sum(by_block.values()), dict(sorted(by_block.items()))
+
+
+def graph_parameters(model: onnx.ModelProto) -> int:
+    """Floating-point constants in the graph (weights after BN folding), not index tables."""
+    from onnx import numpy_helper
+
+    total = 0
+    for initializer in model.graph.initializer:
+        if initializer.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            total += int(np.prod(initializer.dims))
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].HasField("t") else None
+            if value is not None and value.dtype.kind == "f":
+                total += value.size
+    return total
+
+
+def onnx_info(path: Path, nodes_before: int | None = None, trainable: int | None = None) -> ModelInfo:
+    from exporter.export.onnx import op_histogram
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
+    gflops, by_block = count_flops(model)
+    return ModelInfo(
+        path=str(path),
+        format="onnx",
+        trainable_parameters=trainable,
+        graph_parameters=graph_parameters(model),
+        gflops=gflops,
+        gflops_by_block=by_block,
+        nodes=len(model.graph.node),
+        nodes_before_simplify=nodes_before,
+        ops=op_histogram(model),
+        files={str(path): path.stat().st_size},
+        metadata={p.key: p.value for p in model.metadata_props},
+    )
