@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +184,7 @@ def bench(
 
         say("ONNX Runtime")
         session = ort.InferenceSession(str(ours), providers=["CPUExecutionProvider"])
-        rows.append(_row("ONNX", "onnxruntime", "FP32", "f32", _time(lambda: session.run(None, inputs), runs), gflops))
-        del session
+        rows.append(_row("ONNX", "onnxruntime", "FP32", "f32", _time(partial(session.run, None, inputs), runs), gflops))
 
         variants = [
             ("IR FP32", ir32, "FP32", True),
