@@ -28,7 +28,7 @@ from exporter.export.upstream import export_upstream_onnx
 from exporter.info import count_flops
 from exporter.verify.data import synthetic_case, to_model_input
 
-__all__ = ["BenchReport", "BenchRow", "LayerCost", "bench"]
+__all__ = ["BenchReport", "BenchRow", "LayerCost", "bench", "format_bench"]
 
 WARMUP = 3
 SETTLE_SECONDS = 1.0
@@ -202,3 +202,37 @@ def bench(
         row.speedup_latency = eager.median_ms / row.median_ms
         row.speedup_throughput = row.throughput_fps / eager.throughput_fps
     return BenchReport(config, weights.label, torch.get_num_threads(), rows)
+
+
+def format_bench(report: BenchReport) -> str:
+    config = report.config
+    lines = [
+        f"{config.height}x{config.width}, {config.patches:,} refined patches, {report.rows[0].gflops:.2f} GFLOP a "
+        f"frame; torch threads {report.threads}; weights {report.checkpoint}",
+        "",
+    ]
+    rows = [
+        ("model", "runtime", "arithmetic", "median ms", "p90 ms", "x eager", "throughput fps", "x eager", "GFLOP/s")
+    ]
+    for r in report.rows:
+        rows.append(
+            (r.name, r.runtime, r.inference, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.speedup_latency:.2f}",
+             f"{r.throughput_fps:.2f}", f"{r.speedup_throughput:.2f}", f"{r.gflops_per_second:.0f}")
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    ours = {r.inference: r for r in report.rows if r.name == "IR FP32"}
+    base = {r.inference: r for r in report.rows if r.name == "original recipe IR FP32"}
+    lines.append("")
+    for arithmetic in ours:
+        if arithmetic in base:
+            lines.append(
+                f"IR FP32 vs the original recipe's IR ({arithmetic}): latency x"
+                f"{base[arithmetic].median_ms / ours[arithmetic].median_ms:.2f}, throughput x"
+                f"{ours[arithmetic].throughput_fps / base[arithmetic].throughput_fps:.2f}"
+            )
+    for r in report.rows:
+        if r.profile:
+            lines += ["", f"Top layers, {r.name} ({r.inference}), ms in one request:"]
+            lines += [f"  {c.milliseconds:7.2f}  {c.type:<14} {c.kernel:<24} {c.name}" for c in r.profile]
+    return "\n".join(lines)

@@ -235,6 +235,113 @@ def verify(
     raise typer.Exit(code=0 if result.passed else 1)
 
 
+@app.command()
+@user_errors
+def info(
+    artifact: Annotated[
+        Optional[Path], typer.Argument(help="An .onnx or .xml (default: the checkpoint's model).")
+    ] = None,
+    checkpoint: CheckpointOpt = None,
+    preset: PresetOpt = "720p",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
+) -> None:
+    """Parameters, GFLOPs counted from the graph, op histogram, node counts, sizes, metadata."""
+    import json
+
+    from exporter.checkpoint import resolve_weights
+    from exporter.info import artifact_info, checkpoint_info
+
+    if artifact is not None:
+        result = artifact_info(artifact)
+    else:
+        weights = resolve_weights(checkpoint)
+        warn(weights.warning)
+        result = checkpoint_info(make_config(preset, None, None, None, None, None, None, None), weights)
+    if result.trainable_parameters is not None:
+        typer.echo(f"trainable parameters  {result.trainable_parameters:,}")
+    typer.echo(f"graph parameters      {result.graph_parameters:,} (after batch-norm folding)")
+    blocks = ", ".join(f"{k} {v:.4f}" for k, v in result.gflops_by_block.items())
+    typer.echo(f"GFLOPs                {result.gflops:.4f} ({blocks})")
+    before = f"{result.nodes_before_simplify} before simplification, " if result.nodes_before_simplify else ""
+    typer.echo(f"nodes                 {before}{result.nodes}")
+    typer.echo("ops                   " + ", ".join(f"{k} {v}" for k, v in result.ops.items()))
+    for path, size in result.files.items():
+        typer.echo(f"file                  {path}  {size:,} bytes")
+    for key, value in result.metadata.items():
+        typer.echo(f"metadata              {key} = {value}")
+    if json_path is not None:
+        from exporter.files import atomic_outputs
+
+        with atomic_outputs(json_path) as (temporary,):
+            temporary.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+@user_errors
+def bench(
+    checkpoint: CheckpointOpt = None,
+    preset: PresetOpt = "720p",
+    height: HeightOpt = None,
+    width: WidthOpt = None,
+    sample_pixels: PixelsOpt = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model after warm-up.")] = 20,
+    profile: Annotated[bool, typer.Option("--profile", help="Top ten layers from OpenVINO's counters.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
+) -> None:
+    """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16, and the original recipe's IR."""
+    import json
+
+    from exporter.bench import bench as run_bench
+    from exporter.bench import format_bench
+    from exporter.checkpoint import resolve_weights
+
+    if runs < 1:
+        raise fail(f"--runs {runs}: at least 1")
+    config = make_config(preset, height, width, None, None, sample_pixels, None, None)
+    weights = resolve_weights(checkpoint)
+    warn(weights.warning)
+    report = run_bench(
+        config, weights, runs=runs, profile=profile, on_progress=lambda m: typer.echo(f"  {m}", err=True)
+    )
+    typer.echo(format_bench(report))
+    if json_path is not None:
+        from exporter.files import atomic_outputs
+
+        with atomic_outputs(json_path) as (temporary,):
+            temporary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+@user_errors
+def card(
+    artifacts: Annotated[
+        Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="The Markdown file to write.")] = Path("models/MODEL_CARD.md"),
+    checkpoint: CheckpointOpt = None,
+    cases: Annotated[int, typer.Option(help="Synthetic composites for the accuracy table.")] = 4,
+    images: Annotated[
+        Optional[Path], typer.Option(help="Real data with ground truth (com/, bgr/, pha/, fgr/).")
+    ] = None,
+) -> None:
+    """Write the Open Model Zoo model card of the artifacts, every number measured now."""
+    from exporter.card import model_card
+    from exporter.checkpoint import resolve_weights
+    from exporter.files import atomic_outputs
+    from exporter.info import artifact_info
+    from exporter.verify import default_artifacts
+    from exporter.verify import verify as run_verify
+
+    paths = artifacts or default_artifacts()
+    weights = resolve_weights(checkpoint)
+    warn(weights.warning)
+    report = run_verify(paths, weights, cases=cases, images=images)
+    infos = [artifact_info(path) for path in paths]
+    with atomic_outputs(output) as (temporary,):
+        temporary.write_text(model_card(report, infos, weights.synthetic))
+    typer.echo(f"model card: {output}")
+
+
 def _given(**values: object) -> dict[str, object]:
     return {k: v for k, v in values.items() if v is not None}
 

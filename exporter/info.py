@@ -16,7 +16,7 @@ import onnx
 
 from exporter.errors import ArtifactError
 
-__all__ = ["ModelInfo", "count_flops", "graph_parameters", "onnx_info"]
+__all__ = ["ModelInfo", "artifact_info", "checkpoint_info", "count_flops", "graph_parameters", "ir_info", "onnx_info"]
 
 
 @dataclass
@@ -113,3 +113,89 @@ def onnx_info(path: Path, nodes_before: int | None = None, trainable: int | None
         files={str(path): path.stat().st_size},
         metadata={p.key: p.value for p in model.metadata_props},
     )
+
+
+def _ir_flops(model: object) -> tuple[float, dict[str, float]]:
+    by_block: dict[str, float] = {}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        out = list(op.output(0).get_shape())
+        weight = list(op.input(1).get_partial_shape().to_shape())
+        if kind == "Convolution":  # weights (Cout, Cin, kh, kw)
+            per_output = math.prod(weight[1:])
+        elif kind == "GroupConvolution":  # weights (G, Cout/G, Cin/G, kh, kw)
+            per_output = math.prod(weight[2:])
+        else:
+            per_output = list(op.input(0).get_shape())[-1]
+        node = onnx.NodeProto(name=op.get_friendly_name())
+        block = _block(node)
+        by_block[block] = by_block.get(block, 0.0) + 2 * math.prod(out) * per_output / 1e9
+    return sum(by_block.values()), dict(sorted(by_block.items()))
+
+
+def ir_info(xml: Path) -> ModelInfo:
+    import collections
+
+    import openvino as ov
+
+    from exporter.export.openvino import read_ir_metadata
+
+    xml = Path(xml)
+    try:
+        model = ov.Core().read_model(str(xml))
+    except Exception as exc:  # OpenVINO raises RuntimeError with a long report
+        raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {str(exc).splitlines()[0]}") from None
+    ops = collections.Counter(op.get_type_name() for op in model.get_ordered_ops())
+    params = sum(
+        math.prod(op.get_output_shape(0))
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Constant" and op.get_output_element_type(0).is_real()
+    )
+    gflops, by_block = _ir_flops(model)
+    bin_path = xml.with_suffix(".bin")
+    return ModelInfo(
+        path=str(xml),
+        format="openvino-ir",
+        trainable_parameters=None,
+        graph_parameters=params,
+        gflops=gflops,
+        gflops_by_block=by_block,
+        nodes=sum(ops.values()),
+        nodes_before_simplify=None,
+        ops=dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
+        files={str(p): p.stat().st_size for p in (xml, bin_path) if p.exists()},
+        metadata=read_ir_metadata(xml),
+    )
+
+
+def artifact_info(path: Path) -> ModelInfo:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} does not exist")
+    if path.suffix == ".onnx":
+        info = onnx_info(path)
+        before = info.metadata.get("nodes_before_simplify")
+        info.nodes_before_simplify = int(before) if before and before.isdigit() else None
+        return info
+    if path.suffix == ".xml":
+        return ir_info(path)
+    raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
+
+
+def checkpoint_info(config: object, weights: object) -> ModelInfo:
+    """The checkpoint's model exported at ``config`` to a scratch folder, with its
+    trainable parameter count."""
+    import tempfile
+
+    from exporter.checkpoint import build_model
+    from exporter.export.onnx import export_onnx
+
+    trainable = sum(p.numel() for p in build_model(config, weights).parameters())
+    with tempfile.TemporaryDirectory(prefix="bgm-info-") as scratch:
+        result = export_onnx(config, weights, Path(scratch) / "model.onnx")
+        info = onnx_info(result.path, nodes_before=result.nodes_before, trainable=trainable)
+    info.path = weights.source
+    info.files = {}
+    return info

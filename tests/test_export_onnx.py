@@ -109,7 +109,9 @@ def test_metadata(golden_onnx):
         "precision": "FP32",
         "checkpoint": "synthetic bgmv2-synthetic-v1 seed 0",
         "tool": "bgm-export 0.1.0",
+        "nodes_before_simplify": metadata["nodes_before_simplify"],
     }
+    assert int(metadata["nodes_before_simplify"]) > 400
 
 
 def test_deterministic_bytes(golden_onnx, weights, tmp_path):

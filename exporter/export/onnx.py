@@ -212,6 +212,7 @@ def export_module(
     del graph.metadata_props[:]
     for key, value in config.metadata(checkpoint).items():
         graph.metadata_props.add(key=key, value=value)
+    graph.metadata_props.add(key="nodes_before_simplify", value=str(len(before.graph.node)))
     with stages("save"), atomic_outputs(output) as (temporary,):
         temporary.write_bytes(graph.SerializeToString(deterministic=True))
     return OnnxExport(

@@ -1,0 +1,142 @@
+"""The model card of what was produced, in the Open Model Zoo format of
+``background-matting-mobilenetv2``. Every number comes from this run: GFLOPs and
+parameters from the graph, accuracy from ``verify``, hashes from the files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exporter import __version__
+from exporter.config import MODEL_NAME
+from exporter.files import sha256_of
+from exporter.info import ModelInfo
+from exporter.verify import VerifyReport
+from exporter.verify.metrics import METRICS
+
+__all__ = ["model_card"]
+
+
+def _shape(*dims: int) -> str:
+    return ", ".join(str(d) for d in dims)
+
+
+def model_card(report: VerifyReport, infos: list[ModelInfo], synthetic: bool) -> str:
+    """Markdown for the artifacts in ``report`` (one row per artifact run)."""
+    first = report.artifacts[0]
+    config = first.config
+    h, w = config.height, config.width
+    info = infos[0]
+    lines = [f"# {MODEL_NAME}", ""]
+    if synthetic:
+        lines += [
+            "> **Made from synthetic weights** (`bgmv2-synthetic-v1`, seed 0), not the official checkpoint: "
+            "the structure, costs and parity below are real; the accuracy numbers mean nothing for real images.",
+            "",
+        ]
+    lines += [
+        "## Use Case and High-Level Description",
+        "",
+        "Real-time, high-resolution background replacement (video calls, streaming): BackgroundMattingV2 "
+        "(arXiv 2012.07810) with a MobileNetV2 backbone. Given a frame and a picture of the background "
+        "without the subject, it predicts the alpha matte and the foreground colours. A base network runs at "
+        f"{config.backbone_scale:g} of the input resolution; a refiner recomputes the "
+        f"{config.patches:,} 4x4 patches with the largest predicted error at full resolution "
+        f"(refine mode `{config.refine_mode}`).",
+        "",
+        "## Specification",
+        "",
+        "| Metric | Value |",
+        "|---|---|",
+        "| Type | Background matting |",
+        f"| GFlops | {info.gflops:.4f} |",
+        f"| MParams | {info.graph_parameters / 1e6:.3f} |",
+        "| Source framework | PyTorch\\* |",
+        "",
+        f"GFlops count multiply-accumulates of every convolution as two operations at {h}x{w}, refiner included "
+        f"({info.gflops_by_block.get('refiner', 0.0):.4f} of them); MParams count the graph's weights after "
+        "batch-norm folding.",
+        "",
+        "## Accuracy",
+        "",
+    ]
+    with_metrics = [a for a in report.artifacts if a.metrics]
+    if with_metrics:
+        cases = ", ".join(report.case_names)
+        lines += [f"Measured by `bgm-export verify` on: {cases}.", ""]
+        for a in with_metrics:
+            lines += [f"`{a.path.name}` ({a.precision}, {a.runtime}):", ""]
+            lines += ["| Metric | Original model | Converted model |", "|---|---|---|"]
+            lines += [
+                f"| {metric} | {a.reference_metrics[metric]:.4f} | {a.metrics[metric]:.4f} |"
+                for metric in METRICS
+                if metric in a.metrics
+            ]
+            lines.append("")
+    else:
+        lines += ["No ground truth was given (`verify --images` with `pha/`, `fgr/`): parity only.", ""]
+    lines += [
+        "Parity with the original (eager PyTorch on the same weights, the same images):",
+        "",
+        "| Artifact | Runtime | pha max abs diff | fgr max abs diff | patches differing | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a in report.artifacts:
+        lines.append(
+            f"| `{a.path.name}` ({a.precision}) | {a.runtime} | {a.outputs['pha'].max_abs:.2e} | "
+            f"{a.outputs['fgr'].max_abs:.2e} | {a.patch_flips * 100:.3f}% | {'PASSED' if a.passed else 'FAILED'} |"
+        )
+    lines += [
+        "",
+        "## Input",
+        "",
+        "### Original model",
+        "",
+        f"Image, name: `src`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W` (batch, channels, height, "
+        "width). Expected color order: `RGB`. Values 0..1 (divided by 255).",
+        "",
+        f"Image, name: `bgr`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`. The background without "
+        "the subject. Expected color order: `RGB`. Values 0..1.",
+        "",
+        "### Converted model",
+        "",
+        f"Image, name: `src`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`. Expected color order: "
+        "`BGR`. Values 0..255 (the channel reversal and the 1/255 scale are in the graph).",
+        "",
+        f"Image, name: `bgr`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`. Expected color order: "
+        "`BGR`. Values 0..255.",
+        "",
+        "## Output",
+        "",
+        "### Original model",
+        "",
+        f"Alpha matte, name: `pha`, shape: `{_shape(1, 1, h, w)}`, format: `B, C, H, W`, values 0..1.",
+        "",
+        f"Foreground, name: `fgr`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`, color order `RGB`, "
+        "values 0..1.",
+        "",
+        "### Converted model",
+        "",
+        f"Alpha matte, name: `pha`, shape: `{_shape(1, 1, h, w)}`, format: `B, C, H, W`, values 0..1.",
+        "",
+        f"Foreground, name: `fgr`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`, color order `RGB`, "
+        "values 0..1.",
+        "",
+        "## Provenance",
+        "",
+        f"- Checkpoint: `{first.checkpoint}`",
+        f"- Tool: bgm-export {__version__}; opset {config.opset}; static shapes, no If / Loop / NonZero.",
+        "",
+        "| File | Size (bytes) | sha256 |",
+        "|---|---|---|",
+    ]
+    for info in infos:
+        for path, size in info.files.items():
+            lines.append(f"| `{Path(path).name}` ({info.format}) | {size:,} | `{sha256_of(Path(path))}` |")
+    lines += [
+        "",
+        "## Legal Information",
+        "",
+        "The original model is distributed under the MIT License (PeterL1n/BackgroundMattingV2).",
+        "",
+    ]
+    return "\n".join(lines)
