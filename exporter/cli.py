@@ -7,6 +7,7 @@ the command with the error's exit code (2), never a traceback.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional, TypeVar
@@ -340,6 +341,38 @@ def card(
     with atomic_outputs(output) as (temporary,):
         temporary.write_text(model_card(report, infos, weights.synthetic))
     typer.echo(f"model card: {output}")
+
+
+@app.command()
+@user_errors
+def matte(
+    model: Annotated[Path, typer.Option(help="The exported model, .xml or .onnx.")],
+    src: Annotated[Path, typer.Option(help="An image, a folder of frames, or a video.")],
+    bgr: Annotated[Path, typer.Option(help="The captured background (an image), for every frame.")],
+    target: Annotated[str, typer.Option(help="New background: a colour R,G,B, an image or a video.")] = "0,255,0",
+    out: Annotated[Path, typer.Option(help="Folder for alpha, foreground and composite files.")] = Path("matte"),
+    device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
+) -> None:
+    """Replace the background of images or video with an exported model."""
+    from exporter.matte import matte as run_matte
+
+    bars: list = []  # one bar, opened once the frame count is known, for folders and video
+
+    def progress(done: int, total: int) -> None:
+        if total > 1 and not bars:
+            bars.append(typer.progressbar(length=total, label="matting", file=sys.stderr).__enter__())
+        if bars:
+            bars[0].update(1)
+
+    try:
+        summary = run_matte(model, src, bgr, target=target, out=out, device=device, on_frame=progress)
+    finally:
+        if bars:
+            bars[0].__exit__(None, None, None)
+    for message in summary.warnings:
+        warn(message)
+    typer.echo(f"{summary.frames} frames in {summary.seconds:.1f} s: {summary.fps:.1f} frames per second")
+    typer.echo(f"wrote {len(summary.files)} files to {out}")
 
 
 def _given(**values: object) -> dict[str, object]:

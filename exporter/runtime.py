@@ -29,6 +29,7 @@ class Runner:
     path: Path
     runtime: str
     run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    input_shape: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
@@ -75,13 +76,16 @@ def _onnxruntime(path: Path) -> Runner:
         pha, fgr = session.run(list(OUTPUT_NAMES), {"src": src, "bgr": bgr})
         return {"pha": pha, "fgr": fgr}
 
-    return Runner(path, "onnxruntime", run)
+    return Runner(path, "onnxruntime", run, tuple(session.get_inputs()[0].shape))
 
 
 def _openvino(path: Path, device: str = "CPU", f32: bool = True) -> Runner:
     import openvino as ov
 
     core = ov.Core()
+    available = core.available_devices
+    if device.split(":")[0] not in ("AUTO", "MULTI", "HETERO") and not any(d.startswith(device) for d in available):
+        raise ArtifactError(f"OpenVINO device {device} is not available here (available: {', '.join(available)})")
     # f32 arithmetic judges the artifact's weights, not the device's default bf16/f16 maths.
     config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 and device == "CPU" else {}
     try:
@@ -95,10 +99,13 @@ def _openvino(path: Path, device: str = "CPU", f32: bool = True) -> Runner:
         result = request.infer({"src": src, "bgr": bgr})
         return {name: np.array(result[compiled.output(name)]) for name in OUTPUT_NAMES}
 
-    return Runner(path, "openvino", run)
+    shape = tuple(compiled.input("src").get_partial_shape().get_min_shape())
+    return Runner(path, "openvino", run, shape)
 
 
-def load_runner(path: Path, runtime: str, device: str = "CPU") -> Runner:
+def load_runner(path: Path, runtime: str, device: str = "CPU", f32: bool = True) -> Runner:
+    """``f32``: on CPU, compute in f32 whatever the device's default (parity checks want
+    that; deployment may not)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist")
@@ -107,7 +114,7 @@ def load_runner(path: Path, runtime: str, device: str = "CPU") -> Runner:
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
         return _onnxruntime(path)
     if runtime == "openvino":
-        return _openvino(path, device)
+        return _openvino(path, device, f32)
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 

@@ -1,0 +1,200 @@
+"""matte: files written for images, folders and video, their values, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from exporter.cli import app
+from exporter.errors import InputError
+from exporter.matte import Matter, letterbox, matte
+from exporter.runtime import load_runner
+from exporter.tolerances import OFF_BY_ONE_LEVEL
+from exporter.verify.data import synthetic_case
+
+runner = CliRunner()
+
+
+def save(image: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def read(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+@pytest.fixture(scope="module")
+def model(golden_irs) -> Path:
+    return golden_irs["FP32"]
+
+
+def test_image_at_model_size(model, tmp_path):
+    case = synthetic_case(192, 320, 11)
+    src, bgr = save(case.src, tmp_path / "in/src.png"), save(case.bgr, tmp_path / "in/bgr.png")
+    summary = matte(model, src, bgr, target="0,255,0", out=tmp_path / "out")
+    assert summary.frames == 1 and not summary.warnings
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["src_alpha.png", "src_composite.png", "src_fgr.png"]
+
+    matter = Matter(load_runner(model, "openvino", f32=False), case.bgr)
+    expected = matter.model_outputs(case.src)
+    alpha = read(tmp_path / "out/src_alpha.png")
+    assert alpha.shape == (192, 320) and alpha.dtype == np.uint8
+    assert np.abs(alpha / 255 - expected["pha"][0, 0]).max() <= OFF_BY_ONE_LEVEL
+
+    rgba = read(tmp_path / "out/src_fgr.png")
+    assert rgba.shape == (192, 320, 4) and np.array_equal(rgba[..., 3], alpha)
+    green = np.zeros((192, 320, 3), np.uint8)
+    green[..., 1] = 255
+    result = matter(case.src, green)
+    composite = read(tmp_path / "out/src_composite.png")
+    pha = result.pha[..., None]
+    reference = pha * result.fgr + (1 - pha) * green / 255
+    assert np.abs(composite / 255 - reference).max() <= OFF_BY_ONE_LEVEL
+    # ...and from the written 8-bit files, within the two roundings.
+    from_files = alpha[..., None] / 255 * rgba[..., :3] / 255 + (1 - alpha[..., None] / 255) * green / 255
+    assert np.abs(composite / 255 - from_files).max() <= 2 * OFF_BY_ONE_LEVEL
+
+
+def test_other_size_is_letterboxed_and_mapped_back(model, tmp_path):
+    case = synthetic_case(150, 200, 12)  # 4:3 into 5:3: padded left and right
+    src = save(case.src, tmp_path / "src.png")
+    bgr = save(np.array(Image.fromarray(case.bgr).resize((400, 300))), tmp_path / "bgr.png")
+    target = save(synthetic_case(90, 90, 13).bgr, tmp_path / "beach.png")
+    summary = matte(model, src, bgr, target=str(target), out=tmp_path / "out")
+    assert summary.warnings == ["background 400x300 resized to the source's 200x150"]
+    for name in ("src_alpha.png", "src_fgr.png", "src_composite.png"):
+        assert read(tmp_path / "out" / name).shape[:2] == (150, 200)
+
+
+def test_letterbox_geometry():
+    canvas, box = letterbox(np.ones((150, 200, 3), np.uint8), 192, 320)
+    assert box == (0, 32, 192, 256)
+    assert canvas[:, :32].max() == 0 and canvas[:, 32:288].min() == 1 and canvas[:, 288:].max() == 0
+
+
+def test_folder_of_frames(model, tmp_path):
+    for i in range(3):
+        save(synthetic_case(96, 160, i).src, tmp_path / "frames" / f"f{i}.png")
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    calls = []
+    summary = matte(model, tmp_path / "frames", bgr, out=tmp_path / "out", on_frame=lambda d, t: calls.append((d, t)))
+    assert summary.frames == 3 and calls == [(1, 3), (2, 3), (3, 3)]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 9
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> Path:
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (width, height))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_video_in_video_out(model, tmp_path):
+    cases = [synthetic_case(96, 160, 20 + i) for i in range(5)]
+    video = write_video(tmp_path / "in.mp4", [c.src for c in cases])
+    target = write_video(tmp_path / "target.mp4", [c.bgr for c in cases[:2]])
+    bgr = save(cases[0].bgr, tmp_path / "bgr.png")
+    result = runner.invoke(
+        app, ["matte", "--model", str(model), "--src", str(video), "--bgr", str(bgr), "--target", str(target),
+              "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "5 frames in" in result.stdout and "frames per second" in result.stdout
+    capture = cv2.VideoCapture(str(tmp_path / "out/composite.mp4"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == 5
+    assert len(list((tmp_path / "out").glob("frame_*_composite.png"))) == 5
+
+
+def identity_model(path: Path) -> Path:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing-src", "does not exist"),
+        ("bad-image", "cannot read image"),
+        ("bad-bgr", "cannot read image"),
+        ("empty-folder", "holds no images"),
+        ("bad-video", "cannot read video"),
+        ("bad-target", "neither a colour R,G,B nor an existing image or video"),
+        ("bad-colour", "has a channel above 255"),
+        ("bad-device", "device 'TPU' is not one of CPU, GPU, NPU, AUTO"),
+        ("absent-device", "is not available here"),
+        ("wrong-model", "a matting model has ['src', 'bgr'] and ['pha', 'fgr']"),
+        ("corrupt-second-frame", "cannot read image"),
+        ("out-is-a-file", "exists and is not a folder"),
+    ],
+)
+def test_bad_input_is_one_line_exit_two_and_writes_nothing(case, message, model, tmp_path):
+    good = save(synthetic_case(96, 160, 1).src, tmp_path / "good.png")
+    args = {"--model": model, "--src": good, "--bgr": good, "--out": tmp_path / "out"}
+    extra: list[str] = []
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    if case == "missing-src":
+        args["--src"] = tmp_path / "none.png"
+    elif case == "bad-image":
+        args["--src"] = junk
+    elif case == "bad-bgr":
+        args["--bgr"] = junk
+    elif case == "empty-folder":
+        (tmp_path / "empty").mkdir()
+        args["--src"] = tmp_path / "empty"
+    elif case == "bad-video":
+        (tmp_path / "v.mp4").write_bytes(b"nope")
+        args["--src"] = tmp_path / "v.mp4"
+    elif case == "bad-target":
+        extra = ["--target", "sunset"]
+    elif case == "bad-colour":
+        extra = ["--target", "0,300,0"]
+    elif case == "bad-device":
+        extra = ["--device", "TPU"]
+    elif case == "absent-device":
+        extra = ["--device", "NPU"]
+    elif case == "wrong-model":
+        args["--model"] = identity_model(tmp_path / "id.onnx")
+    elif case == "corrupt-second-frame":
+        save(synthetic_case(96, 160, 1).src, tmp_path / "frames/a.png")
+        (tmp_path / "frames/b.png").write_bytes(b"broken")
+        args["--src"] = tmp_path / "frames"
+    elif case == "out-is-a-file":
+        (tmp_path / "out").write_text("x")
+    argv = ["matte", *[str(v) for pair in args.items() for v in pair], *extra]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    # The one error line (a progress bar's label may stand before it when stderr is no terminal).
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.stderr
+    out = tmp_path / "out"
+    assert not out.is_dir() or list(out.iterdir()) == []
+
+
+def test_mismatched_frame_size_in_a_folder(model, tmp_path):
+    save(synthetic_case(96, 160, 1).src, tmp_path / "frames/a.png")
+    save(synthetic_case(64, 64, 1).src, tmp_path / "frames/b.png")
+    bgr = save(synthetic_case(96, 160, 1).bgr, tmp_path / "bgr.png")
+    with pytest.raises(InputError, match="must share a size"):
+        matte(model, tmp_path / "frames", bgr, out=tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
