@@ -177,15 +177,24 @@ def test_output_that_is_a_directory_is_a_clear_error(weights, tmp_path):
 
 
 @pytest.mark.slow
-def test_720p_matches_eager_in_both_runtimes(weights, tmp_path_factory):
+def test_720p_matches_eager_in_every_runtime_and_precision(weights, tmp_path_factory):
+    from exporter.export.openvino import export_ir
+    from exporter.tolerances import FP16_MEAN_ATOL
+
     config = ExportConfig()
-    result = export_onnx(config, weights, tmp_path_factory.mktemp("720p") / "m.onnx")
+    root = tmp_path_factory.mktemp("720p")
+    result = export_onnx(config, weights, root / "m.onnx")
     assert result.nodes_after < result.nodes_before
+    ir32 = export_ir(result.path, root / "FP32" / "m.xml", "FP32").xml
+    ir16 = export_ir(result.path, root / "FP16" / "m.xml", "FP16").xml
     case = synthetic_case(720, 1280, seed=0)
     src, bgr = to_model_input(case.src), to_model_input(case.bgr)
     expected = eager(config, weights, src, bgr)
-    for runtime in RUNTIMES:
-        got = load_runner(result.path, runtime).run(src, bgr)
+    for path, runtime in ((result.path, "onnxruntime"), (result.path, "openvino"), (ir32, "openvino")):
+        got = load_runner(path, runtime).run(src, bgr)
         assert got["pha"].shape == (1, 1, 720, 1280) and got["fgr"].shape == (1, 3, 720, 1280)
         for name in ("pha", "fgr"):
             np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=FP32_ATOL, err_msg=f"{runtime} {name}")
+    got = load_runner(ir16, "openvino").run(src, bgr)
+    for name in ("pha", "fgr"):
+        assert np.abs(got[name] - expected[name]).mean() <= FP16_MEAN_ATOL

@@ -97,7 +97,7 @@ def export_ir(
         for key, value in metadata.items():
             model.set_rt_info(value, [RT_INFO_SECTION, key])
     bin_path = output.with_suffix(".bin")
-    with stages("save"), atomic_outputs(output, bin_path) as (xml_tmp, _):
+    with stages("save IR"), atomic_outputs(output, bin_path) as (xml_tmp, _):
         ov.save_model(model, str(xml_tmp), compress_to_fp16=precision == "FP16")
     return IRExport(
         xml=output,
