@@ -26,6 +26,14 @@ def model_card(report: VerifyReport, infos: list[ModelInfo], synthetic: bool) ->
     config = first.config
     h, w = config.height, config.width
     info = infos[0]
+    # The converted model's outputs are the original's: only the inputs' layout changed.
+    outputs = [
+        f"Alpha matte, name: `pha`, shape: `{_shape(1, 1, h, w)}`, format: `B, C, H, W`, values 0..1.",
+        "",
+        f"Foreground, name: `fgr`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`, color order `RGB`, "
+        "values 0..1.",
+        "",
+    ]
     lines = [f"# {MODEL_NAME}", ""]
     if synthetic:
         lines += [
@@ -109,18 +117,10 @@ def model_card(report: VerifyReport, infos: list[ModelInfo], synthetic: bool) ->
         "",
         "### Original model",
         "",
-        f"Alpha matte, name: `pha`, shape: `{_shape(1, 1, h, w)}`, format: `B, C, H, W`, values 0..1.",
-        "",
-        f"Foreground, name: `fgr`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`, color order `RGB`, "
-        "values 0..1.",
-        "",
+        *outputs,
         "### Converted model",
         "",
-        f"Alpha matte, name: `pha`, shape: `{_shape(1, 1, h, w)}`, format: `B, C, H, W`, values 0..1.",
-        "",
-        f"Foreground, name: `fgr`, shape: `{_shape(1, 3, h, w)}`, format: `B, C, H, W`, color order `RGB`, "
-        "values 0..1.",
-        "",
+        *outputs,
         "## Provenance",
         "",
         f"- Checkpoint: `{first.checkpoint}`",

@@ -17,6 +17,7 @@ import typer
 from exporter import __version__
 from exporter.config import MODEL_NAME, PRESETS, ExportConfig
 from exporter.errors import BgmExportError
+from exporter.files import write_json
 
 app = typer.Typer(
     help="Export BackgroundMattingV2 (MobileNetV2) to ONNX and OpenVINO IR, and prove parity.",
@@ -247,8 +248,6 @@ def info(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
 ) -> None:
     """Parameters, GFLOPs counted from the graph, op histogram, node counts, sizes, metadata."""
-    import json
-
     from exporter.checkpoint import resolve_weights
     from exporter.info import artifact_info, checkpoint_info
 
@@ -271,10 +270,7 @@ def info(
     for key, value in result.metadata.items():
         typer.echo(f"metadata              {key} = {value}")
     if json_path is not None:
-        from exporter.files import atomic_outputs
-
-        with atomic_outputs(json_path) as (temporary,):
-            temporary.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        write_json(result.to_dict(), json_path)
 
 
 @app.command()
@@ -290,8 +286,6 @@ def bench(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
 ) -> None:
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16, and the original recipe's IR."""
-    import json
-
     from exporter.bench import bench as run_bench
     from exporter.bench import format_bench
     from exporter.checkpoint import resolve_weights
@@ -306,10 +300,7 @@ def bench(
     )
     typer.echo(format_bench(report))
     if json_path is not None:
-        from exporter.files import atomic_outputs
-
-        with atomic_outputs(json_path) as (temporary,):
-            temporary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_json(report.to_dict(), json_path)
 
 
 @app.command()

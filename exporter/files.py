@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from exporter.errors import OutputError
 
-__all__ = ["atomic_outputs", "sha256_of", "writable_dir"]
+__all__ = ["atomic_outputs", "sha256_of", "writable_dir", "write_json"]
 
 
 def sha256_of(path: Path) -> str:
@@ -65,3 +66,9 @@ def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
             temporary.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             workdir.rmdir()
+
+
+def write_json(data: object, path: Path) -> None:
+    """``data`` as indented JSON at ``path``, atomically."""
+    with atomic_outputs(Path(path)) as (temporary,):
+        temporary.write_text(json.dumps(data, indent=2) + "\n")

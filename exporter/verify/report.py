@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -86,10 +85,9 @@ def verdict_line(report: VerifyReport) -> str:
 
 
 def write_json(report: VerifyReport, path: Path) -> None:
-    from exporter.files import atomic_outputs
+    from exporter import files
 
-    with atomic_outputs(Path(path)) as (temporary,):
-        temporary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    files.write_json(report.to_dict(), path)
 
 
 def _heat(error: np.ndarray) -> np.ndarray:
