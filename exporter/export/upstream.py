@@ -21,7 +21,7 @@ from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig
 from exporter.export.onnx import BANNED_OPS, OnnxExport, export_module
 from exporter.model import MattingRefine
-from exporter.model.refiner import Refiner, _gather_patches
+from exporter.model.refiner import Refiner, _gather_patches, _window_pixels
 
 __all__ = ["OriginalRecipe", "UpstreamRefiner", "export_upstream_onnx"]
 
@@ -93,9 +93,7 @@ class UpstreamRefiner(Refiner):
 
         out = F.interpolate(torch.cat([pha, fgr], dim=1), (height, width), mode="bilinear", align_corners=False)
         channels = out.shape[1]
-        offsets = torch.arange(4)
-        pixel = (rows * 4)[:, None, None] + offsets[:, None]
-        pixel = pixel * width + (cols * 4)[:, None, None] + offsets
+        pixel = _window_pixels(rows[None], cols[None], 4, 4, height, width)[0]
         pixel = pixel[:, None] + (torch.arange(channels) * (height * width))[None, :, None, None]
         out = out.reshape(-1).scatter(0, pixel.reshape(-1), patches.reshape(-1)).reshape(out.shape)
         return out[:, :1], out[:, 1:], ref.reshape(err.shape)

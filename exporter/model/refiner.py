@@ -31,17 +31,29 @@ REFINE_MODES = ("sampling", "thresholding", "full")
 _CHANNELS = (32, 24, 16, 12, 4)
 
 
-def _gather_patches(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+def _window_pixels(
+    rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int, height: int, width: int
+) -> torch.Tensor:
+    """Flat indices, into ``B`` stacked ``height x width`` planes, of the ``size``-square
+    windows whose corners are ``(rows, cols) * stride``; ``rows``/``cols`` are ``(B, K)``.
+    Returns ``(B, K, size, size)``."""
+    offsets = torch.arange(size, device=rows.device)
+    pixel = (rows * stride)[:, :, None, None] + offsets[:, None]
+    pixel = pixel * width + (cols * stride)[:, :, None, None] + offsets
+    plane = torch.arange(rows.shape[0], device=rows.device) * (height * width)
+    return pixel + plane[:, None, None, None]
+
+
+def _gather_patches(
+    x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int
+) -> torch.Tensor:
     """Crop ``size``-square windows whose corners are ``(rows, cols) * stride``.
 
     ``x`` is ``(B, C, H, W)`` (already padded); ``rows``/``cols`` are ``(B, K)`` patch grid
     coordinates. Returns ``(B * K, C, size, size)``.
     """
     batch, channels, height, width = x.shape
-    offsets = torch.arange(size, device=x.device)
-    pixel = (rows * stride)[:, :, None, None] + offsets[:, None]
-    pixel = pixel * width + (cols * stride)[:, :, None, None] + offsets
-    pixel = pixel + (torch.arange(batch, device=x.device) * (height * width))[:, None, None, None]
+    pixel = _window_pixels(rows, cols, size, stride, height, width)
     # Channels-last, so each gathered row is one pixel's contiguous channel vector; the
     # runtimes' convolutions want that layout anyway, which cancels the final permute.
     flat = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
@@ -185,11 +197,7 @@ class Refiner(nn.Module):
         patches = self._stage2(torch.cat([x, y], dim=1))  # (B * K, 4, 4, 4)
 
         # Flat positions of each patch's 16 pixels in one channel plane of ``coarse``.
-        offsets = torch.arange(4, device=coarse.device)
-        pixel = (rows * 4)[:, :, None, None] + offsets[:, None]
-        pixel = pixel * width + (cols * 4)[:, :, None, None] + offsets
-        pixel = pixel + (torch.arange(batch, device=coarse.device) * (height * width))[:, None, None, None]
-        pixel = pixel.reshape(1, -1).expand(channels, -1)
+        pixel = _window_pixels(rows, cols, 4, 4, height, width).reshape(1, -1).expand(channels, -1)
 
         values = patches.transpose(0, 1).reshape(channels, -1)
         planes = coarse.transpose(0, 1).reshape(channels, -1)
