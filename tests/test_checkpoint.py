@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -120,6 +121,9 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
     if kind == "pickle-with-code":
         torch.save({"x": Exploit(tmp / "pwned")}, path)
         return path, "refused: it holds Python objects or code"
+    if kind == "legacy-pickle-with-code":  # the pre-1.6 torch.save format, a bare pickle
+        path.write_bytes(pickle.dumps({"x": Exploit(tmp / "pwned")}, protocol=2))
+        return path, "refused: it holds Python objects or code"
     if kind == "not-a-dict":
         torch.save([torch.zeros(1)], path)
         return path, "holds a list, not a state_dict"
@@ -157,6 +161,7 @@ BAD_KINDS = [
     "onnx",
     "text",
     "pickle-with-code",
+    "legacy-pickle-with-code",
     "not-a-dict",
     "resnet50",
     "base-only",
