@@ -47,7 +47,7 @@ _MAGIC = (
     (b"\x89PNG", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"GIF8", "a GIF image"),
-    (b"\x08", "probably an ONNX model (protobuf)"),
+    (b"\x08", "an ONNX model (protobuf)"),
     (b"<?xml", "an XML file (an OpenVINO IR .xml?)"),
     (b"\x89HDF", "an HDF5 file (Keras?)"),
 )
@@ -84,13 +84,11 @@ def filter_checkpoint(checkpoint: object) -> OrderedDict[str, torch.Tensor]:
                 checkpoint = checkpoint[key]
                 break
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint holds a {type(checkpoint).__name__}, not a state_dict (a dict of tensors)")
+        raise CheckpointError(f"holds a {type(checkpoint).__name__}, not a state_dict (a dict of tensors)")
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in checkpoint.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"checkpoint entry {key!r} is a {type(value).__name__}, not a tensor: not a state_dict"
-            )
+            raise CheckpointError(f"has an entry {key!r} that is a {type(value).__name__}, not a tensor")
         out[key.removeprefix("module.")] = value
     return out
 
@@ -112,8 +110,10 @@ def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
     is_zip = head.startswith(b"PK")
     is_legacy = head.startswith(b"\x80")  # a pickle, the pre-1.6 torch.save format
     if not (is_zip or is_legacy):
-        kind = next((name for magic, name in _MAGIC if head.startswith(magic)), "an unknown format")
-        raise CheckpointError(f"checkpoint {path} is not a PyTorch file: it looks like {kind}")
+        kind = next((f"it looks like {name}" for magic, name in _MAGIC if head.startswith(magic)), None)
+        raise CheckpointError(
+            f"checkpoint {path} is not a PyTorch file: {kind or 'its first bytes match no known format'}"
+        )
     if is_zip and not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (its zip archive has no end)")
     try:
@@ -132,8 +132,13 @@ def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {message.splitlines()[0]}") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {first}") from None
-    return filter_checkpoint(loaded)
+        first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)
+        what = "a zip archive but not a readable PyTorch checkpoint" if is_zip else "truncated or corrupt"
+        raise CheckpointError(f"checkpoint {path} is {what}: {first}") from None
+    try:
+        return filter_checkpoint(loaded)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {path} {exc}") from None
 
 
 def _describe_architecture(keys: set[str]) -> str | None:
@@ -165,19 +170,20 @@ def check_state_dict(
     if not (missing or unexpected or mismatched):
         return
 
-    def shown(items: list[str]) -> str:
+    def shown(items: list[str], singular: str, plural: str) -> str:
         more = f", ... ({len(items) - _SHOWN_KEYS} more)" if len(items) > _SHOWN_KEYS else ""
-        return ", ".join(items[:_SHOWN_KEYS]) + more
+        noun = singular if len(items) == 1 else plural
+        return f"{len(items)} {noun}: " + ", ".join(items[:_SHOWN_KEYS]) + more
 
     parts = []
     if missing and all(k.startswith("refiner.") for k in missing) and not unexpected:
         parts.append("no refiner weights (a MattingBase checkpoint?)")
     elif missing:
-        parts.append(f"{len(missing)} missing keys: {shown(missing)}")
+        parts.append(shown(missing, "missing key", "missing keys"))
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {shown(unexpected)}")
+        parts.append(shown(unexpected, "unexpected key", "unexpected keys"))
     if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatches: {shown(mismatched)}")
+        parts.append(shown(mismatched, "shape mismatch", "shape mismatches"))
     raise CheckpointError(
         f"checkpoint {source} is not a BackgroundMattingV2 MobileNetV2 state_dict: " + "; ".join(parts)
     )

@@ -114,10 +114,10 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
         return path, "looks like a PNG image"
     if kind == "onnx":
         path.write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(100))
-        return path, "ONNX model"
+        return path, "it looks like an ONNX model"
     if kind == "text":
         path.write_text("hello")
-        return path, "unknown format"
+        return path, "is not a PyTorch file: its first bytes match no known format"
     if kind == "pickle-with-code":
         torch.save({"x": Exploit(tmp / "pwned")}, path)
         return path, "refused: it holds Python objects or code"
@@ -126,7 +126,7 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
         return path, "refused: it holds Python objects or code"
     if kind == "not-a-dict":
         torch.save([torch.zeros(1)], path)
-        return path, "holds a list, not a state_dict"
+        return path, "not-a-dict.pth holds a list, not a state_dict"
     if kind == "resnet50":
         torch.save(resnet50_state_dict(), path)
         return path, "ResNet-50 backbone"
@@ -140,15 +140,15 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
     if kind == "unexpected-keys":
         sd["extra.weight"] = torch.zeros(1)
         torch.save(sd, path)
-        return path, "1 unexpected keys: extra.weight"
+        return path, "1 unexpected key: extra.weight"
     if kind == "shape-mismatch":
         sd["refiner.conv1.weight"] = torch.zeros(24, 42, 1, 1)
         torch.save(sd, path)
-        return path, "refiner.conv1.weight [24, 42, 1, 1] (expected [24, 42, 3, 3])"
+        return path, "1 shape mismatch: refiner.conv1.weight [24, 42, 1, 1] (expected [24, 42, 3, 3])"
     if kind == "zip-not-torch":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("hello.txt", "hi")
-        return path, "truncated or corrupt"
+        return path, "is a zip archive but not a readable PyTorch checkpoint"
     raise AssertionError(kind)
 
 

@@ -44,9 +44,7 @@ def _window_pixels(
     return pixel + plane[:, None, None, None]
 
 
-def _gather_patches(
-    x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int
-) -> torch.Tensor:
+def _gather_patches(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int) -> torch.Tensor:
     """Crop ``size``-square windows whose corners are ``(rows, cols) * stride``.
 
     ``x`` is ``(B, C, H, W)`` (already padded); ``rows``/``cols`` are ``(B, K)`` patch grid
