@@ -8,7 +8,6 @@ code is refused, and every failure is a ``CheckpointError`` that says what is wr
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import zipfile
@@ -20,6 +19,7 @@ import torch
 
 from exporter.config import ExportConfig
 from exporter.errors import CheckpointError
+from exporter.files import sha256_of
 from exporter.model import MattingRefine
 from exporter.synthetic import SYNTHETIC_NAME, synthetic_state_dict
 
@@ -27,7 +27,6 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "Weights",
     "build_model",
-    "file_sha256",
     "filter_checkpoint",
     "read_checkpoint",
     "resolve_weights",
@@ -66,14 +65,6 @@ class Weights:
     label: str
     synthetic: bool
     warning: str | None = None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def filter_checkpoint(checkpoint: object) -> OrderedDict[str, torch.Tensor]:
@@ -202,7 +193,7 @@ def resolve_weights(checkpoint: Path | None = None, default: Path = DEFAULT_CHEC
         return synthetic_weights(0)
     state_dict = read_checkpoint(path)
     check_state_dict(state_dict, MattingRefine().state_dict(), str(path))
-    return Weights(state_dict, str(path), f"sha256:{file_sha256(Path(path))}", False)
+    return Weights(state_dict, str(path), f"sha256:{sha256_of(Path(path))}", False)
 
 
 def build_model(config: ExportConfig, weights: Weights) -> MattingRefine:

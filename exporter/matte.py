@@ -22,7 +22,7 @@ import numpy as np
 
 from exporter.errors import InputError, OutputError
 from exporter.runtime import Runner, load_runner
-from exporter.verify.data import IMAGE_SUFFIXES, to_model_input
+from exporter.verify.data import IMAGE_SUFFIXES, read_image, to_model_input
 
 __all__ = ["MatteResult", "MatteSummary", "Matter", "letterbox", "matte", "parse_target"]
 
@@ -102,16 +102,6 @@ class Matter:
         return MatteResult(pha, fgr, np.clip(np.rint(composite * 255), 0, 255).astype(np.uint8))
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
-
-
 def _open_video(path: Path):  # noqa: ANN202 - cv2.VideoCapture
     import cv2
 
@@ -154,8 +144,8 @@ def _source(path: Path) -> _Source:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        first = _read_image(files[0])
-        frames = ((p.stem, _read_image(p)) for p in files)
+        first = read_image(files[0])
+        frames = ((p.stem, read_image(p)) for p in files)
         return _Source([p.stem for p in files], frames, len(files), first.shape[:2])
     if path.suffix.lower() in VIDEO_SUFFIXES:
         capture = _open_video(path)
@@ -163,7 +153,7 @@ def _source(path: Path) -> _Source:
         size = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
         frames = ((f"frame_{i:06d}", frame) for i, frame in enumerate(_video_frames(capture)))
         return _Source(None, frames, total, size, capture.get(cv2.CAP_PROP_FPS) or 25.0)
-    image = _read_image(path)
+    image = read_image(path)
     return _Source([path.stem], iter([(path.stem, image)]), 1, image.shape[:2])
 
 
@@ -181,7 +171,7 @@ def parse_target(spec: str) -> Callable[[int], np.ndarray] | tuple[int, int, int
     if path.suffix.lower() in VIDEO_SUFFIXES:
         frames = list(_video_frames(_open_video(path)))
         return lambda index: frames[index % len(frames)]
-    image = _read_image(path)
+    image = read_image(path)
     return lambda index: image
 
 
@@ -228,7 +218,7 @@ def matte(
     if model.suffix not in (".xml", ".onnx"):
         raise InputError(f"model {model} is neither .xml nor .onnx")
     source = _source(src)
-    background = _read_image(Path(bgr))
+    background = read_image(Path(bgr))
     backdrop = parse_target(target)
     warnings = []
     if background.shape[:2] != source.size:

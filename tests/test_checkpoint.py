@@ -14,13 +14,13 @@ import torch
 from exporter.checkpoint import (
     DEFAULT_CHECKPOINT,
     build_model,
-    file_sha256,
     filter_checkpoint,
     read_checkpoint,
     resolve_weights,
 )
 from exporter.config import ExportConfig
 from exporter.errors import CheckpointError
+from exporter.files import sha256_of
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_filter_checkpoint_strips_only_module_prefix(weights):
 
 def test_explicit_checkpoint_is_hashed_and_loads_strictly(official, weights):
     resolved = resolve_weights(official)
-    assert resolved.label == f"sha256:{file_sha256(official)}" and not resolved.synthetic
+    assert resolved.label == f"sha256:{sha256_of(official)}" and not resolved.synthetic
     model = build_model(ExportConfig(), resolved)
     assert same_tensors(model.state_dict(), weights.state_dict)
 

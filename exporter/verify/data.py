@@ -15,7 +15,7 @@ import numpy as np
 
 from exporter.errors import InputError
 
-__all__ = ["Case", "image_cases", "synthetic_case", "synthetic_cases", "to_model_input"]
+__all__ = ["Case", "image_cases", "read_image", "synthetic_case", "synthetic_cases", "to_model_input"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -91,7 +91,8 @@ def synthetic_cases(height: int, width: int, count: int, seed: int = 0) -> list[
     return [synthetic_case(height, width, seed + i) for i in range(count)]
 
 
-def _read_rgb(path: Path, size: tuple[int, int] | None, mode: str = "RGB") -> np.ndarray:
+def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
+    """An image file as a uint8 array in ``mode``, resized to ``size`` (H, W) if given."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -101,7 +102,7 @@ def _read_rgb(path: Path, size: tuple[int, int] | None, mode: str = "RGB") -> np
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
             return np.array(image)
     except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+        raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
 
 
 def image_cases(folder: Path, height: int, width: int) -> list[Case]:
@@ -123,10 +124,10 @@ def image_cases(folder: Path, height: int, width: int) -> list[Case]:
         cases.append(
             Case(
                 Path(name).stem,
-                _read_rgb(com / name, size),
-                _read_rgb(bgr / name, size),
-                _read_rgb(pha, size, "L").astype(np.float32) / 255 if pha.is_file() else None,
-                _read_rgb(fgr, size).astype(np.float32) / 255 if fgr.is_file() else None,
+                read_image(com / name, size),
+                read_image(bgr / name, size),
+                read_image(pha, size, "L").astype(np.float32) / 255 if pha.is_file() else None,
+                read_image(fgr, size).astype(np.float32) / 255 if fgr.is_file() else None,
             )
         )
     return cases
