@@ -76,6 +76,10 @@ PixelsOpt = Annotated[Optional[int], typer.Option(help="Pixels refined in sampli
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="Error threshold in thresholding mode.")]
 OpsetOpt = Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")]
 NoSimplifyOpt = Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")]
+ArtifactsArg = Annotated[
+    Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
+]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and warnings.")]
 
 
@@ -181,9 +185,7 @@ def ir(
 @app.command()
 @user_errors
 def verify(
-    artifacts: Annotated[
-        Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
-    ] = None,
+    artifacts: ArtifactsArg = None,
     checkpoint: CheckpointOpt = None,
     cases: Annotated[int, typer.Option(help="Synthetic composites to run.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the first synthetic composite.")] = 0,
@@ -191,7 +193,7 @@ def verify(
         Optional[Path],
         typer.Option(help="Real data: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout."),
     ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
+    json_path: JsonOpt = None,
     report: Annotated[Optional[Path], typer.Option(help="Write |d| heat-maps and patch maps (PNG) here.")] = None,
     fp32_max_abs: Annotated[Optional[float], typer.Option(help="FP32 bar: max |d| outside differing patches.")] = None,
     fp32_patch_share: Annotated[Optional[float], typer.Option(help="FP32 bar: share of patches off by > 1e-3.")] = None,
@@ -245,7 +247,7 @@ def info(
     ] = None,
     checkpoint: CheckpointOpt = None,
     preset: PresetOpt = "720p",
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
+    json_path: JsonOpt = None,
 ) -> None:
     """Parameters, GFLOPs counted from the graph, op histogram, node counts, sizes, metadata."""
     from exporter.checkpoint import resolve_weights
@@ -283,7 +285,7 @@ def bench(
     sample_pixels: PixelsOpt = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model after warm-up.")] = 20,
     profile: Annotated[bool, typer.Option("--profile", help="Top ten layers from OpenVINO's counters.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")] = None,
+    json_path: JsonOpt = None,
 ) -> None:
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16, and the original recipe's IR."""
     from exporter.bench import bench as run_bench
@@ -306,9 +308,7 @@ def bench(
 @app.command()
 @user_errors
 def card(
-    artifacts: Annotated[
-        Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
-    ] = None,
+    artifacts: ArtifactsArg = None,
     output: Annotated[Path, typer.Option(help="The Markdown file to write.")] = Path("models/MODEL_CARD.md"),
     checkpoint: CheckpointOpt = None,
     cases: Annotated[int, typer.Option(help="Synthetic composites for the accuracy table.")] = 4,

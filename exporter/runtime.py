@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.config import ExportConfig
 from exporter.errors import ArtifactError
 from exporter.export.onnx import INPUT_NAMES, OUTPUT_NAMES, read_metadata
 from exporter.export.openvino import read_ir_metadata
 
-__all__ = ["Runner", "artifact_config", "artifact_metadata", "load_runner", "runners_for"]
+__all__ = ["Runner", "artifact_metadata", "load_runner", "runners_for"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -41,18 +40,14 @@ def artifact_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist")
     if path.suffix == ".onnx":
-        return read_metadata(path)
-    if path.suffix == ".xml":
-        return read_ir_metadata(path)
-    raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
-
-
-def artifact_config(path: Path) -> ExportConfig:
-    """The export configuration an artifact was made with, from its metadata."""
-    metadata = artifact_metadata(path)
+        metadata = read_metadata(path)
+    elif path.suffix == ".xml":
+        metadata = read_ir_metadata(path)
+    else:
+        raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
     if not metadata:
         raise ArtifactError(f"{path} carries no bgm-export metadata; was it made by bgm-export?")
-    return ExportConfig.from_metadata(metadata)
+    return metadata
 
 
 def _check_io(path: Path, inputs: list[str], outputs: list[str]) -> None:
