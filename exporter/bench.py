@@ -207,8 +207,8 @@ def bench(
 def format_bench(report: BenchReport) -> str:
     config = report.config
     lines = [
-        f"{config.height}x{config.width}, {config.patches:,} refined patches, {report.rows[0].gflops:.2f} GFLOP a "
-        f"frame; torch threads {report.threads}; weights {report.checkpoint}",
+        f"{config.model_name} at {config.height}x{config.width}, {config.patches:,} refined patches, "
+        f"{report.rows[0].gflops:.2f} GFLOP a frame; torch threads {report.threads}; weights {report.checkpoint}",
         "",
     ]
     rows = [

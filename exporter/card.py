@@ -1,5 +1,5 @@
 """The model card of what was produced, in the Open Model Zoo format of
-``background-matting-mobilenetv2``. Every number comes from this run: GFLOPs and
+``background-matting-mobilenetv2`` (and the same for the ResNet models). Every number comes from this run: GFLOPs and
 parameters from the graph, accuracy from ``verify``, hashes from the files."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter import __version__
-from exporter.config import MODEL_NAME
 from exporter.files import sha256_of
 from exporter.info import ModelInfo
+from exporter.model import BACKBONES
 from exporter.verify import VerifyReport
 from exporter.verify.metrics import METRICS
 
@@ -20,7 +20,7 @@ def _shape(*dims: int) -> str:
     return ", ".join(str(d) for d in dims)
 
 
-def model_card(report: VerifyReport, infos: list[ModelInfo], synthetic: bool) -> str:
+def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
     """Markdown for the artifacts in ``report`` (one row per artifact run)."""
     first = report.artifacts[0]
     config = first.config
@@ -34,10 +34,10 @@ def model_card(report: VerifyReport, infos: list[ModelInfo], synthetic: bool) ->
         "values 0..1.",
         "",
     ]
-    lines = [f"# {MODEL_NAME}", ""]
-    if synthetic:
+    lines = [f"# {config.model_name}", ""]
+    if report.synthetic:
         lines += [
-            "> **Made from synthetic weights** (`bgmv2-synthetic-v1`, seed 0), not the official checkpoint: "
+            f"> **Made from synthetic weights** (`{first.checkpoint}`), not the official checkpoint: "
             "the structure, costs and parity below are real; the accuracy numbers mean nothing for real images.",
             "",
         ]
@@ -45,8 +45,9 @@ def model_card(report: VerifyReport, infos: list[ModelInfo], synthetic: bool) ->
         "## Use Case and High-Level Description",
         "",
         "Real-time, high-resolution background replacement (video calls, streaming): BackgroundMattingV2 "
-        "(arXiv 2012.07810) with a MobileNetV2 backbone. Given a frame and a picture of the background "
-        "without the subject, it predicts the alpha matte and the foreground colours. A base network runs at "
+        f"(arXiv 2012.07810) with a {BACKBONES[config.backbone].title} backbone. Given a frame and a picture of "
+        "the background without the subject, it predicts the alpha matte and the foreground colours. A base "
+        "network runs at "
         f"{config.backbone_scale:g} of the input resolution; a refiner recomputes the "
         f"{config.patches:,} 4x4 patches with the largest predicted error at full resolution "
         f"(refine mode `{config.refine_mode}`).",

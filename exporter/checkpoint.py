@@ -1,13 +1,15 @@
-"""Reading, checking and resolving the weights of BackgroundMattingV2 (MobileNetV2).
+"""Reading, checking and resolving the weights of BackgroundMattingV2 (any published backbone).
 
-Weights come from ``--checkpoint PATH``, else ``checkpoints/pytorch_mobilenetv2.pth``, else
+Weights come from ``--checkpoint PATH``, else ``checkpoints/pytorch_<backbone>.pth``, else
 the synthetic recipe (seed 0), which is said loudly: its outputs mean nothing for real
-images. Files are read with ``torch.load(weights_only=True)``, so a pickle that would run
-code is refused, and every failure is a ``CheckpointError`` that says what is wrong.
+images. The backbone is read from the checkpoint's keys, so a user never has to name it.
+Files are read with ``torch.load(weights_only=True)``, so a pickle that would run code is
+refused, and every failure is a ``CheckpointError`` that says what is wrong.
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
 import re
 import zipfile
@@ -20,25 +22,23 @@ import torch
 from exporter.config import ExportConfig
 from exporter.errors import CheckpointError
 from exporter.files import sha256_of
-from exporter.model import MattingRefine
+from exporter.model import BACKBONES, DEFAULT_BACKBONE, MattingRefine
 from exporter.synthetic import SYNTHETIC_NAME, synthetic_state_dict
 
 __all__ = [
-    "DEFAULT_CHECKPOINT",
+    "CHECKPOINTS_DIR",
     "Weights",
     "build_model",
+    "check_state_dict",
+    "default_checkpoint",
+    "detect_backbone",
     "filter_checkpoint",
     "read_checkpoint",
     "resolve_weights",
     "synthetic_weights",
 ]
 
-DEFAULT_CHECKPOINT = Path("checkpoints/pytorch_mobilenetv2.pth")
-SYNTHETIC_WARNING = (
-    "no checkpoint given and none at checkpoints/pytorch_mobilenetv2.pth: using the synthetic "
-    f"weights {SYNTHETIC_NAME} (seed 0). The export is structurally real, but its outputs mean "
-    "nothing for real images; put the official weights in checkpoints/ for a usable model."
-)
+CHECKPOINTS_DIR = Path("checkpoints")
 _SHOWN_KEYS = 5
 
 # The first bytes of files people hand over by mistake, to name them in the error.
@@ -64,7 +64,13 @@ class Weights:
     source: str
     label: str
     synthetic: bool
+    backbone: str = DEFAULT_BACKBONE
     warning: str | None = None
+
+
+def default_checkpoint(backbone: str = DEFAULT_BACKBONE) -> Path:
+    """``checkpoints/pytorch_<backbone>.pth``, the original repository's file name."""
+    return CHECKPOINTS_DIR / BACKBONES[backbone].checkpoint_name
 
 
 def filter_checkpoint(checkpoint: object) -> OrderedDict[str, torch.Tensor]:
@@ -132,31 +138,36 @@ def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} {exc}") from None
 
 
-def _describe_architecture(keys: set[str]) -> str | None:
-    """Name the architecture of a BackgroundMattingV2 checkpoint that is not ours."""
-    if any(k.startswith("backbone.layer") or k.startswith("backbone.conv1") for k in keys):
-        blocks = {int(m.group(1)) for k in keys if (m := re.match(r"backbone\.layer3\.(\d+)\.", k))}
-        variant = "ResNet-101" if len(blocks) > 6 else "ResNet-50" if blocks else "ResNet"
-        return f"a {variant} backbone checkpoint"
-    return None
+@functools.cache
+def _expected(backbone: str) -> dict[str, torch.Size]:
+    """Key -> shape of ``MattingRefine(backbone)``, built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in MattingRefine(backbone).state_dict().items()}
 
 
-def check_state_dict(
-    state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str = "weights"
-) -> None:
-    """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys of ``source``."""
+def detect_backbone(state_dict: dict[str, torch.Tensor]) -> str:
+    """The backbone whose keys overlap ``state_dict``'s most (Jaccard index, so a ResNet-50
+    file is not taken for the ResNet-101 whose keys include its own)."""
+    keys = set(state_dict)
+
+    def overlap(backbone: str) -> float:
+        expected = set(_expected(backbone))
+        return len(keys & expected) / len(keys | expected)
+
+    return max(BACKBONES, key=overlap)
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], backbone: str, source: str = "weights") -> None:
+    """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys of ``source``
+    against the ``backbone`` model."""
+    expected = _expected(backbone)
     keys, want = set(state_dict), set(expected)
-    other = _describe_architecture(keys)
-    if other:
-        raise CheckpointError(
-            f"checkpoint {source} is {other}; bgm-export converts the MobileNetV2 model (pytorch_mobilenetv2.pth)"
-        )
     missing = [k for k in expected if k not in keys]
     unexpected = [k for k in state_dict if k not in want]
     mismatched = [
-        f"{k} {list(state_dict[k].shape)} (expected {list(expected[k].shape)})"
+        f"{k} {list(state_dict[k].shape)} (expected {list(expected[k])})"
         for k in expected
-        if k in keys and state_dict[k].shape != expected[k].shape
+        if k in keys and state_dict[k].shape != expected[k]
     ]
     if not (missing or unexpected or mismatched):
         return
@@ -175,30 +186,52 @@ def check_state_dict(
         parts.append(shown(unexpected, "unexpected key", "unexpected keys"))
     if mismatched:
         parts.append(shown(mismatched, "shape mismatch", "shape mismatches"))
-    raise CheckpointError(
-        f"checkpoint {source} is not a BackgroundMattingV2 MobileNetV2 state_dict: " + "; ".join(parts)
-    )
+    title = BACKBONES[backbone].title
+    raise CheckpointError(f"checkpoint {source} is not a BackgroundMattingV2 {title} state_dict: " + "; ".join(parts))
 
 
-def synthetic_weights(seed: int = 0) -> Weights:
+def synthetic_weights(seed: int = 0, backbone: str = DEFAULT_BACKBONE) -> Weights:
     """The ``bgmv2-synthetic-v1`` recipe, labelled as such wherever it ends up."""
     label = f"synthetic {SYNTHETIC_NAME} seed {seed}"
-    return Weights(synthetic_state_dict(seed), SYNTHETIC_NAME, label, True, SYNTHETIC_WARNING)
+    if backbone != DEFAULT_BACKBONE:  # MobileNetV2's label predates the other backbones
+        label += f" {backbone}"
+    warning = (
+        f"no checkpoint given and none at {default_checkpoint(backbone)}: using the synthetic "
+        f"{BACKBONES[backbone].title} weights {SYNTHETIC_NAME} (seed {seed}). The export is structurally real, "
+        "but its outputs mean nothing for real images; put the official weights in checkpoints/ for a usable model."
+    )
+    return Weights(synthetic_state_dict(seed, backbone), SYNTHETIC_NAME, label, True, backbone, warning)
 
 
-def resolve_weights(checkpoint: Path | None = None, default: Path = DEFAULT_CHECKPOINT) -> Weights:
-    """``checkpoint`` if given, else ``default`` if it exists, else the synthetic recipe."""
+def resolve_weights(checkpoint: Path | None = None, backbone: str | None = None) -> Weights:
+    """``checkpoint`` if given, else ``checkpoints/pytorch_<backbone>.pth`` if it exists, else
+    the synthetic recipe. The backbone is read from the checkpoint; ``backbone``, when given,
+    chooses the default file and the recipe, and must agree with the checkpoint."""
+    if backbone is not None and backbone not in BACKBONES:
+        raise CheckpointError(f"backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
+    default = default_checkpoint(backbone or DEFAULT_BACKBONE)
     path = checkpoint if checkpoint is not None else (default if default.exists() else None)
     if path is None:
-        return synthetic_weights(0)
+        return synthetic_weights(0, backbone or DEFAULT_BACKBONE)
     state_dict = read_checkpoint(path)
-    check_state_dict(state_dict, MattingRefine().state_dict(), str(path))
-    return Weights(state_dict, str(path), f"sha256:{sha256_of(Path(path))}", False)
+    found = detect_backbone(state_dict)
+    check_state_dict(state_dict, found, str(path))
+    if backbone is not None and found != backbone:
+        raise CheckpointError(
+            f"checkpoint {path} holds the {BACKBONES[found].title} model, but --backbone {backbone} was given "
+            f"(leave --backbone out: the checkpoint says which model it is)"
+        )
+    return Weights(state_dict, str(path), f"sha256:{sha256_of(Path(path))}", False, found)
 
 
 def build_model(config: ExportConfig, weights: Weights) -> MattingRefine:
     """``MattingRefine`` for ``config`` with ``weights`` loaded strictly, in eval mode."""
+    if config.backbone != weights.backbone:
+        raise CheckpointError(
+            f"checkpoint {weights.source} holds the {BACKBONES[weights.backbone].title} model, "
+            f"not the {BACKBONES[config.backbone].title} model this export is for"
+        )
+    check_state_dict(weights.state_dict, config.backbone, weights.source)
     model = MattingRefine(**config.model_kwargs())
-    check_state_dict(weights.state_dict, model.state_dict(), weights.source)
     model.load_state_dict(weights.state_dict, strict=True)
     return model.eval()

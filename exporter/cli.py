@@ -10,23 +10,25 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
 from exporter import __version__
-from exporter.config import MODEL_NAME, PRESETS, ExportConfig
+from exporter.config import PRESETS, ExportConfig
 from exporter.errors import BgmExportError
+
+if TYPE_CHECKING:
+    from exporter.checkpoint import Weights
 from exporter.files import write_json
 
 app = typer.Typer(
-    help="Export BackgroundMattingV2 (MobileNetV2) to ONNX and OpenVINO IR, and prove parity.",
+    help="Export BackgroundMattingV2 (MobileNetV2, ResNet-50, ResNet-101) to ONNX and OpenVINO IR, and prove parity.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_ONNX = Path("models") / f"{MODEL_NAME}.onnx"
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -64,7 +66,15 @@ def warn(message: str | None) -> None:
 CheckpointOpt = Annotated[
     Optional[Path],
     typer.Option(
-        help="Official pytorch_mobilenetv2.pth (default: checkpoints/pytorch_mobilenetv2.pth, else synthetic weights)."
+        help="Official pytorch_mobilenetv2.pth, pytorch_resnet50.pth or pytorch_resnet101.pth; the model is read "
+        "from it (default: checkpoints/pytorch_<backbone>.pth, else synthetic weights)."
+    ),
+]
+BackboneOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="mobilenetv2 (default), resnet50 or resnet101: the model when no checkpoint is given; "
+        "checked against the checkpoint when one is."
     ),
 ]
 PresetOpt = Annotated[str, typer.Option(help=f"Resolution preset: {', '.join(PRESETS)}.")]
@@ -83,28 +93,29 @@ JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write every num
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and warnings.")]
 
 
-def make_config(
-    preset: str,
-    height: int | None,
-    width: int | None,
-    backbone_scale: float | None,
-    refine_mode: str | None,
-    sample_pixels: int | None,
-    threshold: float | None,
-    opset: int | None,
-) -> ExportConfig:
+def load_weights(checkpoint: Path | None, backbone: str | None) -> Weights:
+    from exporter.checkpoint import resolve_weights
+
+    weights = resolve_weights(checkpoint, backbone)
+    warn(weights.warning)
+    return weights
+
+
+def make_config(preset: str, **options: object) -> ExportConfig:
+    """The preset with the options that were given (not None)."""
     if preset not in PRESETS:
         raise fail(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
-    given = {
-        "height": height,
-        "width": width,
-        "backbone_scale": backbone_scale,
-        "refine_mode": refine_mode,
-        "sample_pixels": sample_pixels,
-        "threshold": threshold,
-        "opset": opset,
-    }
-    return PRESETS[preset].replace(**{k: v for k, v in given.items() if v is not None})
+    return PRESETS[preset].replace(**_given(**options))
+
+
+def config_and_weights(
+    checkpoint: Path | None, backbone: str | None, preset: str, **options: object
+) -> tuple[ExportConfig, Weights]:
+    """Options are checked before the weights are read (a bad size fails before a large
+    checkpoint loads); then the checkpoint decides the backbone."""
+    config = make_config(preset, **options)
+    weights = load_weights(checkpoint, backbone)
+    return config.replace(backbone=weights.backbone), weights
 
 
 def size_line(label: str, path: Path, size: int, sha256: str) -> str:
@@ -115,7 +126,10 @@ def size_line(label: str, path: Path, size: int, sha256: str) -> str:
 @user_errors
 def onnx(
     checkpoint: CheckpointOpt = None,
-    output: Annotated[Path, typer.Option(help="Where to write the .onnx.")] = DEFAULT_ONNX,
+    backbone: BackboneOpt = None,
+    output: Annotated[
+        Optional[Path], typer.Option(help="Where to write the .onnx (default models/<model name>.onnx).")
+    ] = None,
     preset: PresetOpt = "720p",
     height: HeightOpt = None,
     width: WidthOpt = None,
@@ -128,12 +142,20 @@ def onnx(
     quiet: QuietOpt = False,
 ) -> None:
     """Export the Open Model Zoo ONNX model: inputs src, bgr (BGR 0..255); outputs pha, fgr."""
-    from exporter.checkpoint import resolve_weights
     from exporter.export.onnx import export_onnx
 
-    config = make_config(preset, height, width, backbone_scale, refine_mode, sample_pixels, threshold, opset)
-    weights = resolve_weights(checkpoint)
-    warn(weights.warning)
+    config, weights = config_and_weights(
+        checkpoint,
+        backbone,
+        preset,
+        height=height,
+        width=width,
+        backbone_scale=backbone_scale,
+        refine_mode=refine_mode,
+        sample_pixels=sample_pixels,
+        threshold=threshold,
+        opset=opset,
+    )
     result = export_onnx(config, weights, output, simplify=not no_simplify, on_stage=printer(quiet))
     if not quiet:
         typer.echo(f"  nodes     {result.nodes_before} exported, {result.nodes_after} after simplification")
@@ -148,9 +170,10 @@ def ir(
         Optional[Path], typer.Option("--onnx", help="Convert this .onnx (default: export one first).")
     ] = None,
     output: Annotated[
-        Optional[Path], typer.Option(help="The .xml to write (default models/<PRECISION>/...xml).")
+        Optional[Path], typer.Option(help="The .xml to write (default models/<PRECISION>/<model name>.xml).")
     ] = None,
     checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = None,
     preset: PresetOpt = "720p",
     height: HeightOpt = None,
     width: WidthOpt = None,
@@ -163,17 +186,24 @@ def ir(
     quiet: QuietOpt = False,
 ) -> None:
     """Convert to OpenVINO IR (.xml + .bin) in FP32 or FP16."""
-    from exporter.checkpoint import resolve_weights
-    from exporter.export.openvino import default_ir_path, export_ir, export_ir_from_weights
+    from exporter.export.openvino import export_ir, export_ir_from_weights
 
     precision = precision.upper()
-    output = output or default_ir_path(precision)
     if onnx is not None:
         result = export_ir(onnx, output, precision, on_stage=printer(quiet))
     else:
-        config = make_config(preset, height, width, backbone_scale, refine_mode, sample_pixels, threshold, opset)
-        weights = resolve_weights(checkpoint)
-        warn(weights.warning)
+        config, weights = config_and_weights(
+            checkpoint,
+            backbone,
+            preset,
+            height=height,
+            width=width,
+            backbone_scale=backbone_scale,
+            refine_mode=refine_mode,
+            sample_pixels=sample_pixels,
+            threshold=threshold,
+            opset=opset,
+        )
         result = export_ir_from_weights(
             config, weights, output, precision, simplify=not no_simplify, on_stage=printer(quiet)
         )
@@ -187,6 +217,7 @@ def ir(
 def verify(
     artifacts: ArtifactsArg = None,
     checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = None,
     cases: Annotated[int, typer.Option(help="Synthetic composites to run.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the first synthetic composite.")] = 0,
     images: Annotated[
@@ -207,7 +238,6 @@ def verify(
     """
     import dataclasses
 
-    from exporter.checkpoint import resolve_weights
     from exporter.verify import default_artifacts
     from exporter.verify import verify as run_verify
     from exporter.verify.compare import BARS
@@ -217,8 +247,8 @@ def verify(
         "FP32": dataclasses.replace(BARS["FP32"], **_given(max_abs=fp32_max_abs, patch_share=fp32_patch_share)),
         "FP16": dataclasses.replace(BARS["FP16"], **_given(mean_abs=fp16_mean_abs, patch_share=fp16_patch_share)),
     }
-    weights = resolve_weights(checkpoint)
-    warn(weights.warning)
+    # Without either, each artifact is checked against its own backbone's default weights.
+    weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
     progress = None if quiet else (lambda message: typer.echo(f"  {message}", err=True))
     result = run_verify(
         artifacts or default_artifacts(),
@@ -246,19 +276,18 @@ def info(
         Optional[Path], typer.Argument(help="An .onnx or .xml (default: the checkpoint's model).")
     ] = None,
     checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = None,
     preset: PresetOpt = "720p",
     json_path: JsonOpt = None,
 ) -> None:
     """Parameters, GFLOPs counted from the graph, op histogram, node counts, sizes, metadata."""
-    from exporter.checkpoint import resolve_weights
     from exporter.info import artifact_info, checkpoint_info
 
     if artifact is not None:
         result = artifact_info(artifact)
     else:
-        weights = resolve_weights(checkpoint)
-        warn(weights.warning)
-        result = checkpoint_info(make_config(preset, None, None, None, None, None, None, None), weights)
+        config, weights = config_and_weights(checkpoint, backbone, preset)
+        result = checkpoint_info(config, weights)
     if result.trainable_parameters is not None:
         typer.echo(f"trainable parameters  {result.trainable_parameters:,}")
     typer.echo(f"graph parameters      {result.graph_parameters:,} (after batch-norm folding)")
@@ -279,6 +308,7 @@ def info(
 @user_errors
 def bench(
     checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = None,
     preset: PresetOpt = "720p",
     height: HeightOpt = None,
     width: WidthOpt = None,
@@ -290,13 +320,12 @@ def bench(
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16, and the original recipe's IR."""
     from exporter.bench import bench as run_bench
     from exporter.bench import format_bench
-    from exporter.checkpoint import resolve_weights
 
     if runs < 1:
         raise fail(f"--runs {runs}: at least 1")
-    config = make_config(preset, height, width, None, None, sample_pixels, None, None)
-    weights = resolve_weights(checkpoint)
-    warn(weights.warning)
+    config, weights = config_and_weights(
+        checkpoint, backbone, preset, height=height, width=width, sample_pixels=sample_pixels
+    )
     report = run_bench(
         config, weights, runs=runs, profile=profile, on_progress=lambda m: typer.echo(f"  {m}", err=True)
     )
@@ -311,6 +340,7 @@ def card(
     artifacts: ArtifactsArg = None,
     output: Annotated[Path, typer.Option(help="The Markdown file to write.")] = Path("models/MODEL_CARD.md"),
     checkpoint: CheckpointOpt = None,
+    backbone: BackboneOpt = None,
     cases: Annotated[int, typer.Option(help="Synthetic composites for the accuracy table.")] = 4,
     images: Annotated[
         Optional[Path], typer.Option(help="Real data with ground truth (com/, bgr/, pha/, fgr/).")
@@ -318,19 +348,19 @@ def card(
 ) -> None:
     """Write the Open Model Zoo model card of the artifacts, every number measured now."""
     from exporter.card import model_card
-    from exporter.checkpoint import resolve_weights
     from exporter.files import atomic_outputs
     from exporter.info import artifact_info
     from exporter.verify import default_artifacts
     from exporter.verify import verify as run_verify
 
     paths = artifacts or default_artifacts()
-    weights = resolve_weights(checkpoint)
-    warn(weights.warning)
+    weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
     report = run_verify(paths, weights, cases=cases, images=images)
+    for message in report.warnings:
+        warn(message)
     infos = [artifact_info(path) for path in paths]
     with atomic_outputs(output) as (temporary,):
-        temporary.write_text(model_card(report, infos, weights.synthetic))
+        temporary.write_text(model_card(report, infos))
     typer.echo(f"model card: {output}")
 
 

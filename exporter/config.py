@@ -10,14 +10,16 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 from exporter import __version__
 from exporter.errors import ConfigError
-from exporter.model import REFINE_MODES
+from exporter.model import BACKBONES, DEFAULT_BACKBONE, REFINE_MODES
 
-__all__ = ["DEFAULT_OPSET", "MODEL_NAME", "PRECISIONS", "PRESETS", "ExportConfig"]
+__all__ = ["DEFAULT_OPSET", "MODELS_DIR", "PRECISIONS", "PRESETS", "ExportConfig", "default_artifact_path"]
 
-MODEL_NAME = "background-matting-mobilenetv2"
+# Open Model Zoo's layout: models/<name>.onnx and models/<PRECISION>/<name>.xml.
+MODELS_DIR = Path("models")
 PRECISIONS = ("FP32", "FP16")
 # 17 is the newest opset every runtime here imports without a converter warning, and has
 # every op the graph needs (TopK, GatherElements, ScatterElements, Resize).
@@ -30,6 +32,7 @@ class ExportConfig:
     """One export.
 
     Args:
+        backbone: ``mobilenetv2``, ``resnet50`` or ``resnet101``; taken from the checkpoint.
         height, width: input resolution; both divisible by 4, and scaled by
             ``backbone_scale`` to whole numbers.
         backbone_scale: the base network's input scale, in (0, 1/2].
@@ -40,6 +43,7 @@ class ExportConfig:
         precision: IR weight precision, ``FP32`` or ``FP16`` (ONNX is always FP32).
     """
 
+    backbone: str = DEFAULT_BACKBONE
     height: int = 720
     width: int = 1280
     backbone_scale: float = 0.25
@@ -51,6 +55,8 @@ class ExportConfig:
 
     def validate(self) -> ExportConfig:
         """Return self, or raise ``ConfigError`` naming the bad value and what would do."""
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if not 0 < self.backbone_scale <= 0.5:
             raise ConfigError(f"backbone scale {self.backbone_scale} is not in (0, 0.5]")
         if self.refine_mode not in REFINE_MODES:
@@ -102,12 +108,18 @@ class ExportConfig:
             return self.sample_pixels // 16
         return (self.height // 4) * (self.width // 4)
 
+    @property
+    def model_name(self) -> str:
+        """``background-matting-<backbone>``, as Open Model Zoo names the MobileNetV2 model."""
+        return BACKBONES[self.backbone].model_name
+
     def replace(self, **changes: object) -> ExportConfig:
         return dataclasses.replace(self, **changes).validate()
 
     def model_kwargs(self) -> dict[str, object]:
         """Keyword arguments of ``MattingRefine`` for this export."""
         return {
+            "backbone": self.backbone,
             "backbone_scale": self.backbone_scale,
             "refine_mode": self.refine_mode,
             "refine_sample_pixels": self.sample_pixels,
@@ -117,7 +129,8 @@ class ExportConfig:
     def metadata(self, checkpoint: str) -> dict[str, str]:
         """The key/value pairs written into ONNX ``metadata_props`` and IR ``rt_info``."""
         return {
-            "model_name": MODEL_NAME,
+            "model_name": self.model_name,
+            "backbone": self.backbone,
             "color_order": "BGR",
             "input_scale": "255",
             "layout": "NCHW",
@@ -139,6 +152,8 @@ class ExportConfig:
         try:
             height, width = (int(v) for v in metadata["resolution"].split("x"))
             return cls(
+                # Artifacts made before the ResNet models carry no backbone: MobileNetV2.
+                backbone=metadata.get("backbone", DEFAULT_BACKBONE),
                 height=height,
                 width=width,
                 backbone_scale=float(metadata["backbone_scale"]),
@@ -159,3 +174,10 @@ PRESETS: dict[str, ExportConfig] = {
     "1080p": ExportConfig(height=1080, width=1920, backbone_scale=0.25, sample_pixels=80_000),
     "4k": ExportConfig(height=2160, width=3840, backbone_scale=0.125, sample_pixels=320_000),
 }
+
+
+def default_artifact_path(model_name: str, precision: str | None = None, root: Path = MODELS_DIR) -> Path:
+    """``models/<name>.onnx`` without a precision, else ``models/<PRECISION>/<name>.xml``."""
+    if precision is None:
+        return root / f"{model_name}.onnx"
+    return root / precision / f"{model_name}.xml"

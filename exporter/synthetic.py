@@ -4,13 +4,14 @@ The official weights cannot be fetched everywhere this tool is tested, so tests,
 verify`` and the default export use weights from this recipe: non-degenerate (alpha and
 error are continuous and unsaturated, so top-k selection has no ties) but meaningless for
 real images. The recipe is the one the reference goldens were computed with; seed 0
-reproduces content hash ``SYNTHETIC_SEED0_SHA256``.
+reproduces the content hashes in ``SYNTHETIC_SEED0_SHA256``, one per backbone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import OrderedDict
 
 import torch
@@ -18,14 +19,23 @@ import torch
 __all__ = ["SYNTHETIC_NAME", "SYNTHETIC_SEED0_SHA256", "content_sha256", "synthetic_state_dict"]
 
 SYNTHETIC_NAME = "bgmv2-synthetic-v1"
-SYNTHETIC_SEED0_SHA256 = "2dd307c1d63ef01d552231a5799d147ebe45419295f8315618a0a33d09c2c12f"
+# The reference README's content hashes of seed 0.
+SYNTHETIC_SEED0_SHA256 = {
+    "mobilenetv2": "2dd307c1d63ef01d552231a5799d147ebe45419295f8315618a0a33d09c2c12f",
+    "resnet50": "f63cb0d8af491907338438b2821fdc4c71bd0fdd83ceaeac4d27ead617ac3000",
+    "resnet101": "e2baa08a99f5a79cdbdc30e967fd2f1f8fa328de383d610159450518604dbc39",
+}
+# Without damping the last BatchNorm of each bottleneck, 16-33 random residual blocks
+# saturate every output. No MobileNetV2 key matches.
+_DAMPED_RESIDUAL = re.compile(r"backbone\.layer\d+\.\d+\.bn3\.weight")
+_RESIDUAL_DAMPING = 0.2
 
 
-def synthetic_state_dict(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
-    """The recipe's state_dict for ``MattingRefine`` (MobileNetV2), in the official key order."""
+def synthetic_state_dict(seed: int = 0, backbone: str = "mobilenetv2") -> OrderedDict[str, torch.Tensor]:
+    """The recipe's state_dict for ``MattingRefine(backbone)``, in the official key order."""
     from exporter.model import MattingRefine
 
-    manifest = MattingRefine().state_dict()
+    manifest = MattingRefine(backbone).state_dict()
     generator = torch.Generator().manual_seed(seed)
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, like in manifest.items():
@@ -54,6 +64,9 @@ def synthetic_state_dict(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
     out["decoder.conv4.bias"][4] = 0.1
     out["refiner.conv4.weight"] *= 0.25
     out["refiner.conv4.bias"] = torch.tensor([0.5, 0.0, 0.0, 0.0])
+    for name in out:
+        if _DAMPED_RESIDUAL.fullmatch(name):
+            out[name] *= _RESIDUAL_DAMPING
     return out
 
 

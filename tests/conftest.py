@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from exporter.checkpoint import synthetic_weights
+from exporter.checkpoint import Weights, synthetic_weights
 from exporter.config import ExportConfig
 
 DATA = Path(__file__).parent / "data"
+BACKBONES = ("mobilenetv2", "resnet50", "resnet101")
 
 # The goldens' setting: 192x320, backbone scale 1/4, 16,000 sampled pixels, threshold 0.3.
 GOLDEN_CONFIG = ExportConfig(height=192, width=320, sample_pixels=16_000, threshold=0.3)
 
 
+@functools.cache
+def load_golden(backbone: str) -> dict[str, np.ndarray]:
+    with np.load(DATA / f"golden_{backbone}.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+def golden_config(backbone: str) -> ExportConfig:
+    """The MobileNetV2 golden's setting, or the refine settings stored in a ResNet golden."""
+    if backbone == "mobilenetv2":
+        return GOLDEN_CONFIG
+    golden = load_golden(backbone)
+    return GOLDEN_CONFIG.replace(
+        backbone=backbone, sample_pixels=int(golden["sample_pixels"]), threshold=float(golden["threshold"])
+    )
+
+
+@functools.cache
+def recipe_weights(backbone: str, seed: int = 0) -> Weights:
+    """The synthetic recipe, built once per session (ResNet-101's takes seconds)."""
+    return synthetic_weights(seed, backbone)
+
+
 @pytest.fixture(scope="session")
 def golden() -> dict[str, np.ndarray]:
-    with np.load(DATA / "golden_mobilenetv2.npz") as data:
-        return {key: data[key] for key in data.files}
+    return load_golden("mobilenetv2")
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +68,7 @@ def golden_bgr255(golden) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def weights():
-    return synthetic_weights(0)
+    return recipe_weights("mobilenetv2")
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import recipe_weights
 from exporter.checkpoint import (
-    DEFAULT_CHECKPOINT,
     build_model,
+    default_checkpoint,
+    detect_backbone,
     filter_checkpoint,
     read_checkpoint,
     resolve_weights,
@@ -66,9 +68,60 @@ def test_explicit_checkpoint_is_hashed_and_loads_strictly(official, weights):
 
 def test_default_path_is_used_when_present(official, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    DEFAULT_CHECKPOINT.parent.mkdir()
-    os.symlink(official, DEFAULT_CHECKPOINT)
-    assert resolve_weights(None).source == str(DEFAULT_CHECKPOINT)
+    default = default_checkpoint()
+    assert default == Path("checkpoints/pytorch_mobilenetv2.pth")
+    default.parent.mkdir()
+    os.symlink(official, default)
+    assert resolve_weights(None).source == str(default)
+
+
+@pytest.fixture(scope="module")
+def resnet50_file(tmp_path_factory) -> Path:
+    """A file laid out like the official pytorch_resnet50.pth."""
+    path = tmp_path_factory.mktemp("ckpt") / "pytorch_resnet50.pth"
+    torch.save(recipe_weights("resnet50").state_dict, path)
+    return path
+
+
+def test_backbone_is_read_from_the_checkpoint(resnet50_file):
+    resolved = resolve_weights(resnet50_file)
+    assert resolved.backbone == "resnet50" and not resolved.synthetic
+    model = build_model(ExportConfig(backbone="resnet50"), resolved)
+    assert same_tensors(model.state_dict(), recipe_weights("resnet50").state_dict)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50", "resnet101"])
+def test_detect_backbone(backbone):
+    # ResNet-50's keys are a subset of ResNet-101's: detection must not take one for the other.
+    assert detect_backbone(recipe_weights(backbone).state_dict) == backbone
+
+
+def test_default_path_per_backbone(resnet50_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    default = default_checkpoint("resnet50")
+    assert default == Path("checkpoints/pytorch_resnet50.pth")
+    default.parent.mkdir()
+    os.symlink(resnet50_file, default)
+    assert resolve_weights(None, "resnet50").source == str(default)
+    assert resolve_weights(None).synthetic  # MobileNetV2 users' default is unchanged
+
+
+def test_backbone_option_must_agree_with_checkpoint(official, resnet50_file):
+    with pytest.raises(CheckpointError, match="holds the MobileNetV2 model, but --backbone resnet50 was given"):
+        resolve_weights(official, "resnet50")
+    with pytest.raises(CheckpointError, match="holds the ResNet-50 model, but --backbone resnet101 was given"):
+        resolve_weights(resnet50_file, "resnet101")
+    assert resolve_weights(resnet50_file, "resnet50").backbone == "resnet50"
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(CheckpointError, match="backbone 'vgg16' is not one of mobilenetv2, resnet50, resnet101"):
+        resolve_weights(None, "vgg16")
+
+
+def test_weights_of_another_backbone_do_not_build(weights):
+    with pytest.raises(CheckpointError, match="holds the MobileNetV2 model, not the ResNet-101 model"):
+        build_model(ExportConfig(backbone="resnet101"), weights)
 
 
 def test_synthetic_fallback_warns(tmp_path, monkeypatch):
@@ -76,6 +129,14 @@ def test_synthetic_fallback_warns(tmp_path, monkeypatch):
     resolved = resolve_weights(None)
     assert resolved.synthetic and resolved.label == "synthetic bgmv2-synthetic-v1 seed 0"
     assert "mean nothing for real images" in resolved.warning
+
+
+def test_synthetic_fallback_per_backbone(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_weights(None, "resnet101")
+    assert resolved.synthetic and resolved.backbone == "resnet101"
+    assert resolved.label == "synthetic bgmv2-synthetic-v1 seed 0 resnet101"
+    assert "checkpoints/pytorch_resnet101.pth" in resolved.warning and "ResNet-101" in resolved.warning
 
 
 class Exploit:
@@ -88,7 +149,7 @@ class Exploit:
         return os.system, (f"touch {self.marker}",)
 
 
-def resnet50_state_dict() -> dict[str, torch.Tensor]:
+def partial_resnet50_state_dict() -> dict[str, torch.Tensor]:
     keys = ["backbone.conv1.weight", "backbone.bn1.weight", "aspp.convs.0.0.weight"]
     keys += [f"backbone.layer3.{i}.conv1.weight" for i in range(6)]
     return {k: torch.zeros(1) for k in keys}
@@ -127,9 +188,13 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
     if kind == "not-a-dict":
         torch.save([torch.zeros(1)], path)
         return path, "not-a-dict.pth holds a list, not a state_dict"
-    if kind == "resnet50":
-        torch.save(resnet50_state_dict(), path)
-        return path, "ResNet-50 backbone"
+    if kind == "partial-resnet50":  # detected as ResNet-50, then found wanting key by key
+        torch.save(partial_resnet50_state_dict(), path)
+        return path, "not a BackgroundMattingV2 ResNet-50 state_dict: 385 missing keys: backbone.bn1.bias"
+    if kind == "mixed":  # a MobileNetV2 state_dict with a ResNet stem grafted on
+        sd["backbone.conv1.weight"] = torch.zeros(64, 6, 7, 7)
+        torch.save(sd, path)
+        return path, "not a BackgroundMattingV2 MobileNetV2 state_dict: 1 unexpected key: backbone.conv1.weight"
     if kind == "base-only":
         torch.save(OrderedDict((k, v) for k, v in sd.items() if not k.startswith("refiner.")), path)
         return path, "no refiner weights"
@@ -163,7 +228,8 @@ BAD_KINDS = [
     "pickle-with-code",
     "legacy-pickle-with-code",
     "not-a-dict",
-    "resnet50",
+    "partial-resnet50",
+    "mixed",
     "base-only",
     "missing-keys",
     "unexpected-keys",

@@ -96,6 +96,7 @@ def test_metadata(golden_onnx):
     metadata = {p.key: p.value for p in onnx.load(str(golden_onnx)).metadata_props}
     assert metadata == {
         "model_name": "background-matting-mobilenetv2",
+        "backbone": "mobilenetv2",
         "color_order": "BGR",
         "input_scale": "255",
         "layout": "NCHW",

@@ -7,7 +7,7 @@ import pytest
 
 from exporter.errors import ArtifactError, ConfigError
 from exporter.export import openvino as ir_export
-from exporter.export.openvino import default_ir_path, export_ir, read_ir_metadata
+from exporter.export.openvino import export_ir, read_ir_metadata
 from exporter.runtime import load_runner
 from exporter.tolerances import FP16_MEAN_ATOL, FP32_ATOL
 
@@ -47,8 +47,9 @@ def test_deterministic_bytes(precision, golden_onnx, golden_irs, tmp_path):
     assert again.bin.read_bytes() == golden_irs[precision].with_suffix(".bin").read_bytes()
 
 
-def test_default_path_is_omz_layout():
-    assert str(default_ir_path("FP16")) == "models/FP16/background-matting-mobilenetv2.xml"
+def test_default_path_is_omz_layout(golden_onnx, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert str(export_ir(golden_onnx, None, "FP16").xml) == "models/FP16/background-matting-mobilenetv2.xml"
 
 
 def test_failed_save_leaves_existing_pair_untouched(golden_onnx, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The network equals the original: state_dict layout and every golden output."""
+"""The network equals the original, for every published backbone: state_dict layout and
+every golden output."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, GOLDEN_CONFIG
+from conftest import BACKBONES, DATA, golden_config, load_golden, recipe_weights
 from exporter.checkpoint import build_model
 from exporter.model import MattingBase, MattingRefine
 from exporter.tolerances import GOLDEN_ATOL
@@ -14,56 +15,76 @@ from exporter.tolerances import GOLDEN_ATOL
 MODES = ("sampling", "thresholding", "full")
 
 
-def manifest() -> list[tuple[str, list[int], str]]:
+# The reference README's entry and trainable-parameter counts.
+SIZES = {"mobilenetv2": (382, 5_006_839), "resnet50": (394, 40_247_703), "resnet101": (700, 59_239_831)}
+
+
+def manifest(backbone: str) -> list[tuple[str, list[int], str]]:
     rows = []
-    for line in (DATA / "state_dict_mobilenetv2.tsv").read_text().splitlines():
+    for line in (DATA / f"state_dict_{backbone}.tsv").read_text().splitlines():
         name, shape, dtype = line.split("\t")
         rows.append((name, [int(d) for d in shape.strip("[]").split(",") if d.strip()], dtype))
     return rows
 
 
-def test_state_dict_matches_manifest_exactly():
+def rgb(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_state_dict_matches_manifest_exactly(backbone):
     ours = [
-        (name, list(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in MattingRefine().state_dict().items()
+        (name, list(t.shape), str(t.dtype).removeprefix("torch."))
+        for name, t in MattingRefine(backbone).state_dict().items()
     ]
-    assert ours == manifest()
-    assert len(ours) == 382
+    assert ours == manifest(backbone)
+    assert len(ours) == SIZES[backbone][0]
 
 
-def test_trainable_parameters():
-    assert sum(p.numel() for p in MattingRefine().parameters()) == 5_006_839
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_trainable_parameters(backbone):
+    assert sum(p.numel() for p in MattingRefine(backbone).parameters()) == SIZES[backbone][1]
 
 
-def test_base_is_refine_without_refiner():
-    refine = [n for n in MattingRefine().state_dict() if not n.startswith("refiner.")]
-    assert list(MattingBase().state_dict()) == refine
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_base_is_refine_without_refiner(backbone):
+    refine = [n for n in MattingRefine(backbone).state_dict() if not n.startswith("refiner.")]
+    assert list(MattingBase(backbone).state_dict()) == refine
 
 
-def test_base_matches_golden(golden, golden_rgb, weights):
-    model = MattingBase().eval()
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_base_matches_golden(backbone):
+    golden, weights = load_golden(backbone), recipe_weights(backbone)
+    model = MattingBase(backbone).eval()
     model.load_state_dict({k: v for k, v in weights.state_dict.items() if not k.startswith("refiner.")})
     with torch.no_grad():
-        pha, fgr, err, hid = model(*golden_rgb)
+        pha, fgr, err, hid = model(rgb(golden["src_rgb_u8"]), rgb(golden["bgr_rgb_u8"]))
     for name, ours in (("pha", pha), ("fgr", fgr), ("err", err)):
         np.testing.assert_allclose(ours.numpy(), golden[f"base_{name}"], rtol=0, atol=GOLDEN_ATOL, err_msg=name)
     np.testing.assert_allclose(hid.mean((2, 3)).numpy(), golden["base_hid_mean"], rtol=0, atol=GOLDEN_ATOL)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("mode", MODES)
-def test_refine_matches_golden(mode, golden, golden_rgb, weights):
-    model = build_model(GOLDEN_CONFIG.replace(refine_mode=mode), weights)
+def test_refine_matches_golden(mode, backbone):
+    golden, weights = load_golden(backbone), recipe_weights(backbone)
+    model = build_model(golden_config(backbone).replace(refine_mode=mode), weights)
     with torch.no_grad():
-        pha, fgr, _, _, err_sm, ref = model(*golden_rgb)
+        pha, fgr, _, _, err_sm, ref = model(rgb(golden["src_rgb_u8"]), rgb(golden["bgr_rgb_u8"]))
     np.testing.assert_allclose(pha.numpy(), golden[f"{mode}_pha"], rtol=0, atol=GOLDEN_ATOL)
     np.testing.assert_allclose(fgr.numpy(), golden[f"{mode}_fgr"], rtol=0, atol=GOLDEN_ATOL)
     np.testing.assert_allclose(err_sm.numpy(), golden["coarse_err"], rtol=0, atol=GOLDEN_ATOL)
     np.testing.assert_array_equal(ref.numpy(), golden[f"{mode}_ref"])
 
 
-def test_golden_patch_counts(golden):
+@pytest.mark.parametrize(
+    "backbone, sampled, thresholded", [("mobilenetv2", 1000, 222), ("resnet50", 800, 27), ("resnet101", 800, 7)]
+)
+def test_golden_patch_counts(backbone, sampled, thresholded):
     # The reference README's counts; if these move, the goldens are not the ones documented.
-    assert golden["sampling_ref"].sum() == 1000
-    assert golden["thresholding_ref"].sum() == 222
+    golden = load_golden(backbone)
+    assert golden["sampling_ref"].sum() == sampled
+    assert golden["thresholding_ref"].sum() == thresholded
 
 
 def test_sampling_without_prevent_oversampling_refines_exactly_k(golden_rgb, weights):
@@ -102,6 +123,7 @@ def test_kernel_size_one_runs(mode, golden_rgb):
         ({"backbone_scale": 0.75}, "backbone_scale"),
         ({"refine_mode": "magic"}, "refine mode"),
         ({"refine_kernel_size": 5}, "kernel size"),
+        ({"backbone": "vgg16"}, "backbone 'vgg16' is not one of mobilenetv2, resnet50, resnet101"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):

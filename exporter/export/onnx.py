@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from exporter.checkpoint import Weights, build_model
-from exporter.config import ExportConfig
+from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ExportError
 from exporter.files import atomic_outputs, sha256_of, writable_dir
-from exporter.model import MattingRefine
+from exporter.model import BACKBONES, MattingRefine
 from exporter.stages import Stages
 
 __all__ = [
@@ -161,18 +161,20 @@ def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
 def export_onnx(
     config: ExportConfig,
     weights: Weights,
-    output: Path,
+    output: Path | None = None,
     *,
     simplify: bool = True,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> OnnxExport:
-    """Export ``MattingRefine`` with ``weights`` at ``config`` to ``output``, atomically.
+    """Export ``MattingRefine`` with ``weights`` at ``config`` to ``output``, atomically
+    (default ``models/<model name>.onnx``).
 
     Raises ``ConfigError`` for an impossible configuration, ``OutputError`` for an
     unwritable path and ``ExportError`` if the graph fails ``check_graph``.
     """
     config = config.validate()
-    writable_dir(Path(output))
+    output = Path(output) if output is not None else default_artifact_path(config.model_name)
+    writable_dir(output)
     stages = Stages(on_stage)
     with stages("load"):
         module = BGRInputs(build_model(config, weights)).eval()
@@ -207,7 +209,8 @@ def export_module(
             raise ExportError("exported graph is not deployable: " + "; ".join(problems))
     graph.producer_name = "bgm-export"
     graph.doc_string = (
-        "BackgroundMattingV2 MobileNetV2 (arXiv 2012.07810); inputs BGR 0..255, outputs pha and RGB fgr 0..1"
+        f"BackgroundMattingV2 {BACKBONES[config.backbone].title} (arXiv 2012.07810); inputs BGR 0..255, "
+        "outputs pha and RGB fgr 0..1"
     )
     del graph.metadata_props[:]
     for key, value in config.metadata(checkpoint).items():

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.checkpoint import Weights
-from exporter.config import MODEL_NAME, PRECISIONS, ExportConfig
+from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError
 from exporter.export.onnx import export_onnx, read_metadata
 from exporter.files import atomic_outputs, sha256_of, writable_dir
 from exporter.stages import Stages
 
-__all__ = ["IRExport", "default_ir_path", "export_ir", "export_ir_from_weights", "read_ir_metadata"]
+__all__ = ["IRExport", "export_ir", "export_ir_from_weights", "read_ir_metadata"]
 
 RT_INFO_SECTION = "model_info"
 # OpenVINO names the nodes it creates "<Type>_<n>" from a counter global to the process,
@@ -40,11 +40,6 @@ class IRExport:
     xml_size: int
     bin_size: int
     durations: dict[str, float] = field(default_factory=dict)
-
-
-def default_ir_path(precision: str, root: Path = Path("models")) -> Path:
-    """The Open Model Zoo layout: ``models/<PRECISION>/background-matting-mobilenetv2.xml``."""
-    return root / precision / f"{MODEL_NAME}.xml"
 
 
 def read_ir_metadata(xml: Path) -> dict[str, str]:
@@ -71,24 +66,25 @@ def _stable_names(model: object) -> None:
 
 def export_ir(
     onnx_path: Path,
-    output: Path,
+    output: Path | None,
     precision: str,
     *,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> IRExport:
-    """Convert ``onnx_path`` to IR at ``output`` (``.xml``; the ``.bin`` beside it), atomically."""
+    """Convert ``onnx_path`` to IR at ``output`` (``.xml``; the ``.bin`` beside it), atomically.
+    Without ``output``: ``models/<PRECISION>/<model name>.xml``."""
     import openvino as ov
 
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    output = Path(output)
-    if output.suffix != ".xml":
-        raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
     if not Path(onnx_path).is_file():
         raise ArtifactError(f"ONNX model {onnx_path} does not exist")
-    writable_dir(output)
     metadata = read_metadata(onnx_path)
     config = ExportConfig.from_metadata(metadata).replace(precision=precision)
+    output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
+    if output.suffix != ".xml":
+        raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
+    writable_dir(output)
     metadata["precision"] = precision
     stages = Stages(on_stage)
     with stages("convert"):
@@ -115,17 +111,18 @@ def export_ir(
 def export_ir_from_weights(
     config: ExportConfig,
     weights: Weights,
-    output: Path,
+    output: Path | None,
     precision: str,
     *,
     simplify: bool = True,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
-    writable_dir(Path(output))
+    output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
+    writable_dir(output)
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
         onnx_file = export_onnx(
-            config, weights, Path(scratch) / f"{MODEL_NAME}.onnx", simplify=simplify, on_stage=on_stage
+            config, weights, Path(scratch) / f"{config.model_name}.onnx", simplify=simplify, on_stage=on_stage
         )
         result = export_ir(onnx_file.path, output, precision, on_stage=on_stage)
     result.durations = {**onnx_file.durations, **result.durations}

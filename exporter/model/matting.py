@@ -1,9 +1,11 @@
-"""BackgroundMattingV2 with a MobileNetV2 backbone (arXiv 2012.07810).
+"""BackgroundMattingV2 (arXiv 2012.07810) with any of its published backbones.
 
 ``MattingBase`` (encoder, ASPP, decoder at one resolution) and ``MattingRefine`` (the base
 at ``backbone_scale``, then the patch refiner at full resolution), computing what
 PeterL1n/BackgroundMattingV2's classes of the same names compute, with the same
-state_dict keys, so an official ``pytorch_mobilenetv2.pth`` loads with ``strict=True``.
+state_dict keys, so the official ``pytorch_mobilenetv2.pth``, ``pytorch_resnet50.pth`` and
+``pytorch_resnet101.pth`` load with ``strict=True``. The backbone is chosen by name from
+``exporter.model.backbones``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from exporter.model.aspp import ASPP
+from exporter.model.backbones import DEFAULT_BACKBONE, get_backbone
 from exporter.model.decoder import Decoder
-from exporter.model.mobilenetv2 import MobileNetV2Encoder
 from exporter.model.refiner import Refiner
 
 __all__ = ["MattingBase", "MattingRefine"]
@@ -24,6 +26,9 @@ __all__ = ["MattingBase", "MattingRefine"]
 
 class MattingBase(nn.Module):
     """Encoder-decoder producing coarse alpha, foreground, error and hidden features.
+
+    Args:
+        backbone: ``mobilenetv2``, ``resnet50`` or ``resnet101`` (``BACKBONES``).
 
     Inputs:
         src, bgr: ``(B, 3, H, W)`` source and captured background, RGB, float, 0..1.
@@ -33,11 +38,13 @@ class MattingBase(nn.Module):
         err ``(B, 1, H, W)`` predicted error 0..1; hid ``(B, 32, H, W)`` features >= 0.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, backbone: str = DEFAULT_BACKBONE) -> None:
         super().__init__()
-        self.backbone = MobileNetV2Encoder(in_channels=6)
-        self.aspp = ASPP(320, (3, 6, 9))
-        self.decoder = Decoder([256, 128, 64, 48, 1 + 3 + 1 + 32], [32, 24, 16, 6])
+        spec = get_backbone(backbone)
+        self.backbone_name = spec.name
+        self.backbone = spec.encoder(6)
+        self.aspp = ASPP(spec.channels, (3, 6, 9))
+        self.decoder = Decoder([256, 128, 64, 48, 1 + 3 + 1 + 32], [*spec.skip_channels, 6])
 
     def _coarse(self, src_bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """From ``cat([src, bgr])``: pha (clamped), fgr residual (not yet added to src),
@@ -57,6 +64,7 @@ class MattingRefine(MattingBase):
     """The base at reduced resolution, refined to full resolution on 4x4 patches.
 
     Args:
+        backbone: ``mobilenetv2``, ``resnet50`` or ``resnet101`` (``BACKBONES``).
         backbone_scale: downsampling of the inputs for the base, at most 1/2
             (1/4 for HD, 1/8 for 4K).
         refine_mode: ``sampling``, ``thresholding`` or ``full``.
@@ -76,6 +84,7 @@ class MattingRefine(MattingBase):
 
     def __init__(
         self,
+        backbone: str = DEFAULT_BACKBONE,
         backbone_scale: float = 1 / 4,
         refine_mode: str = "sampling",
         refine_sample_pixels: int = 80_000,
@@ -85,7 +94,7 @@ class MattingRefine(MattingBase):
     ) -> None:
         if not 0 < backbone_scale <= 0.5:
             raise ValueError(f"backbone_scale {backbone_scale} is not in (0, 1/2]")
-        super().__init__()
+        super().__init__(backbone)
         self.backbone_scale = backbone_scale
         self.refiner = Refiner(
             refine_mode,

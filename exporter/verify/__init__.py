@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.checkpoint import Weights, build_model
-from exporter.config import ExportConfig
+from exporter.checkpoint import Weights, build_model, resolve_weights
+from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError
 from exporter.runtime import artifact_metadata, runners_for
 from exporter.verify.compare import BARS, Bars, OutputComparison, compare_output, differing_patches
@@ -78,6 +78,7 @@ class VerifyReport:
     case_names: list[str]
     artifacts: list[ArtifactResult]
     warnings: list[str] = field(default_factory=list)
+    synthetic: bool = False  # verified against synthetic weights: accuracy numbers mean nothing
 
     @property
     def passed(self) -> bool:
@@ -95,6 +96,7 @@ class VerifyReport:
         return {
             "passed": self.passed,
             "checkpoint": self.checkpoint,
+            "synthetic_weights": self.synthetic,
             "cases": self.case_names,
             "warnings": self.warnings,
             "artifacts": [
@@ -116,11 +118,16 @@ class VerifyReport:
         }
 
 
-def default_artifacts(root: Path = Path("models")) -> list[Path]:
-    """What ``make export`` writes, those of it that exist."""
-    from exporter.config import MODEL_NAME
+def default_artifacts() -> list[Path]:
+    """What ``make export`` (and ``onnx`` / ``ir`` with their defaults, for any backbone)
+    writes, those of it that exist."""
+    from exporter.model import BACKBONES
 
-    candidates = [root / f"{MODEL_NAME}.onnx", root / "FP32" / f"{MODEL_NAME}.xml", root / "FP16" / f"{MODEL_NAME}.xml"]
+    candidates = [
+        default_artifact_path(backbone.model_name, precision)
+        for backbone in BACKBONES.values()
+        for precision in (None, *PRECISIONS)
+    ]
     return [path for path in candidates if path.is_file()]
 
 
@@ -161,7 +168,7 @@ def _reference(config: ExportConfig, weights: Weights, cases: list[Case]) -> Ref
 
 def verify(
     artifacts: Sequence[Path],
-    weights: Weights,
+    weights: Weights | None = None,
     *,
     cases: int = 4,
     seed: int = 0,
@@ -169,13 +176,18 @@ def verify(
     bars: dict[str, Bars] | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
-    """Verify each artifact (``.onnx`` in ONNX Runtime and OpenVINO, ``.xml`` in OpenVINO)."""
+    """Verify each artifact (``.onnx`` in ONNX Runtime and OpenVINO, ``.xml`` in OpenVINO).
+
+    ``weights``: the checkpoint the artifacts were made from; without it, each artifact's
+    backbone gets its default checkpoint, else the synthetic recipe (with a warning).
+    """
     bars = {**BARS, **(bars or {})}
     if not artifacts:
         raise ArtifactError("no artifacts to verify: give .onnx / .xml files, or run `make export` first")
     if cases < 1 and images is None:
         raise ArtifactError(f"--cases {cases}: at least one case is needed")
-    report = VerifyReport(checkpoint=weights.label, case_names=[], artifacts=[])
+    report = VerifyReport(checkpoint="", case_names=[], artifacts=[])
+    resolved: dict[str, Weights] = {} if weights is None else {weights.backbone: weights}
     references: dict[ExportConfig, Reference] = {}
     for path in artifacts:
         path = Path(path)
@@ -183,9 +195,20 @@ def verify(
         config = ExportConfig.from_metadata(metadata)
         precision = config.precision
         key = config.replace(precision="FP32")
-        if metadata.get("checkpoint") != weights.label:
+        if config.backbone not in resolved:
+            if weights is not None:
+                raise ArtifactError(
+                    f"{path} is the {config.model_name} model, but checkpoint {weights.source} holds the "
+                    f"{weights.backbone} one"
+                )
+            resolved[config.backbone] = resolve_weights(None, config.backbone)
+            if resolved[config.backbone].warning:
+                report.warnings.append(resolved[config.backbone].warning)
+        artifact_weights = resolved[config.backbone]
+        if metadata.get("checkpoint") != artifact_weights.label:
             report.warnings.append(
-                f"{path} was exported from {metadata.get('checkpoint')}, but is verified against {weights.label}"
+                f"{path} was exported from {metadata.get('checkpoint')}, but is verified against "
+                f"{artifact_weights.label}"
             )
         if key not in references:
             if on_progress:
@@ -195,7 +218,7 @@ def verify(
                 if images is not None
                 else synthetic_cases(config.height, config.width, cases, seed)
             )
-            references[key] = _reference(key, weights, data)
+            references[key] = _reference(key, artifact_weights, data)
             report.case_names = [case.name for case in data]
         reference = references[key]
         for runner in runners_for(path):
@@ -236,4 +259,6 @@ def verify(
                     },
                 )
             )
+    report.checkpoint = ", ".join(dict.fromkeys(w.label for w in resolved.values()))
+    report.synthetic = any(w.synthetic for w in resolved.values())
     return report
