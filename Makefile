@@ -9,6 +9,7 @@ MODEL := background-matting-mobilenetv2
 ONNX := models/$(MODEL).onnx
 IR32 := models/FP32/$(MODEL).xml
 IR16 := models/FP16/$(MODEL).xml
+IR8 := models/INT8/$(MODEL).xml
 SOURCES := $(shell find exporter -name '*.py' 2>/dev/null)
 WEIGHTS := $(wildcard checkpoints/*.pth)
 
@@ -22,11 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# The main job: ONNX, IR FP32 and IR FP16 from the resolved checkpoint.
+# The main job: ONNX, IR FP32, IR FP16 and IR INT8 from the resolved checkpoint.
 export: setup
 	$(CLI) onnx --output $(ONNX)
 	$(CLI) ir --onnx $(ONNX) --precision FP32 --output $(IR32)
 	$(CLI) ir --onnx $(ONNX) --precision FP16 --output $(IR16)
+	$(CLI) ir --onnx $(ONNX) --precision INT8 --output $(IR8)
 
 $(ONNX): $(STAMP) $(SOURCES) $(WEIGHTS)
 	$(CLI) onnx --output $@
@@ -34,10 +36,12 @@ $(IR32): $(ONNX)
 	$(CLI) ir --onnx $(ONNX) --precision FP32 --output $@
 $(IR16): $(ONNX)
 	$(CLI) ir --onnx $(ONNX) --precision FP16 --output $@
+$(IR8): $(ONNX)
+	$(CLI) ir --onnx $(ONNX) --precision INT8 --output $@
 
 # Re-exports what is missing or older than the code or the weights, then checks parity.
-verify: $(ONNX) $(IR32) $(IR16)
-	$(CLI) verify $(ONNX) $(IR32) $(IR16)
+verify: $(ONNX) $(IR32) $(IR16) $(IR8)
+	$(CLI) verify $(ONNX) $(IR32) $(IR16) $(IR8)
 
 # Exports its own variants (ours and the original recipe's) into a scratch folder.
 bench: setup

@@ -1,4 +1,4 @@
-"""What each runtime costs per frame: eager PyTorch, ONNX Runtime, OpenVINO IR FP32/FP16,
+"""What each runtime costs per frame: eager PyTorch, ONNX Runtime, OpenVINO IR FP32/FP16/INT8,
 and the original repository's export recipe, timed in one run on one machine.
 
 Latency is one synchronous request at a time (median and 90th percentile after warm-up).
@@ -120,7 +120,7 @@ def _openvino_rows(
     core = ov.Core()
     extra = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
     compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
-    inference = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower().replace("<type: '", "").rstrip("'>")
+    inference = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     request = compiled.create_infer_request()
     row = _row(name, "openvino", precision, inference, _time(lambda: request.infer(inputs), runs), gflops)
     del request, compiled
@@ -167,10 +167,11 @@ def bench(
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="bgm-bench-") as scratch:
         root = Path(scratch)
-        say("exporting ONNX, IR FP32, IR FP16 and the original recipe's IR")
+        say("exporting ONNX, IR FP32, IR FP16, IR INT8 and the original recipe's IR")
         ours = export_onnx(config, weights, root / "ours.onnx").path
         ir32 = export_ir(ours, root / "FP32" / "ours.xml", "FP32").xml
         ir16 = export_ir(ours, root / "FP16" / "ours.xml", "FP16").xml
+        ir8 = export_ir(ours, root / "INT8" / "ours.xml", "INT8").xml
         upstream_onnx = export_upstream_onnx(config, weights, root / "upstream.onnx").path
         upstream = export_ir(upstream_onnx, root / "upstream" / "upstream.xml", "FP32").xml
         gflops = count_flops(onnx.load(str(ours)))[0]
@@ -190,6 +191,8 @@ def bench(
             ("IR FP32", ir32, "FP32", True),
             ("IR FP32", ir32, "FP32", False),
             ("IR FP16", ir16, "FP16", False),
+            ("IR INT8", ir8, "INT8", True),
+            ("IR INT8", ir8, "INT8", False),
             ("original recipe IR FP32", upstream, "FP32", True),
             ("original recipe IR FP32", upstream, "FP32", False),
         ]
@@ -202,6 +205,23 @@ def bench(
         row.speedup_latency = eager.median_ms / row.median_ms
         row.speedup_throughput = row.throughput_fps / eager.throughput_fps
     return BenchReport(config, weights.label, torch.get_num_threads(), rows)
+
+
+def _ratios(rows: list[BenchRow]) -> list[tuple[BenchRow, BenchRow]]:
+    """The comparisons worth a line: IR FP32 against the original recipe's IR in the same
+    arithmetic, and IR INT8 (both arithmetics) against IR FP32 and the original recipe's IR
+    computing in f32 (8-bit arithmetic is what INT8 is for; f32 is what the FP32 IR promises)."""
+    found = {(r.name, r.inference): r for r in rows}
+    pairs = []
+    for arithmetic in dict.fromkeys(r.inference for r in rows if r.name == "IR FP32"):
+        if ("original recipe IR FP32", arithmetic) in found:
+            pairs.append((found["IR FP32", arithmetic], found["original recipe IR FP32", arithmetic]))
+    f32 = next((r.inference for r in rows if r.name == "IR FP32"), None)
+    for row in (r for r in rows if r.name == "IR INT8"):
+        for other in ("IR FP32", "original recipe IR FP32"):
+            if (other, f32) in found:
+                pairs.append((row, found[other, f32]))
+    return pairs
 
 
 def format_bench(report: BenchReport) -> str:
@@ -221,16 +241,12 @@ def format_bench(report: BenchReport) -> str:
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    ours = {r.inference: r for r in report.rows if r.name == "IR FP32"}
-    base = {r.inference: r for r in report.rows if r.name == "original recipe IR FP32"}
     lines.append("")
-    for arithmetic in ours:
-        if arithmetic in base:
-            lines.append(
-                f"IR FP32 vs the original recipe's IR ({arithmetic}): latency x"
-                f"{base[arithmetic].median_ms / ours[arithmetic].median_ms:.2f}, throughput x"
-                f"{ours[arithmetic].throughput_fps / base[arithmetic].throughput_fps:.2f}"
-            )
+    for row, other in _ratios(report.rows):
+        lines.append(
+            f"{row.name} ({row.inference}) vs {other.name} ({other.inference}): latency x"
+            f"{other.median_ms / row.median_ms:.2f}, throughput x{row.throughput_fps / other.throughput_fps:.2f}"
+        )
     for r in report.rows:
         if r.profile:
             lines += ["", f"Top layers, {r.name} ({r.inference}), ms in one request:"]

@@ -20,6 +20,30 @@ def _shape(*dims: int) -> str:
     return ", ".join(str(d) for d in dims)
 
 
+def _precision_table(report: VerifyReport, infos: list[ModelInfo]) -> list[str]:
+    """One column per artifact run: what each precision keeps and what it trades."""
+    sizes = {Path(info.path): sum(info.files.values()) for info in infos}
+    gflops = {Path(info.path): info.gflops for info in infos}
+    runs = report.artifacts
+    header = ["", *[f"`{a.path.name}` {a.precision} ({a.runtime})" for a in runs]]
+    rows = [
+        ["Size (MB)", *[f"{sizes.get(a.path, 0) / 1e6:.2f}" for a in runs]],
+        ["GFlops", *[f"{gflops.get(a.path, 0.0):.4f}" for a in runs]],
+        ["pha mean abs diff", *[f"{a.outputs['pha'].mean_abs:.1e}" for a in runs]],
+        ["Patches differing", *[f"{a.patch_flips * 100:.3f}%" for a in runs]],
+    ]
+    rows += [
+        [f"{metric} change", *[f"{a.metrics[metric] / a.reference_metrics[metric] - 1:+.2%}" for a in runs]]
+        for metric in METRICS
+        if runs and all(metric in a.metrics and a.reference_metrics.get(metric) for a in runs)
+    ]
+    rows.append(["ms per frame (verify, f32 arithmetic)", *[f"{a.milliseconds:.0f}" for a in runs]])
+    lines = ["Precisions (changes against the original model on the same cases):", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
 def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
     """Markdown for the artifacts in ``report`` (one row per artifact run)."""
     first = report.artifacts[0]
@@ -83,6 +107,7 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
             lines.append("")
     else:
         lines += ["No ground truth was given (`verify --images` with `pha/`, `fgr/`): parity only.", ""]
+    lines += _precision_table(report, infos)
     lines += [
         "Parity with the original (eager PyTorch on the same weights, the same images):",
         "",

@@ -165,7 +165,7 @@ def onnx(
 @app.command()
 @user_errors
 def ir(
-    precision: Annotated[str, typer.Option(help="Weight precision: FP32 or FP16.")],
+    precision: Annotated[str, typer.Option(help="FP32, FP16 or INT8 (post-training quantization with NNCF).")],
     onnx: Annotated[
         Optional[Path], typer.Option("--onnx", help="Convert this .onnx (default: export one first).")
     ] = None,
@@ -183,14 +183,38 @@ def ir(
     threshold: ThresholdOpt = None,
     opset: OpsetOpt = None,
     no_simplify: NoSimplifyOpt = False,
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="INT8: calibration frames, Open Model Zoo HumanMatting layout (com/, bgr/, optional pha/); "
+            "default synthetic composites."
+        ),
+    ] = None,
+    calibration_frames: Annotated[
+        Optional[int], typer.Option(help="INT8: calibration frames to use (default 16).")
+    ] = None,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(
+            help="INT8: accuracy control (slower): revert layers until the agreement score "
+            "(100 - alpha MAD x1e3 against FP32 or the true alpha) drops by at most this."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Convert to OpenVINO IR (.xml + .bin) in FP32 or FP16."""
+    """Convert to OpenVINO IR (.xml + .bin) in FP32, FP16 or INT8."""
+    from exporter.export.int8 import int8_options
     from exporter.export.openvino import export_ir, export_ir_from_weights
 
     precision = precision.upper()
+    int8 = int8_options(precision, calibration, calibration_frames, max_drop)
+    if int8 is not None and int8.calibration is None:
+        warn(
+            "INT8 is calibrated on synthetic composites; frames from the deployment's camera "
+            "(--calibration DIR) give a better INT8 model"
+        )
     if onnx is not None:
-        result = export_ir(onnx, output, precision, on_stage=printer(quiet))
+        result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet))
     else:
         config, weights = config_and_weights(
             checkpoint,
@@ -205,9 +229,11 @@ def ir(
             opset=opset,
         )
         result = export_ir_from_weights(
-            config, weights, output, precision, simplify=not no_simplify, on_stage=printer(quiet)
+            config, weights, output, precision, simplify=not no_simplify, int8=int8, on_stage=printer(quiet)
         )
     if not quiet:
+        if result.int8:
+            typer.echo(f"  kept in floating point: {result.int8['int8_fp_layers'].replace(',', ', ')}")
         typer.echo(size_line("xml", result.xml, result.xml_size, result.xml_sha256))
         typer.echo(size_line("bin", result.bin, result.bin_size, result.bin_sha256))
 

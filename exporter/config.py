@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_OPSET", "MODELS_DIR", "PRECISIONS", "PRESETS", "ExportConfig
 
 # Open Model Zoo's layout: models/<name>.onnx and models/<PRECISION>/<name>.xml.
 MODELS_DIR = Path("models")
-PRECISIONS = ("FP32", "FP16")
+PRECISIONS = ("FP32", "FP16", "INT8")
 # 17 is the newest opset every runtime here imports without a converter warning, and has
 # every op the graph needs (TopK, GatherElements, ScatterElements, Resize).
 DEFAULT_OPSET = 17
@@ -40,7 +40,7 @@ class ExportConfig:
         sample_pixels: pixels refined in ``sampling`` mode (a multiple of 16 patches).
         threshold: error threshold in ``thresholding`` mode.
         opset: ONNX opset.
-        precision: IR weight precision, ``FP32`` or ``FP16`` (ONNX is always FP32).
+        precision: IR precision, ``FP32``, ``FP16`` or ``INT8`` (ONNX is always FP32).
     """
 
     backbone: str = DEFAULT_BACKBONE

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from exporter.errors import OutputError
 
-__all__ = ["atomic_outputs", "sha256_of", "writable_dir", "write_json"]
+__all__ = ["atomic_outputs", "check_writable", "sha256_of", "writable_dir", "write_json"]
 
 
 def sha256_of(path: Path) -> str:
@@ -36,6 +36,21 @@ def writable_dir(path: Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {parent} is not writable")
     return parent
+
+
+def check_writable(path: Path) -> None:
+    """Raise ``OutputError`` if ``path`` could not be written, creating nothing: for checks
+    made before long work whose own writer creates the folders."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"output {path} is a directory; give a file path")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot create output folder {path.parent}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {ancestor} is not writable")
 
 
 @contextlib.contextmanager

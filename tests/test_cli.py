@@ -39,7 +39,7 @@ def test_ir_without_onnx_exports_first_and_leaves_no_onnx(tmp_path, monkeypatch)
         (["onnx", "--height", "721"], "height 721 is not valid at backbone scale 0.25"),
         (["onnx", "--preset", "8k"], "preset '8k' is not one of 720p, 1080p, 4k"),
         (["onnx", "--refine-mode", "magic"], "refine mode 'magic'"),
-        (["ir", "--precision", "INT8", "--onnx", "x.onnx"], "precision 'INT8'"),
+        (["ir", "--precision", "INT4", "--onnx", "x.onnx"], "precision 'INT4'"),
         (["ir", "--precision", "FP32", "--onnx", "missing.onnx"], "ONNX model missing.onnx does not exist"),
     ],
 )

@@ -36,7 +36,7 @@ def test_presets_are_the_originals_settings():
         ({"refine_mode": "magic"}, "refine mode 'magic' is not one of sampling, thresholding, full"),
         ({"sample_pixels": 10_000_000}, "sample pixels 10000000 is not in 16..921600"),
         ({"opset": 9}, "opset 9 is not in 13..21"),
-        ({"precision": "INT8"}, "precision 'INT8' is not one of FP32, FP16"),
+        ({"precision": "INT4"}, "precision 'INT4' is not one of FP32, FP16, INT8"),
         ({"refine_mode": "thresholding", "threshold": 1.5}, "threshold 1.5 is not in [0, 1)"),
     ],
 )

@@ -64,7 +64,15 @@ def test_bench_small(weights):
     report = bench(ExportConfig(height=128, width=192, sample_pixels=8_000), weights, runs=1, profile=True)
     names = [(r.name, r.inference) for r in report.rows]
     assert names[:2] == [("eager PyTorch", "f32"), ("ONNX", "f32")]
-    assert {name for name, _ in names} == {"eager PyTorch", "ONNX", "IR FP32", "IR FP16", "original recipe IR FP32"}
+    assert {name for name, _ in names} == {
+        "eager PyTorch",
+        "ONNX",
+        "IR FP32",
+        "IR FP16",
+        "IR INT8",
+        "original recipe IR FP32",
+    }
+    assert [r.inference for r in report.rows if r.name == "IR INT8"] == ["f32", names[-1][1]]
     assert all(r.median_ms > 0 and r.throughput_fps > 0 for r in report.rows)
     assert report.rows[0].speedup_latency == 1.0
     assert all(len(r.profile) == 10 for r in report.rows if r.runtime == "openvino")
@@ -74,8 +82,10 @@ def test_bench_cli(tmp_path):
     args = ["bench", "--height", "128", "--width", "192", "--sample-pixels", "8000", "--runs", "1"]
     result = runner.invoke(app, [*args, "--json", str(tmp_path / "b.json")])
     assert result.exit_code == 0, result.output
-    assert "IR FP32 vs the original recipe's IR" in result.stdout
-    assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 7
+    assert "IR FP32 (f32) vs original recipe IR FP32 (f32): latency x" in result.stdout
+    assert "IR INT8 (f32) vs IR FP32 (f32): latency x" in result.stdout
+    assert "IR INT8 (f32) vs original recipe IR FP32 (f32): latency x" in result.stdout
+    assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 9
     assert runner.invoke(app, ["bench", "--runs", "0"]).exit_code == 2
 
 
@@ -92,4 +102,6 @@ def test_card(golden_onnx, golden_irs, tmp_path):
     assert "| Metric | Original model | Converted model |" in text and "| alpha MAD |" in text
     assert "Expected color order: `BGR`" in text and "Made from synthetic weights" in text
     assert "shape: `1, 3, 192, 320`" in text
+    assert "Precisions (changes against the original model on the same cases):" in text
+    assert "| ms per frame (verify, f32 arithmetic) |" in text
     assert text.count("| PASSED |") == 3

@@ -1,7 +1,8 @@
-"""Convert the exported ONNX to OpenVINO IR (``.xml`` + ``.bin``), FP32 or FP16.
+"""Convert the exported ONNX to OpenVINO IR (``.xml`` + ``.bin``), FP32, FP16 or INT8.
 
 The IR carries the same metadata as the ONNX in ``rt_info`` (under ``model_info``, where
-Open Model Zoo tools look), plus the precision.
+Open Model Zoo tools look), plus the precision and, for INT8, how it was calibrated
+(``exporter.export.int8``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 from exporter.checkpoint import Weights
 from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError
+from exporter.export.int8 import Int8Options, calibration_frames, quantize_model
 from exporter.export.onnx import export_onnx, read_metadata
-from exporter.files import atomic_outputs, sha256_of, writable_dir
+from exporter.files import atomic_outputs, check_writable, sha256_of, writable_dir
 from exporter.stages import Stages
 
 __all__ = ["IRExport", "export_ir", "export_ir_from_weights", "read_ir_metadata"]
@@ -40,6 +42,7 @@ class IRExport:
     xml_size: int
     bin_size: int
     durations: dict[str, float] = field(default_factory=dict)
+    int8: dict[str, str] = field(default_factory=dict)  # how an INT8 IR was calibrated (its rt_info)
 
 
 def read_ir_metadata(xml: Path) -> dict[str, str]:
@@ -69,14 +72,18 @@ def export_ir(
     output: Path | None,
     precision: str,
     *,
+    int8: Int8Options | None = None,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> IRExport:
     """Convert ``onnx_path`` to IR at ``output`` (``.xml``; the ``.bin`` beside it), atomically.
-    Without ``output``: ``models/<PRECISION>/<model name>.xml``."""
+    Without ``output``: ``models/<PRECISION>/<model name>.xml``. ``int8``: how to calibrate
+    and quantize, for ``INT8`` only (default: synthetic frames, no accuracy control)."""
     import openvino as ov
 
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if int8 is not None and precision != "INT8":
+        raise ConfigError(f"calibration options apply to INT8 only, not {precision}")
     if not Path(onnx_path).is_file():
         raise ArtifactError(f"ONNX model {onnx_path} does not exist")
     metadata = read_metadata(onnx_path)
@@ -84,11 +91,22 @@ def export_ir(
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
+    stages = Stages(on_stage)
+    if precision == "INT8":
+        int8 = (int8 or Int8Options()).validate()
+        with stages("calibration data"):
+            frames = calibration_frames(config, int8)
     writable_dir(output)
     metadata["precision"] = precision
-    stages = Stages(on_stage)
     with stages("convert"):
         model = ov.convert_model(str(onnx_path))
+    int8_metadata: dict[str, str] = {}
+    if precision == "INT8":
+        quantized = quantize_model(model, frames, int8, stage=stages)
+        model = quantized.model
+        int8_metadata = quantized.metadata
+        metadata.update(int8_metadata)
+    with stages("name"):
         _stable_names(model)
         for key, value in metadata.items():
             model.set_rt_info(value, [RT_INFO_SECTION, key])
@@ -105,6 +123,7 @@ def export_ir(
         xml_size=output.stat().st_size,
         bin_size=bin_path.stat().st_size,
         durations=stages.durations,
+        int8=int8_metadata,
     )
 
 
@@ -115,15 +134,16 @@ def export_ir_from_weights(
     precision: str,
     *,
     simplify: bool = True,
+    int8: Int8Options | None = None,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
-    writable_dir(output)
+    check_writable(output)
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
         onnx_file = export_onnx(
             config, weights, Path(scratch) / f"{config.model_name}.onnx", simplify=simplify, on_stage=on_stage
         )
-        result = export_ir(onnx_file.path, output, precision, on_stage=on_stage)
+        result = export_ir(onnx_file.path, output, precision, int8=int8, on_stage=on_stage)
     result.durations = {**onnx_file.durations, **result.durations}
     return result

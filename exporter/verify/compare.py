@@ -16,8 +16,10 @@ from exporter import tolerances as tol
 __all__ = [
     "BARS",
     "Bars",
+    "SYNTHETIC_INT8_BARS",
     "Check",
     "OutputComparison",
+    "compare_metrics",
     "compare_output",
     "differing_patches",
 ]
@@ -34,12 +36,17 @@ class Bars:
         mean_abs: largest mean |d| allowed (None: not judged).
         patch_delta: a 4x4 patch differs when its largest |d| exceeds this.
         patch_share: largest share of differing patches allowed.
+        metric_rise: ``(metric, largest relative rise over the reference)`` pairs, judged
+            where there is ground truth (INT8 trades accuracy; FP32 and FP16 must not).
+        output_mean_abs: ``(output, mean_abs)`` pairs overriding ``mean_abs`` per output.
     """
 
     max_abs: float | None
     mean_abs: float | None
     patch_delta: float
     patch_share: float
+    metric_rise: tuple[tuple[str, float], ...] = ()
+    output_mean_abs: tuple[tuple[str, float], ...] = ()
 
 
 BARS: dict[str, Bars] = {
@@ -49,7 +56,23 @@ BARS: dict[str, Bars] = {
     "FP16": Bars(
         max_abs=None, mean_abs=tol.FP16_MEAN_ATOL, patch_delta=tol.FP16_PATCH_DELTA, patch_share=tol.FP16_PATCH_SHARE
     ),
+    "INT8": Bars(
+        max_abs=None,
+        mean_abs=tol.INT8_MEAN_ATOL,
+        patch_delta=tol.INT8_PATCH_DELTA,
+        patch_share=tol.INT8_PATCH_SHARE,
+        metric_rise=tol.INT8_METRIC_RISE,
+        output_mean_abs=(("fgr", tol.INT8_FGR_MEAN_ATOL),),
+    ),
 }
+# INT8 of synthetic (random) weights: see INT8_SYNTHETIC_* in exporter.tolerances.
+SYNTHETIC_INT8_BARS = Bars(
+    max_abs=None,
+    mean_abs=tol.INT8_SYNTHETIC_MEAN_ATOL,
+    patch_delta=tol.INT8_PATCH_DELTA,
+    patch_share=tol.INT8_SYNTHETIC_PATCH_SHARE,
+    metric_rise=tol.INT8_SYNTHETIC_METRIC_RISE,
+)
 
 
 @dataclass
@@ -116,7 +139,17 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, bars: B
     )
     if bars.max_abs is not None:
         result.checks.append(Check("max |d| outside differing patches", result.max_abs_outside, bars.max_abs))
-    if bars.mean_abs is not None:
-        result.checks.append(Check("mean |d|", result.mean_abs, bars.mean_abs))
+    mean_abs = dict(bars.output_mean_abs).get(name, bars.mean_abs)
+    if mean_abs is not None:
+        result.checks.append(Check("mean |d|", result.mean_abs, mean_abs))
     result.checks.append(Check(f"patches off by > {bars.patch_delta:g}", result.patch_share, bars.patch_share))
     return result
+
+
+def compare_metrics(reference: dict[str, float], actual: dict[str, float], bars: Bars) -> list[Check]:
+    """The relative rise of each accuracy metric ``bars`` judges, where both sides have it."""
+    return [
+        Check(f"{metric} rise over the original", actual[metric] / reference[metric] - 1, bound)
+        for metric, bound in bars.metric_rise
+        if metric in actual and reference.get(metric, 0) > 0
+    ]

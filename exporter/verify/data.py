@@ -105,8 +105,28 @@ def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB
         raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
 
 
-def image_cases(folder: Path, height: int, width: int) -> list[Case]:
-    """Open Model Zoo HumanMatting layout: ``com/``, ``bgr/`` and optional ``pha/``, ``fgr/``."""
+# Calibration frames may differ from the model's aspect by this much (rounding of sizes).
+ASPECT_SLACK = 0.01
+
+
+def _check_aspect(path: Path, height: int, width: int) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            frame_width, frame_height = image.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+    if abs(frame_width * height / (frame_height * width) - 1) > ASPECT_SLACK:
+        raise InputError(
+            f"{path} is {frame_width}x{frame_height}, an aspect other than the model's {width}x{height}: "
+            "calibrate on frames shaped like the deployment's"
+        )
+
+
+def image_cases(folder: Path, height: int, width: int, same_aspect: bool = False) -> list[Case]:
+    """Open Model Zoo HumanMatting layout: ``com/``, ``bgr/`` and optional ``pha/``, ``fgr/``.
+    ``same_aspect``: refuse frames whose aspect differs from ``width / height``."""
     folder = Path(folder)
     com, bgr = folder / "com", folder / "bgr"
     if not com.is_dir() or not bgr.is_dir():
@@ -119,6 +139,8 @@ def image_cases(folder: Path, height: int, width: int) -> list[Case]:
         if not (bgr / name).is_file():
             raise InputError(f"{bgr / name} is missing: every com/ image needs a bgr/ image of the same name")
         size = (height, width)
+        if same_aspect:
+            _check_aspect(com / name, height, width)
         pha = folder / "pha" / name
         fgr = folder / "fgr" / name
         cases.append(

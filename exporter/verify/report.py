@@ -24,15 +24,15 @@ def _pct(value: float) -> str:
 def check_lines(result: ArtifactResult) -> list[str]:
     """``PASSED | pha | max |d| ... 3.1e-06 <= 1e-04`` per bar, with the bound that would pass."""
     lines = []
-    for name, comparison in result.outputs.items():
-        for check in comparison.checks:
-            if check.passed:
-                lines.append(f"PASSED | {result.name} | {name} | {check.name} {check.value:.3g} ≤ {check.bound:g}")
-            else:
-                lines.append(
-                    f"FAILED | {result.name} | {name} | {check.name} {check.value:.3g} > {check.bound:g}"
-                    f" (would pass with a bound of {check.value:.3g})"
-                )
+    judged = [(name, check) for name, comparison in result.outputs.items() for check in comparison.checks]
+    for name, check in judged + [("accuracy", check) for check in result.accuracy]:
+        if check.passed:
+            lines.append(f"PASSED | {result.name} | {name} | {check.name} {check.value:.3g} ≤ {check.bound:g}")
+        else:
+            lines.append(
+                f"FAILED | {result.name} | {name} | {check.name} {check.value:.3g} > {check.bound:g}"
+                f" (would pass with a bound of {check.value:.3g})"
+            )
     return lines
 
 
