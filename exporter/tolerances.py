@@ -48,13 +48,13 @@ FP16_PATCH_SHARE = 0.01
 
 # One 8-bit level: the share of pixels off by more than this is reported, not judged.
 OFF_BY_ONE_LEVEL = 1 / 255
-# INT8 (NNCF post-training quantization, decoder.conv4 and refiner.conv4 kept in floating
-# point), judged against the eager FP32 model. Measured on trained_v1.pth (a briefly
-# trained original model) at 720p, 16 held-out synthetic composites, 16 calibration frames:
-# mean |d| pha 1.0e-3, 0.77% of patches off by > 0.05, alpha MAD +1.8%, MSE +1.6%,
-# GRAD +0.9%, foreground MSE +1.1% over FP32. The bars are the INT8 issue's targets.
+# INT8 (NNCF post-training quantization, refiner.conv4 kept in floating point; see
+# exporter.export.int8), judged against the eager FP32 model. Measured on trained_v1.pth (a
+# briefly trained original model) at 720p, 16 held-out synthetic composites, 16 calibration
+# frames: mean |d| pha 1.35e-3, 1.2% of patches off by > 0.05, alpha MAD +1.5%, MSE +1.4%,
+# GRAD +0.6%, foreground MSE +0.9% over FP32. The bars are the INT8 issue's targets.
 INT8_MEAN_ATOL = 4e-3
-# fgr measured 5.6e-3: most of its error is where alpha is 0 and the colour is never seen;
+# fgr measured 7.1e-3: most of its error is where alpha is 0 and the colour is never seen;
 # where it is seen, the foreground MSE rise below judges it.
 INT8_FGR_MEAN_ATOL = 1e-2
 INT8_PATCH_DELTA = 0.05
@@ -63,8 +63,8 @@ INT8_PATCH_SHARE = 0.02
 INT8_METRIC_RISE = (("alpha MAD", 0.03), ("alpha GRAD", 0.05), ("foreground MSE", 0.05))
 # Random synthetic weights amplify 8-bit rounding about fifty times (their alpha and error
 # maps are smooth and unsaturated, so every small change moves a patch's rank): the same
-# INT8 of the seed-0 recipe measured mean |d| pha 4.8e-2, fgr 3.2e-2, 28% of patches off,
-# MAD +0.3%, GRAD +3.3%, foreground MSE +1.6% at 720p. INT8 made from synthetic weights is
+# INT8 of the seed-0 recipe measured mean |d| pha 5.2e-2, fgr 3.3e-2, 19% of patches off,
+# MAD +0.2%, GRAD +3.1%, foreground MSE +3.3% at 720p. INT8 made from synthetic weights is
 # judged by these looser bars (and verify says so); calibrated on black frames it measured
 # fgr mean |d| 0.40, 100% of patches off and foreground MSE +684%.
 INT8_SYNTHETIC_MEAN_ATOL = 8e-2
