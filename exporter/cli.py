@@ -399,26 +399,51 @@ def matte(
     target: Annotated[str, typer.Option(help="New background: a colour R,G,B, an image or a video.")] = "0,255,0",
     out: Annotated[Path, typer.Option(help="Folder for alpha, foreground and composite files.")] = Path("matte"),
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
+    outputs: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Comma-separated: composite (a video for a video source, PNGs otherwise), alpha, foreground "
+            "(RGBA), composite-png. Default: composite for a video; alpha, foreground, composite otherwise."
+        ),
+    ] = None,
+    align: Annotated[
+        bool,
+        typer.Option("--align", help="Warp the background onto each frame first (hand-held captures)."),
+    ] = False,
 ) -> None:
     """Replace the background of images or video with an exported model."""
+    import time
+
     from exporter.matte import matte as run_matte
 
     bars: list = []  # one bar, opened once the frame count is known, for folders and video
+    started = time.perf_counter()
+
+    def rate(_: object) -> str:
+        done = bars[0].pos if bars else 0
+        return f"{done / max(time.perf_counter() - started, 1e-9):.1f} frames/s"
 
     def progress(done: int, total: int) -> None:
         if total > 1 and not bars:
-            bars.append(typer.progressbar(length=total, label="matting", file=sys.stderr).__enter__())
+            bar = typer.progressbar(length=total, label="matting", file=sys.stderr, item_show_func=rate)
+            bars.append(bar.__enter__())
         if bars:
             bars[0].update(1)
 
     try:
-        summary = run_matte(model, src, bgr, target=target, out=out, device=device, on_frame=progress)
+        summary = run_matte(
+            model, src, bgr, target=target, out=out, device=device, outputs=outputs, align=align, on_frame=progress
+        )
     finally:
         if bars:
             bars[0].__exit__(None, None, None)
     for message in summary.warnings:
         warn(message)
+    if summary.alignment:
+        typer.echo(f"background aligned: {summary.alignment}")
+    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.timings.items())
     typer.echo(f"{summary.frames} frames in {summary.seconds:.1f} s: {summary.fps:.1f} frames per second")
+    typer.echo(f"model busy {summary.model_share:.0%} of the time (stages overlap: {split})")
     typer.echo(f"wrote {len(summary.files)} files to {out}")
 
 

@@ -2,19 +2,27 @@
 
 Frames of any size are letterboxed (aspect kept, centred, zero padding) to the model's
 resolution, as Open Model Zoo's demo wrapper does, fed as BGR 0..255, and the results are
-cropped and resized back. Per frame it writes the alpha (8-bit PNG), the foreground (RGBA
-PNG) and the composite over a colour, an image or a video; for a video, also a video of the
-composites. Everything is written into a staging folder first, so a failure leaves nothing
-half-written in the output folder.
+cropped and resized back. It writes the outputs asked for (``OUTPUT_KINDS``): the alpha
+(8-bit PNG), the foreground (RGBA PNG), the composite over a colour, an image or a video
+(PNGs, or a video for a video source). Everything is written into a staging folder first, so
+a failure leaves nothing half-written in the output folder.
+
+Folders and videos run as a pipeline: a thread decodes ahead, OpenVINO keeps its optimal
+number of requests in flight (THROUGHPUT hint, ``AsyncInferQueue``), results are taken in
+order, and post-processing and encoding run on writer threads. Every queue is bounded, so
+memory stays flat however long the video.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +32,32 @@ from exporter.errors import InputError, OutputError
 from exporter.runtime import Runner, load_runner
 from exporter.verify.data import IMAGE_SUFFIXES, read_image, to_model_input
 
-__all__ = ["MatteResult", "MatteSummary", "Matter", "letterbox", "matte", "parse_target"]
+__all__ = [
+    "OUTPUT_KINDS",
+    "MatteResult",
+    "MatteSummary",
+    "Matter",
+    "letterbox",
+    "matte",
+    "parse_outputs",
+    "parse_target",
+]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+# What can be written, as the original's --output-types: ``composite`` is a video for a video
+# source and PNGs otherwise; ``composite-png`` asks for PNGs of a video's frames too.
+OUTPUT_KINDS = ("composite", "alpha", "foreground", "composite-png")
+VIDEO_DEFAULT_OUTPUTS = ("composite",)
+IMAGE_DEFAULT_OUTPUTS = ("alpha", "foreground", "composite")
+# mp4v (MPEG-4 Part 2) is the codec every OpenCV build can both write and read back; the
+# files play in browsers and players alike.
+VIDEO_CODEC = "mp4v"
+# Frames decoded ahead of inference, and frames handed to the writers not yet written:
+# enough to keep every stage busy, few enough that memory does not grow with the video.
+READ_AHEAD = 4
+WRITE_BEHIND = 8
+PNG_WRITERS = 2
 
 
 @dataclass
@@ -42,14 +72,28 @@ class MatteResult:
 
 @dataclass
 class MatteSummary:
+    """What ``matte`` did: frames, wall time, files, and where the time went.
+
+    ``timings``: seconds spent decoding (reader thread), preparing inputs, with at least one
+    request in the model, and post-processing plus encoding (writer threads); the stages
+    overlap, so they add up to more than ``seconds``.
+    """
+
     frames: int
     seconds: float
     files: list[Path]
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    alignment: str | None = None
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def model_share(self) -> float:
+        """Share of the wall time the model was working: 1.0 means the model is the limit."""
+        return self.timings.get("model", 0.0) / self.seconds if self.seconds else 0.0
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -81,16 +125,25 @@ class Matter:
         self.bgr, self.box = letterbox(bgr_rgb, self.height, self.width)
         self._bgr_input = to_model_input(self.bgr)
 
-    def model_outputs(self, src_rgb: np.ndarray) -> dict[str, np.ndarray]:
-        """The model's raw ``pha``/``fgr`` on the letterboxed frame."""
-        canvas, _ = letterbox(src_rgb, self.height, self.width)
-        return self.runner.run(to_model_input(canvas), self._bgr_input)
-
-    def __call__(self, src_rgb: np.ndarray, target: np.ndarray) -> MatteResult:
+    def inputs(self, src_rgb: np.ndarray, bgr_rgb: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The model's inputs for a frame (and, when aligned per frame, its own background)."""
         if src_rgb.shape[:2] != self.size:
             raise InputError(f"frame of {src_rgb.shape[1]}x{src_rgb.shape[0]} after a background of "
                              f"{self.size[1]}x{self.size[0]}: frames of one run must share a size")  # fmt: skip
-        out = self.model_outputs(src_rgb)
+        canvas, _ = letterbox(src_rgb, self.height, self.width)
+        bgr = self._bgr_input if bgr_rgb is None else to_model_input(letterbox(bgr_rgb, self.height, self.width)[0])
+        return {"src": to_model_input(canvas), "bgr": bgr}
+
+    def model_outputs(self, src_rgb: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's raw ``pha``/``fgr`` on the letterboxed frame."""
+        inputs = self.inputs(src_rgb)
+        return self.runner.run(inputs["src"], inputs["bgr"])
+
+    def __call__(self, src_rgb: np.ndarray, target: np.ndarray) -> MatteResult:
+        return self.finish(self.model_outputs(src_rgb), target)
+
+    def finish(self, out: dict[str, np.ndarray], target: np.ndarray) -> MatteResult:
+        """The model's outputs cropped, resized back to the frame, and composited on ``target``."""
         top, left, h, w = self.box
         height, width = self.size
         pha = _resize(out["pha"][0, 0, top : top + h, left : left + w], width, height)
@@ -115,14 +168,46 @@ def _open_video(path: Path):  # noqa: ANN202 - cv2.VideoCapture
     return capture
 
 
-def _video_frames(capture) -> Iterator[np.ndarray]:  # noqa: ANN001 - cv2.VideoCapture
+def _video_frames(capture, path: Path, total: int) -> Iterator[np.ndarray]:  # noqa: ANN001 - cv2.VideoCapture
+    """RGB frames; a video that stops decoding well before its announced frame count is an
+    error, not a short result (containers may miscount by a frame, so a little slack)."""
     import cv2
 
+    read = 0
     while True:
         ok, frame = capture.read()
         if not ok:
-            return
+            break
+        read += 1
         yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    capture.release()
+    if total > 0 and read < total - max(1, total // 100):
+        raise InputError(f"video {path} stopped decoding at frame {read + 1} of {total} (truncated or corrupt?)")
+
+
+class _LoopingVideo:
+    """A target video streamed frame by frame, from the start again when it ends, so that
+    not even a long target is held in memory. Asked for frames in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._frames: Iterator[np.ndarray] = iter(())
+        self._open()
+
+    def _open(self) -> None:
+        import cv2
+
+        capture = _open_video(self.path)
+        self._frames = _video_frames(capture, self.path, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+
+    def __call__(self, index: int) -> np.ndarray:
+        frame = next(self._frames, None)
+        if frame is None:
+            self._open()
+            frame = next(self._frames, None)
+        if frame is None:
+            raise InputError(f"target video {self.path} has no readable frame")
+        return frame
 
 
 @dataclass
@@ -151,7 +236,7 @@ def _source(path: Path) -> _Source:
         capture = _open_video(path)
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         size = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
-        frames = ((f"frame_{i:06d}", frame) for i, frame in enumerate(_video_frames(capture)))
+        frames = ((f"frame_{i:06d}", frame) for i, frame in enumerate(_video_frames(capture, path, total)))
         return _Source(None, frames, total, size, capture.get(cv2.CAP_PROP_FPS) or 25.0)
     image = read_image(path)
     return _Source([path.stem], iter([(path.stem, image)]), 1, image.shape[:2])
@@ -169,8 +254,7 @@ def parse_target(spec: str) -> Callable[[int], np.ndarray] | tuple[int, int, int
     if not path.is_file():
         raise InputError(f"target {spec} is neither a colour R,G,B nor an existing image or video")
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        frames = list(_video_frames(_open_video(path)))
-        return lambda index: frames[index % len(frames)]
+        return _LoopingVideo(path)
     image = read_image(path)
     return lambda index: image
 
@@ -199,6 +283,99 @@ def _staging(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def parse_outputs(spec: str | None, video: bool) -> tuple[str, ...]:
+    """``alpha,composite`` -> the kinds to write; None -> the default for the source."""
+    if spec is None:
+        return VIDEO_DEFAULT_OUTPUTS if video else IMAGE_DEFAULT_OUTPUTS
+    kinds = tuple(dict.fromkeys(part.strip() for part in spec.split(",") if part.strip()))
+    unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
+    if unknown or not kinds:
+        raise InputError(
+            f"--outputs {spec!r}: {', '.join(unknown) or 'nothing'} is not one of {', '.join(OUTPUT_KINDS)}"
+        )
+    return kinds
+
+
+_DONE = object()
+
+
+def _read_ahead(items: Iterator, depth: int, timings: dict[str, float]) -> Iterator:
+    """``items`` produced by a background thread (decoding overlaps inference), at most
+    ``depth`` ahead; its exceptions are raised here, in order."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while not stop.is_set():
+                start = time.perf_counter()
+                item = next(items, _DONE)
+                timings["decode"] += time.perf_counter() - start
+                buffer.put(item)
+                if item is _DONE:
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            buffer.put(exc)
+
+    thread = threading.Thread(target=produce, name="matte-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := buffer.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock a producer waiting for room
+                buffer.get_nowait()
+        thread.join(timeout=5)
+
+
+class _Busy:
+    """Wall time during which at least one request was in the model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._since = 0.0
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._since = time.perf_counter()
+            self._running += 1
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                self.seconds += time.perf_counter() - self._since
+
+
+class _Aligner:
+    """The background warped onto each frame; estimated on the first frame and again every
+    ``ALIGN_REFRESH_FRAMES`` frames (a failed refresh keeps the last good fit)."""
+
+    def __init__(self, background: np.ndarray) -> None:
+        self.background = background
+        self.alignment = None
+        self.fits: list[str] = []
+
+    def __call__(self, index: int, frame: np.ndarray) -> np.ndarray:
+        from exporter.align import ALIGN_REFRESH_FRAMES, estimate_alignment
+
+        if self.alignment is None:
+            self.alignment = estimate_alignment(self.background, frame)
+            self.fits.append(f"frame {index}: {self.alignment.describe()}")
+        elif index % ALIGN_REFRESH_FRAMES == 0:
+            with contextlib.suppress(InputError):
+                self.alignment = estimate_alignment(self.background, frame)
+                self.fits.append(f"frame {index}: {self.alignment.describe()}")
+        return self.alignment.warp(self.background, frame)
+
+
 def matte(
     model: Path,
     src: Path,
@@ -207,10 +384,16 @@ def matte(
     target: str = "0,255,0",
     out: Path = Path("matte"),
     device: str = "CPU",
+    outputs: str | None = None,
+    align: bool = False,
     on_frame: Callable[[int, int], None] | None = None,
 ) -> MatteSummary:
-    """Matte every frame of ``src`` against background image ``bgr`` and write the results."""
+    """Matte every frame of ``src`` against background image ``bgr`` and write ``outputs``
+    (``OUTPUT_KINDS``, comma-separated; default: the composite video for a video, alpha,
+    foreground and composite PNGs otherwise). ``align``: warp the background onto each frame
+    first (``exporter.align``)."""
     import cv2
+    import openvino as ov
 
     if device.split(":")[0] not in DEVICES:
         raise InputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
@@ -218,6 +401,8 @@ def matte(
     if model.suffix not in (".xml", ".onnx"):
         raise InputError(f"model {model} is neither .xml nor .onnx")
     source = _source(src)
+    video = source.names is None
+    kinds = parse_outputs(outputs, video)
     background = read_image(Path(bgr))
     backdrop = parse_target(target)
     warnings = []
@@ -228,36 +413,128 @@ def matte(
         )
         background = _resize(background, source.size[1], source.size[0])
     # Deployment arithmetic (the device's default), not verification's f32.
-    matter = Matter(load_runner(model, "openvino", device, f32=False), background)
+    runner = load_runner(model, "openvino", device, f32=False, throughput=True)
+    matter = Matter(runner, background)
+    aligner = _Aligner(background) if align else None
+    pngs = {"alpha": "alpha", "foreground": "fgr", "composite-png": "composite"}
+    if not video and "composite" in kinds:
+        pngs["composite"] = "composite"
+    pngs = {kind: suffix for kind, suffix in pngs.items() if kind in kinds}
 
-    written: list[Path] = []
+    timings = {"decode": 0.0, "prepare": 0.0, "model": 0.0, "write": 0.0}
+    busy = _Busy()
+    done: dict[int, dict[str, np.ndarray]] = {}
+    ready = threading.Condition()
+    slots = threading.BoundedSemaphore(WRITE_BEHIND)
+    compiled = runner.compiled
+    infer_queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def on_result(request: object, index: int) -> None:
+        result = {name: np.array(request.get_tensor(compiled.output(name)).data) for name in ("pha", "fgr")}
+        busy.stop()
+        with ready:
+            done[index] = result
+            ready.notify_all()
+
+    infer_queue.set_callback(on_result)
+    names: dict[int, str] = {}
+    failures: list[BaseException] = []  # from the writer threads, raised in this one
     frames = 0
     start = time.perf_counter()
     with _staging(Path(out)) as staging:
         writer = None
-        if source.names is None:
+        if video and "composite" in kinds:
             height, width = source.size
-            writer = cv2.VideoWriter(str(staging / "composite.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+            writer = cv2.VideoWriter(str(staging / "composite.mp4"), cv2.VideoWriter_fourcc(*VIDEO_CODEC),
                                      source.fps, (width, height))  # fmt: skip
-        try:
-            for index, (name, image) in enumerate(source.frames):
-                colour = backdrop if isinstance(backdrop, tuple) else None
-                target_image = (
-                    np.broadcast_to(np.array(colour, np.uint8), (*source.size, 3)) if colour else backdrop(index)
-                )
-                result = matter(image, np.ascontiguousarray(target_image))
-                alpha = np.rint(result.pha * 255).astype(np.uint8)
-                rgba = np.dstack([np.rint(result.fgr * 255).astype(np.uint8), alpha])
-                _save_png(alpha, staging / f"{name}_alpha.png")
-                _save_png(rgba, staging / f"{name}_fgr.png")
-                _save_png(result.composite, staging / f"{name}_composite.png")
-                if writer is not None:
-                    writer.write(cv2.cvtColor(result.composite, cv2.COLOR_RGB2BGR))
+        # One writer thread keeps the video's frames in order; PNG encoding fans out.
+        writer_pool = ThreadPoolExecutor(1, "matte-writer")
+        png_pool = ThreadPoolExecutor(PNG_WRITERS, "matte-png")
+
+        def record(job: Future) -> None:
+            if job.exception() is not None:
+                failures.append(job.exception())
+
+        def save(image: np.ndarray, path: Path) -> None:
+            begin = time.perf_counter()
+            _save_png(image, path)
+            timings["write"] += time.perf_counter() - begin
+
+        def write(index: int, name: str, result_: dict[str, np.ndarray]) -> None:
+            begin = time.perf_counter()
+            colour = backdrop if isinstance(backdrop, tuple) else None
+            target_image = np.broadcast_to(np.array(colour, np.uint8), (*source.size, 3)) if colour else backdrop(index)
+            result = matter.finish(result_, np.ascontiguousarray(target_image))
+            if writer is not None:
+                writer.write(cv2.cvtColor(result.composite, cv2.COLOR_RGB2BGR))
+            alpha = np.rint(result.pha * 255).astype(np.uint8)
+            images = {
+                "alpha": alpha,
+                "fgr": np.dstack([np.rint(result.fgr * 255).astype(np.uint8), alpha]),
+                "composite": result.composite,
+            }
+            jobs = [png_pool.submit(save, images[suffix], staging / f"{name}_{suffix}.png") for suffix in pngs.values()]
+            timings["write"] += time.perf_counter() - begin
+            left = [len(jobs)]
+            lock = threading.Lock()
+
+            def finished(job: Future) -> None:
+                record(job)
+                with lock:
+                    left[0] -= 1
+                    last = left[0] == 0
+                if last:
+                    slots.release()
+
+            for job in jobs:
+                job.add_done_callback(finished)
+            if not jobs:
+                slots.release()
+
+        def hand_over(first: int, wait: bool) -> int:
+            """Give the writer every finished frame from ``first`` on, in order; return the
+            first not yet finished."""
+            nonlocal frames
+            index = first
+            while True:
+                with ready:
+                    if wait and index in names:
+                        ready.wait_for(lambda: index in done)  # noqa: B023 - read at once
+                    if index not in done:
+                        return index
+                    result = done.pop(index)
+                slots.acquire()  # at most WRITE_BEHIND frames wait for the writers
+                writer_pool.submit(write, index, names.pop(index), result).add_done_callback(record)
                 frames += 1
                 if on_frame:
                     on_frame(frames, source.total)
+                index += 1
+
+        try:
+            next_out = 0
+            for index, (name, image) in enumerate(_read_ahead(source.frames, READ_AHEAD, timings)):
+                begin = time.perf_counter()
+                inputs = matter.inputs(image, aligner(index, image) if aligner else None)
+                timings["prepare"] += time.perf_counter() - begin
+                names[index] = name
+                busy.start()
+                infer_queue.start_async(inputs, index)  # waits while every request is busy
+                next_out = hand_over(next_out, wait=False)
+                if failures:
+                    raise failures[0]
+            infer_queue.wait_all()
+            hand_over(next_out, wait=True)
         finally:
+            infer_queue.wait_all()
+            writer_pool.shutdown(wait=True, cancel_futures=bool(failures) or bool(names))
+            png_pool.shutdown(wait=True)
             if writer is not None:
                 writer.release()
+        if failures:
+            raise failures[0]
+        timings["model"] = busy.seconds
         written = [Path(out) / p.name for p in sorted(staging.iterdir())]
-    return MatteSummary(frames, time.perf_counter() - start, written, warnings)
+    summary = MatteSummary(frames, time.perf_counter() - start, written, warnings, timings)
+    if aligner is not None:
+        summary.alignment = "; ".join(aligner.fits)
+    return summary

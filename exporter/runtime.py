@@ -29,6 +29,7 @@ class Runner:
     runtime: str
     run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
     input_shape: tuple[int, ...] = ()
+    compiled: object | None = None  # OpenVINO's CompiledModel, for asynchronous pipelines
 
     @property
     def name(self) -> str:
@@ -74,7 +75,7 @@ def _onnxruntime(path: Path) -> Runner:
     return Runner(path, "onnxruntime", run, tuple(session.get_inputs()[0].shape))
 
 
-def _openvino(path: Path, device: str = "CPU", f32: bool = True) -> Runner:
+def _openvino(path: Path, device: str = "CPU", f32: bool = True, throughput: bool = False) -> Runner:
     import openvino as ov
 
     core = ov.Core()
@@ -83,6 +84,8 @@ def _openvino(path: Path, device: str = "CPU", f32: bool = True) -> Runner:
         raise ArtifactError(f"OpenVINO device {device} is not available here (available: {', '.join(available)})")
     # f32 arithmetic judges the artifact's weights, not the device's default bf16/f16 maths.
     config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 and device == "CPU" else {}
+    if throughput:  # several requests in flight, as a pipeline keeps them
+        config["PERFORMANCE_HINT"] = "THROUGHPUT"
     try:
         compiled = core.compile_model(str(path), device, config)
     except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
@@ -95,12 +98,13 @@ def _openvino(path: Path, device: str = "CPU", f32: bool = True) -> Runner:
         return {name: np.array(result[compiled.output(name)]) for name in OUTPUT_NAMES}
 
     shape = tuple(compiled.input("src").get_partial_shape().get_min_shape())
-    return Runner(path, "openvino", run, shape)
+    return Runner(path, "openvino", run, shape, compiled)
 
 
-def load_runner(path: Path, runtime: str, device: str = "CPU", f32: bool = True) -> Runner:
+def load_runner(path: Path, runtime: str, device: str = "CPU", f32: bool = True, throughput: bool = False) -> Runner:
     """``f32``: on CPU, compute in f32 whatever the device's default (parity checks want
-    that; deployment may not)."""
+    that; deployment may not). ``throughput``: OpenVINO's THROUGHPUT hint, for pipelines
+    that keep several requests in flight (``Runner.compiled``)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist")
@@ -109,7 +113,7 @@ def load_runner(path: Path, runtime: str, device: str = "CPU", f32: bool = True)
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
         return _onnxruntime(path)
     if runtime == "openvino":
-        return _openvino(path, device, f32)
+        return _openvino(path, device, f32, throughput)
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 

@@ -11,12 +11,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from exporter.align import estimate_alignment
 from exporter.cli import app
 from exporter.errors import InputError
 from exporter.matte import Matter, letterbox, matte
 from exporter.runtime import load_runner
 from exporter.tolerances import OFF_BY_ONE_LEVEL
-from exporter.verify.data import synthetic_case
+from exporter.verify.data import room_case, synthetic_case
 
 runner = CliRunner()
 
@@ -116,7 +117,28 @@ def test_video_in_video_out(model, tmp_path):
     while capture.read()[0]:
         count += 1
     assert count == 5
-    assert len(list((tmp_path / "out").glob("frame_*_composite.png"))) == 5
+    # A video's default output is the composite video alone.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["composite.mp4"]
+    assert "model busy" in result.stdout
+
+
+def test_video_outputs_chosen(model, tmp_path):
+    cases = [synthetic_case(96, 160, 30 + i) for i in range(3)]
+    video = write_video(tmp_path / "in.mp4", [c.src for c in cases])
+    bgr = save(cases[0].bgr, tmp_path / "bgr.png")
+    summary = matte(model, video, bgr, out=tmp_path / "out", outputs="alpha,composite-png")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == [f"frame_{i:06d}_{kind}.png" for i in range(3) for kind in ("alpha", "composite")]
+    assert summary.frames == 3 and set(summary.timings) == {"decode", "prepare", "model", "write"}
+    assert 0 < summary.model_share <= 1
+
+
+def test_folder_outputs_chosen(model, tmp_path):
+    for i in range(2):
+        save(synthetic_case(96, 160, i).src, tmp_path / "frames" / f"f{i}.png")
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    matte(model, tmp_path / "frames", bgr, out=tmp_path / "out", outputs="composite")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0_composite.png", "f1_composite.png"]
 
 
 def identity_model(path: Path) -> Path:
@@ -198,3 +220,90 @@ def test_mismatched_frame_size_in_a_folder(model, tmp_path):
     with pytest.raises(InputError, match="must share a size"):
         matte(model, tmp_path / "frames", bgr, out=tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_align_brings_a_moved_capture_close_to_the_exact_background(model, tmp_path):
+    """A capture shifted by (12, -7) px and rotated 1 degree: with --align the alpha is close
+    to what the exact background gives; without it, far (any weights show this)."""
+    case, room = room_case(192, 320, 3)
+    src = save(case.src, tmp_path / "src.png")
+    runs = {}
+    for label, background, align in (("exact", room, False), ("moved", case.bgr, False), ("aligned", case.bgr, True)):
+        bgr = save(background, tmp_path / f"{label}.png")
+        summary = matte(model, src, bgr, out=tmp_path / label, align=align, outputs="alpha")
+        runs[label] = read(tmp_path / label / "src_alpha.png").astype(float) / 255
+        if align:
+            assert summary.alignment.startswith("frame 0: shift (") and "inliers" in summary.alignment
+    aligned = np.abs(runs["aligned"] - runs["exact"]).mean()
+    moved = np.abs(runs["moved"] - runs["exact"]).mean()
+    # Random weights magnify the warp's interpolation blur; trained ones far less (closing note).
+    assert aligned < 0.6 * moved, (aligned, moved)
+
+
+@pytest.mark.parametrize("size", [(192, 320), (720, 1280)])
+def test_estimated_homography_undoes_the_hand_movement(size):
+    case, room = room_case(*size, 3)
+    alignment = estimate_alignment(case.bgr, case.src)
+    warped = alignment.warp(case.bgr, case.src).astype(float)
+    seen = case.pha < 0.01  # where the background shows
+    before = np.abs(case.bgr.astype(float) - room)[seen].mean()
+    after = np.abs(warped - room)[seen].mean()
+    assert after < before / 8, (before, after)
+    assert abs(abs(alignment.rotation) - 1.0) < 0.1
+
+
+def test_align_on_a_textureless_background_is_refused(model, tmp_path):
+    case, _ = room_case(96, 160, 4)
+    src = save(case.src, tmp_path / "src.png")
+    flat = save(np.full((96, 160, 3), 128, np.uint8), tmp_path / "flat.png")
+    result = runner.invoke(
+        app, ["matte", "--model", str(model), "--src", str(src), "--bgr", str(flat), "--align",
+              "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: cannot align the background: 0 features found")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_unknown_output_kind_is_refused(model, tmp_path):
+    good = save(synthetic_case(96, 160, 1).src, tmp_path / "good.png")
+    result = runner.invoke(
+        app, ["matte", "--model", str(model), "--src", str(good), "--bgr", str(good), "--outputs", "alpha,depth",
+              "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--outputs 'alpha,depth': depth is not one of composite, alpha, foreground, composite-png" in result.stderr
+
+
+def test_video_that_stops_decoding_midway_is_an_error(model, tmp_path):
+    path = tmp_path / "in.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 96))
+    for i in range(20):
+        writer.write(synthetic_case(96, 160, i).src)
+    writer.release()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the index says 20 frames
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    result = runner.invoke(
+        app, ["matte", "--model", str(model), "--src", str(path), "--bgr", str(bgr), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "stopped decoding at frame 10 of 20" in errors[0], result.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_target_video_is_streamed_in_a_loop(model, tmp_path):
+    cases = [synthetic_case(96, 160, 40 + i) for i in range(5)]
+    video = write_video(tmp_path / "in.mp4", [c.src for c in cases])
+    target = write_video(tmp_path / "target.mp4", [np.full((96, 160, 3), v, np.uint8) for v in (0, 255)])
+    bgr = save(cases[0].bgr, tmp_path / "bgr.png")
+    matte(model, video, bgr, target=str(target), out=tmp_path / "out", outputs="alpha,foreground,composite-png")
+    capture = cv2.VideoCapture(str(target))
+    decoded = [cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB) / 255 for _ in range(2)]
+    # The target behind frames 0..4 is its frames 0, 1, 0, 1, 0 (black, white, ...).
+    for i in range(5):
+        alpha = read(tmp_path / "out" / f"frame_{i:06d}_alpha.png")[..., None] / 255
+        fgr = read(tmp_path / "out" / f"frame_{i:06d}_fgr.png")[..., :3] / 255
+        composite = read(tmp_path / "out" / f"frame_{i:06d}_composite.png") / 255
+        expected = alpha * fgr + (1 - alpha) * decoded[i % 2]
+        assert np.abs(composite - expected).max() <= 2 * OFF_BY_ONE_LEVEL + 1e-9, i

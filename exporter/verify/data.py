@@ -158,3 +158,35 @@ def image_cases(folder: Path, height: int, width: int, same_aspect: bool = False
 def to_model_input(image: np.ndarray) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` -> the artifact's input: ``(1, 3, H, W)`` float32 BGR 0..255."""
     return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def room_case(
+    height: int, width: int, seed: int, shift: tuple[float, float] = (12, -7), rotation: float = 1.0
+) -> tuple[Case, np.ndarray]:
+    """A synthetic frame over a room-like background (shelves, frames, tiles: texture and
+    corners for feature matching), whose captured background was taken by a hand that moved:
+    shifted by ``shift`` pixels (x, y) and rotated by ``rotation`` degrees. Returns the case
+    (``bgr`` is the moved capture) and the exact background."""
+    import cv2
+
+    case = synthetic_case(height, width, seed)
+    rng = np.random.default_rng(seed + 10_000)
+    room = (0.25 + 0.5 * _smooth_noise(rng, height, width, 4, 3)).astype(np.float32)
+    scale = min(height, width)
+    for _ in range(60):  # objects with hard edges and corners
+        y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+        h, w = int(rng.integers(scale // 30 + 2, scale // 6)), int(rng.integers(scale // 30 + 2, scale // 6))
+        room[y0 : y0 + h, x0 : x0 + w] = rng.random(3) * 0.9 + 0.05
+    tiles = ((np.arange(height)[:, None] // max(4, scale // 24) + np.arange(width) // max(4, scale // 24)) % 2)
+    room[height * 3 // 4 :] *= (0.8 + 0.2 * tiles[height * 3 // 4 :, :, None]).astype(np.float32)
+    alpha = case.pha[..., None]
+    composite = alpha * case.fgr + (1 - alpha) * room
+    centre = (width / 2, height / 2)
+    matrix = cv2.getRotationMatrix2D(centre, rotation, 1.0)
+    matrix[:, 2] += shift
+    moved = cv2.warpAffine(room, matrix, (width, height), borderMode=cv2.BORDER_REFLECT)
+
+    def u8(image: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+    return Case(f"room-{seed}", u8(composite), u8(moved), case.pha, case.fgr), u8(room)
