@@ -37,11 +37,14 @@ class Alignment:
     homography: np.ndarray  # (3, 3)
     inliers: int
     matches: int
+    size: tuple[int, int]  # (height, width) of the images
 
     @property
     def shift(self) -> tuple[float, float]:
-        """The homography's translation (x, y) in pixels: where the background's origin lands."""
-        return float(self.homography[0, 2]), float(self.homography[1, 2])
+        """How far (x, y) in pixels the background's centre moves to meet the frame's."""
+        height, width = self.size
+        x, y, w = self.homography @ np.array([width / 2, height / 2, 1.0])
+        return float(x / w - width / 2), float(y / w - height / 2)
 
     @property
     def rotation(self) -> float:
@@ -103,4 +106,4 @@ def estimate_alignment(background: np.ndarray, frame: np.ndarray) -> Alignment:
             f"cannot align the background: only {inliers} of {len(matches)} matches agree on one "
             "homography (is it the same room?)"
         )
-    return Alignment(homography, inliers, len(matches))
+    return Alignment(homography, inliers, len(matches), frame.shape[:2])

@@ -252,3 +252,87 @@ def format_bench(report: BenchReport) -> str:
             lines += ["", f"Top layers, {r.name} ({r.inference}), ms in one request:"]
             lines += [f"  {c.milliseconds:7.2f}  {c.type:<14} {c.kernel:<24} {c.name}" for c in r.profile]
     return "\n".join(lines)
+
+
+@dataclass
+class MatteBench:
+    """``matte`` end to end against the model alone, on the same frames in the same run."""
+
+    model: str
+    resolution: tuple[int, int]
+    frames: int
+    model_fps: float  # THROUGHPUT hint, asynchronous requests, inputs ready in memory
+    matte_fps: float
+    model_share: float
+    timings: dict[str, float]
+
+    @property
+    def ratio(self) -> float:
+        return self.matte_fps / self.model_fps
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+# Distinct synthetic frames in the benchmark video, repeated to its length (each takes a
+# fraction of a second to draw at 720p).
+_DISTINCT_FRAMES = 8
+
+
+def bench_matte(model: Path, frames: int = 48, on_progress: Callable[[str], None] | None = None) -> MatteBench:
+    """Write a ``frames``-frame synthetic video at the model's resolution, time the model
+    alone (THROUGHPUT hint) on its frames, then ``matte`` with its default outputs."""
+    import cv2
+    import openvino as ov
+
+    from exporter.config import ExportConfig
+    from exporter.matte import VIDEO_CODEC, matte
+    from exporter.runtime import artifact_metadata
+
+    say = on_progress or (lambda message: None)
+    config = ExportConfig.from_metadata(artifact_metadata(model))
+    height, width = config.height, config.width
+    cases = [synthetic_case(height, width, 100 + i) for i in range(_DISTINCT_FRAMES)]
+    with tempfile.TemporaryDirectory(prefix="bgm-bench-matte-") as scratch:
+        root = Path(scratch)
+        say(f"writing a {frames}-frame {width}x{height} video")
+        video = root / "in.mp4"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*VIDEO_CODEC), 25, (width, height))
+        for i in range(frames):
+            writer.write(cv2.cvtColor(cases[i % len(cases)].src, cv2.COLOR_RGB2BGR))
+        writer.release()
+        background = root / "bgr.png"
+        cv2.imwrite(str(background), cv2.cvtColor(cases[0].bgr, cv2.COLOR_RGB2BGR))
+
+        say("the model alone (THROUGHPUT hint)")
+        time.sleep(SETTLE_SECONDS)
+        compiled = ov.Core().compile_model(str(model), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        inputs = [{"src": to_model_input(c.src), "bgr": to_model_input(cases[0].bgr)} for c in cases]
+        for i in range(len(queue)):
+            queue.start_async(inputs[i % len(inputs)])
+        queue.wait_all()
+        start = time.perf_counter()
+        for i in range(frames):
+            queue.start_async(inputs[i % len(inputs)])
+        queue.wait_all()
+        model_fps = frames / (time.perf_counter() - start)
+        del queue, compiled
+
+        say("matte, default outputs (the composite video)")
+        time.sleep(SETTLE_SECONDS)
+        summary = matte(model, video, background, out=root / "out")
+    return MatteBench(str(model), (height, width), frames, model_fps, summary.fps, summary.model_share, summary.timings)
+
+
+def format_matte_bench(result: MatteBench) -> str:
+    height, width = result.resolution
+    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
+    return "\n".join(
+        [
+            f"{result.model} at {width}x{height}, {result.frames} frames",
+            f"model alone (THROUGHPUT hint)   {result.model_fps:.2f} frames/s",
+            f"matte, composite video          {result.matte_fps:.2f} frames/s ({result.ratio:.0%} of the model's)",
+            f"model busy {result.model_share:.0%} of matte's time; stages (overlapping): {split}",
+        ]
+    )

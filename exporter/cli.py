@@ -341,14 +341,27 @@ def bench(
     sample_pixels: PixelsOpt = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model after warm-up.")] = 20,
     profile: Annotated[bool, typer.Option("--profile", help="Top ten layers from OpenVINO's counters.")] = False,
+    matte: Annotated[
+        Optional[Path],
+        typer.Option(help="Instead: time `matte` on a synthetic video against this IR alone (THROUGHPUT hint)."),
+    ] = None,
+    frames: Annotated[int, typer.Option(help="With --matte: frames in the synthetic video.")] = 48,
     json_path: JsonOpt = None,
 ) -> None:
-    """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16, and the original recipe's IR."""
+    """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR."""
     from exporter.bench import bench as run_bench
-    from exporter.bench import format_bench
+    from exporter.bench import bench_matte, format_bench, format_matte_bench
 
     if runs < 1:
         raise fail(f"--runs {runs}: at least 1")
+    if matte is not None:
+        if frames < 1:
+            raise fail(f"--frames {frames}: at least 1")
+        result = bench_matte(matte, frames, on_progress=lambda m: typer.echo(f"  {m}", err=True))
+        typer.echo(format_matte_bench(result))
+        if json_path is not None:
+            write_json(result.to_dict(), json_path)
+        return
     config, weights = config_and_weights(
         checkpoint, backbone, preset, height=height, width=width, sample_pixels=sample_pixels
     )

@@ -15,6 +15,7 @@ memory stays flat however long the video.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
 import shutil
@@ -74,9 +75,9 @@ class MatteResult:
 class MatteSummary:
     """What ``matte`` did: frames, wall time, files, and where the time went.
 
-    ``timings``: seconds spent decoding (reader thread), preparing inputs, with at least one
-    request in the model, and post-processing plus encoding (writer threads); the stages
-    overlap, so they add up to more than ``seconds``.
+    ``timings``: seconds spent decoding (reader thread), preparing inputs, inferring (the
+    requests' inference time over their number: equal to ``seconds`` when every request was
+    always busy), and post-processing plus encoding (writer threads). The stages overlap.
     """
 
     frames: int
@@ -124,6 +125,7 @@ class Matter:
         self.size = bgr_rgb.shape[:2]
         self.bgr, self.box = letterbox(bgr_rgb, self.height, self.width)
         self._bgr_input = to_model_input(self.bgr)
+        self._target: tuple[np.ndarray, np.ndarray] | None = None
 
     def inputs(self, src_rgb: np.ndarray, bgr_rgb: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The model's inputs for a frame (and, when aligned per frame, its own background)."""
@@ -143,16 +145,28 @@ class Matter:
         return self.finish(self.model_outputs(src_rgb), target)
 
     def finish(self, out: dict[str, np.ndarray], target: np.ndarray) -> MatteResult:
-        """The model's outputs cropped, resized back to the frame, and composited on ``target``."""
+        """The model's outputs cropped, resized back to the frame, and composited on ``target``.
+
+        OpenCV's kernels, not NumPy expressions: at 720p this runs on every frame beside the
+        model, on the same cores."""
+        import cv2
+
         top, left, h, w = self.box
         height, width = self.size
-        pha = _resize(out["pha"][0, 0, top : top + h, left : left + w], width, height)
-        fgr = _resize(out["fgr"][0].transpose(1, 2, 0)[top : top + h, left : left + w], width, height)
-        pha = np.clip(pha, 0, 1)
-        fgr = np.clip(fgr, 0, 1)
-        target = _resize(target, width, height).astype(np.float32) / 255
-        composite = pha[..., None] * fgr + (1 - pha[..., None]) * target
-        return MatteResult(pha, fgr, np.clip(np.rint(composite * 255), 0, 255).astype(np.uint8))
+        pha = np.clip(_resize(out["pha"][0, 0, top : top + h, left : left + w], width, height), 0, 1)
+        planes = [_resize(plane[top : top + h, left : left + w], width, height) for plane in out["fgr"][0]]
+        fgr = cv2.merge(planes)
+        np.clip(fgr, 0, 1, out=fgr)
+        background = self._float_target(target, width, height)
+        composite = cv2.blendLinear(fgr, background, pha, 1 - pha)
+        return MatteResult(pha, fgr, cv2.convertScaleAbs(composite, alpha=255))
+
+    def _float_target(self, target: np.ndarray, width: int, height: int) -> np.ndarray:
+        """``target`` as float32 0..1 at the frame's size; the last one is kept, since a
+        colour or an image target is the same every frame."""
+        if self._target is None or self._target[0] is not target:
+            self._target = (target, _resize(target, width, height).astype(np.float32) / 255)
+        return self._target[1]
 
 
 def _open_video(path: Path):  # noqa: ANN202 - cv2.VideoCapture
@@ -332,28 +346,6 @@ def _read_ahead(items: Iterator, depth: int, timings: dict[str, float]) -> Itera
         thread.join(timeout=5)
 
 
-class _Busy:
-    """Wall time during which at least one request was in the model."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running = 0
-        self._since = 0.0
-        self.seconds = 0.0
-
-    def start(self) -> None:
-        with self._lock:
-            if self._running == 0:
-                self._since = time.perf_counter()
-            self._running += 1
-
-    def stop(self) -> None:
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                self.seconds += time.perf_counter() - self._since
-
-
 class _Aligner:
     """The background warped onto each frame; estimated on the first frame and again every
     ``ALIGN_REFRESH_FRAMES`` frames (a failed refresh keeps the last good fit)."""
@@ -393,7 +385,6 @@ def matte(
     foreground and composite PNGs otherwise). ``align``: warp the background onto each frame
     first (``exporter.align``)."""
     import cv2
-    import openvino as ov
 
     if device.split(":")[0] not in DEVICES:
         raise InputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
@@ -422,22 +413,16 @@ def matte(
     pngs = {kind: suffix for kind, suffix in pngs.items() if kind in kinds}
 
     timings = {"decode": 0.0, "prepare": 0.0, "model": 0.0, "write": 0.0}
-    busy = _Busy()
-    done: dict[int, dict[str, np.ndarray]] = {}
-    ready = threading.Condition()
     slots = threading.BoundedSemaphore(WRITE_BEHIND)
     compiled = runner.compiled
-    infer_queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-
-    def on_result(request: object, index: int) -> None:
-        result = {name: np.array(request.get_tensor(compiled.output(name)).data) for name in ("pha", "fgr")}
-        busy.stop()
-        with ready:
-            done[index] = result
-            ready.notify_all()
-
-    infer_queue.set_callback(on_result)
-    names: dict[int, str] = {}
+    # The compiled model's optimal number of requests, kept in flight and collected in
+    # order. No completion callback: a Python callback would stall OpenVINO's threads on
+    # the GIL while this process decodes and encodes.
+    free = [
+        compiled.create_infer_request() for _ in range(2 * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    ]
+    requests = len(free)
+    in_flight: collections.deque = collections.deque()
     failures: list[BaseException] = []  # from the writer threads, raised in this one
     frames = 0
     start = time.perf_counter()
@@ -460,19 +445,23 @@ def matte(
             _save_png(image, path)
             timings["write"] += time.perf_counter() - begin
 
+        colour = None
+        if isinstance(backdrop, tuple):
+            colour = np.ascontiguousarray(np.broadcast_to(np.array(backdrop, np.uint8), (*source.size, 3)))
+
         def write(index: int, name: str, result_: dict[str, np.ndarray]) -> None:
             begin = time.perf_counter()
-            colour = backdrop if isinstance(backdrop, tuple) else None
-            target_image = np.broadcast_to(np.array(colour, np.uint8), (*source.size, 3)) if colour else backdrop(index)
-            result = matter.finish(result_, np.ascontiguousarray(target_image))
+            result = matter.finish(result_, colour if colour is not None else backdrop(index))
             if writer is not None:
                 writer.write(cv2.cvtColor(result.composite, cv2.COLOR_RGB2BGR))
-            alpha = np.rint(result.pha * 255).astype(np.uint8)
-            images = {
-                "alpha": alpha,
-                "fgr": np.dstack([np.rint(result.fgr * 255).astype(np.uint8), alpha]),
-                "composite": result.composite,
-            }
+            images = {}
+            if pngs:  # 8-bit alpha and foreground only when written: a video needs neither
+                alpha = np.rint(result.pha * 255).astype(np.uint8)
+                images = {
+                    "alpha": alpha,
+                    "fgr": np.dstack([np.rint(result.fgr * 255).astype(np.uint8), alpha]),
+                    "composite": result.composite,
+                }
             jobs = [png_pool.submit(save, images[suffix], staging / f"{name}_{suffix}.png") for suffix in pngs.values()]
             timings["write"] += time.perf_counter() - begin
             left = [len(jobs)]
@@ -491,48 +480,45 @@ def matte(
             if not jobs:
                 slots.release()
 
-        def hand_over(first: int, wait: bool) -> int:
-            """Give the writer every finished frame from ``first`` on, in order; return the
-            first not yet finished."""
+        def collect() -> None:
+            """Wait for the oldest request, copy its outputs and give them to the writer."""
             nonlocal frames
-            index = first
-            while True:
-                with ready:
-                    if wait and index in names:
-                        ready.wait_for(lambda: index in done)  # noqa: B023 - read at once
-                    if index not in done:
-                        return index
-                    result = done.pop(index)
-                slots.acquire()  # at most WRITE_BEHIND frames wait for the writers
-                writer_pool.submit(write, index, names.pop(index), result).add_done_callback(record)
-                frames += 1
-                if on_frame:
-                    on_frame(frames, source.total)
-                index += 1
+            index, name, request = in_flight.popleft()
+            request.wait()
+            result = {output: np.array(request.get_tensor(output).data) for output in ("pha", "fgr")}
+            timings["model"] += request.latency / 1000 / requests
+            free.append(request)
+            slots.acquire()  # at most WRITE_BEHIND frames wait for the writers
+            writer_pool.submit(write, index, name, result).add_done_callback(record)
+            frames += 1
+            if on_frame:
+                on_frame(frames, source.total)
 
+        finished = False
         try:
-            next_out = 0
             for index, (name, image) in enumerate(_read_ahead(source.frames, READ_AHEAD, timings)):
                 begin = time.perf_counter()
                 inputs = matter.inputs(image, aligner(index, image) if aligner else None)
                 timings["prepare"] += time.perf_counter() - begin
-                names[index] = name
-                busy.start()
-                infer_queue.start_async(inputs, index)  # waits while every request is busy
-                next_out = hand_over(next_out, wait=False)
+                if not free:
+                    collect()
+                request = free.pop()
+                request.start_async(inputs)
+                in_flight.append((index, name, request))
                 if failures:
                     raise failures[0]
-            infer_queue.wait_all()
-            hand_over(next_out, wait=True)
+            while in_flight:
+                collect()
+            finished = True
         finally:
-            infer_queue.wait_all()
-            writer_pool.shutdown(wait=True, cancel_futures=bool(failures) or bool(names))
+            for _, _, request in in_flight:
+                request.wait()
+            writer_pool.shutdown(wait=True, cancel_futures=not finished)
             png_pool.shutdown(wait=True)
             if writer is not None:
                 writer.release()
         if failures:
             raise failures[0]
-        timings["model"] = busy.seconds
         written = [Path(out) / p.name for p in sorted(staging.iterdir())]
     summary = MatteSummary(frames, time.perf_counter() - start, written, warnings, timings)
     if aligner is not None:

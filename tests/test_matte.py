@@ -307,3 +307,26 @@ def test_target_video_is_streamed_in_a_loop(model, tmp_path):
         composite = read(tmp_path / "out" / f"frame_{i:06d}_composite.png") / 255
         expected = alpha * fgr + (1 - alpha) * decoded[i % 2]
         assert np.abs(composite - expected).max() <= 2 * OFF_BY_ONE_LEVEL + 1e-9, i
+
+
+def test_interrupt_mid_video_leaves_nothing(model, tmp_path):
+    cases = [synthetic_case(96, 160, 50 + i) for i in range(6)]
+    video = write_video(tmp_path / "in.mp4", [c.src for c in cases])
+    bgr = save(cases[0].bgr, tmp_path / "bgr.png")
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        matte(model, video, bgr, out=tmp_path / "out", outputs="composite,alpha", on_frame=interrupt)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bench_matte_measures_both_sides(model):
+    from exporter.bench import bench_matte, format_matte_bench
+
+    result = bench_matte(model, frames=6)
+    assert result.frames == 6 and result.resolution == (192, 320)
+    assert result.model_fps > 0 and result.matte_fps > 0 and 0 < result.model_share <= 1
+    assert "of the model's" in format_matte_bench(result)

@@ -177,7 +177,7 @@ def room_case(
         y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
         h, w = int(rng.integers(scale // 30 + 2, scale // 6)), int(rng.integers(scale // 30 + 2, scale // 6))
         room[y0 : y0 + h, x0 : x0 + w] = rng.random(3) * 0.9 + 0.05
-    tiles = ((np.arange(height)[:, None] // max(4, scale // 24) + np.arange(width) // max(4, scale // 24)) % 2)
+    tiles = (np.arange(height)[:, None] // max(4, scale // 24) + np.arange(width) // max(4, scale // 24)) % 2
     room[height * 3 // 4 :] *= (0.8 + 0.2 * tiles[height * 3 // 4 :, :, None]).astype(np.float32)
     alpha = case.pha[..., None]
     composite = alpha * case.fgr + (1 - alpha) * room
