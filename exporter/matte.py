@@ -412,10 +412,11 @@ def matte(
     runner = load_runner(model, "openvino", device, f32=False, throughput=True)
     matter = Matter(runner, background)
     aligner = _Aligner(background) if align else None
-    pngs = {"alpha": "alpha", "foreground": "fgr", "composite-png": "composite"}
-    if not video and "composite" in kinds:
-        pngs["composite"] = "composite"
-    pngs = {kind: suffix for kind, suffix in pngs.items() if kind in kinds}
+    # File suffixes of the PNGs per frame; an image's "composite" is its composite PNG.
+    suffixes = {"alpha": "alpha", "foreground": "fgr", "composite-png": "composite"}
+    if not video:
+        suffixes["composite"] = "composite"
+    pngs = tuple(dict.fromkeys(suffix for kind, suffix in suffixes.items() if kind in kinds))
 
     timings = {"decode": 0.0, "prepare": 0.0, "model": 0.0, "write": 0.0}
     slots = threading.BoundedSemaphore(WRITE_BEHIND)
@@ -467,7 +468,7 @@ def matte(
                     "fgr": np.dstack([np.rint(result.fgr * 255).astype(np.uint8), alpha]),
                     "composite": result.composite,
                 }
-            jobs = [png_pool.submit(save, images[suffix], staging / f"{name}_{suffix}.png") for suffix in pngs.values()]
+            jobs = [png_pool.submit(save, images[suffix], staging / f"{name}_{suffix}.png") for suffix in pngs]
             timings["write"] += time.perf_counter() - begin
             left = [len(jobs)]
             lock = threading.Lock()

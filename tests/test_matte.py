@@ -139,6 +139,9 @@ def test_folder_outputs_chosen(model, tmp_path):
     bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
     matte(model, tmp_path / "frames", bgr, out=tmp_path / "out", outputs="composite")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0_composite.png", "f1_composite.png"]
+    # For images, composite and composite-png name the same file: written once.
+    matte(model, tmp_path / "frames", bgr, out=tmp_path / "both", outputs="composite-png,composite")
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["f0_composite.png", "f1_composite.png"]
 
 
 def identity_model(path: Path) -> Path:
