@@ -128,6 +128,8 @@ def test_int8_options_only_for_int8():
     assert int8_options("FP32", None, None, None) is None
     with pytest.raises(ConfigError, match="--calibration-frames, --max-drop apply to --precision INT8 only"):
         int8_options("FP16", None, 4, 1.0)
+    with pytest.raises(ConfigError, match="--calibration applies to --precision INT8 only, not FP32"):
+        int8_options("FP32", Path("frames"), None, None)
     assert int8_options("INT8", None, None, None).frames == tol.INT8_CALIBRATION_FRAMES
 
 

@@ -115,7 +115,8 @@ def int8_options(
                                        ("--max-drop", max_drop)) if value is not None]  # fmt: skip
     if precision != "INT8":
         if given:
-            raise ConfigError(f"{', '.join(given)} apply to --precision INT8 only, not {precision}")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ConfigError(f"{', '.join(given)} {verb} to --precision INT8 only, not {precision}")
         return None
     defaults = Int8Options()
     return Int8Options(
