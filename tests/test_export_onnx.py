@@ -135,6 +135,9 @@ def test_interrupted_export_leaves_no_partial_file(tmp_path):
     target = tmp_path / "m.onnx"
     script = f"""
 import os, signal, pathlib
+# A shell's background job starts with SIGINT ignored, and Python then keeps it ignored:
+# make Ctrl-C what it is in a terminal, wherever the test runs.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from exporter.checkpoint import synthetic_weights
 from exporter.config import ExportConfig
 from exporter.export import onnx as e
