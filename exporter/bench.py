@@ -285,9 +285,9 @@ def bench_matte(model: Path, frames: int = 48, on_progress: Callable[[str], None
     import cv2
     import openvino as ov
 
+    from exporter.artifact import artifact_metadata
     from exporter.config import ExportConfig
     from exporter.matte import VIDEO_CODEC, matte
-    from exporter.runtime import artifact_metadata
 
     say = on_progress or (lambda message: None)
     config = ExportConfig.from_metadata(artifact_metadata(model))

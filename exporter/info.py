@@ -92,7 +92,7 @@ def graph_parameters(model: onnx.ModelProto) -> int:
 
 
 def onnx_info(path: Path, nodes_before: int | None = None, trainable: int | None = None) -> ModelInfo:
-    from exporter.export.onnx import op_histogram
+    from exporter.artifact import op_histogram
 
     path = Path(path)
     try:
@@ -140,7 +140,7 @@ def ir_info(xml: Path) -> ModelInfo:
 
     import openvino as ov
 
-    from exporter.export.openvino import read_ir_metadata
+    from exporter.artifact import read_ir_metadata
 
     xml = Path(xml)
     try:

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import InputError, OutputError
+from exporter.images import IMAGE_SUFFIXES, read_image, to_model_input
 from exporter.runtime import Runner, load_runner
-from exporter.verify.data import IMAGE_SUFFIXES, read_image, to_model_input
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -492,7 +492,7 @@ def matte(
             index, name, request = in_flight.popleft()
             request.wait()
             result = {output: np.array(request.get_tensor(output).data) for output in ("pha", "fgr")}
-            timings["model"] += request.latency / 1000 / requests
+            timings["model"] += request.latency / 1000
             free.append(request)
             slots.acquire()  # at most WRITE_BEHIND frames wait for the writers
             writer_pool.submit(write, index, name, result).add_done_callback(record)
@@ -525,6 +525,8 @@ def matte(
                 writer.release()
         if failures:
             raise failures[0]
+        # Requests overlap: their summed latency over the number that ran side by side.
+        timings["model"] /= max(1, min(requests, frames))
         written = [Path(out) / p.name for p in sorted(staging.iterdir())]
     summary = MatteSummary(frames, time.perf_counter() - start, written, warnings, timings)
     if aligner is not None:

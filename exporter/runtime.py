@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES
 from exporter.errors import ArtifactError
-from exporter.export.onnx import INPUT_NAMES, OUTPUT_NAMES, read_metadata
-from exporter.export.openvino import read_ir_metadata
 
-__all__ = ["Runner", "artifact_metadata", "load_runner", "runners_for"]
+__all__ = ["Runner", "load_runner", "runners_for"]
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -34,21 +33,6 @@ class Runner:
     @property
     def name(self) -> str:
         return f"{self.path.name} [{self.runtime}]"
-
-
-def artifact_metadata(path: Path) -> dict[str, str]:
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact {path} does not exist")
-    if path.suffix == ".onnx":
-        metadata = read_metadata(path)
-    elif path.suffix == ".xml":
-        metadata = read_ir_metadata(path)
-    else:
-        raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
-    if not metadata:
-        raise ArtifactError(f"{path} carries no bgm-export metadata; was it made by bgm-export?")
-    return metadata
 
 
 def _check_io(path: Path, inputs: list[str], outputs: list[str]) -> None:

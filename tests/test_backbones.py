@@ -15,11 +15,12 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import golden_config, load_golden, recipe_weights
+from exporter.artifact import read_ir_metadata
 from exporter.checkpoint import build_model
 from exporter.cli import app
 from exporter.config import ExportConfig
 from exporter.export.onnx import BANNED_OPS, BGRInputs, check_graph, export_module, export_onnx
-from exporter.export.openvino import export_ir, read_ir_metadata
+from exporter.export.openvino import export_ir
 from exporter.info import artifact_info
 from exporter.runtime import load_runner
 from exporter.tolerances import FP32_ATOL

@@ -13,10 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from exporter import tolerances as tol
+from exporter.artifact import read_ir_metadata
 from exporter.cli import app
 from exporter.errors import ConfigError, InputError
 from exporter.export.int8 import INT8_FP_LAYERS, Int8Options, agreement_score, int8_options
-from exporter.export.openvino import export_ir, read_ir_metadata
+from exporter.export.openvino import export_ir
 from exporter.info import artifact_info
 from exporter.verify import verify
 from exporter.verify.compare import BARS, SYNTHETIC_INT8_BARS

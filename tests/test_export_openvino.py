@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from exporter.artifact import read_ir_metadata
 from exporter.errors import ArtifactError, ConfigError
 from exporter.export import openvino as ir_export
-from exporter.export.openvino import export_ir, read_ir_metadata
+from exporter.export.openvino import export_ir
 from exporter.runtime import load_runner
 from exporter.tolerances import FP16_MEAN_ATOL, FP32_ATOL
 

@@ -7,7 +7,6 @@ nodes in the graph, so every ONNX consumer gets them), returns ``pha`` and ``fgr
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import warnings
@@ -19,28 +18,16 @@ import onnx
 import torch
 from torch import nn
 
+from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, op_histogram
 from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig, default_artifact_path
-from exporter.errors import ArtifactError, ExportError
+from exporter.errors import ExportError
 from exporter.files import atomic_outputs, sha256_of, writable_dir
 from exporter.model import BACKBONES, MattingRefine
 from exporter.stages import Stages
 
-__all__ = [
-    "BANNED_OPS",
-    "INPUT_NAMES",
-    "OUTPUT_NAMES",
-    "BGRInputs",
-    "OnnxExport",
-    "check_graph",
-    "export_module",
-    "export_onnx",
-    "op_histogram",
-    "read_metadata",
-]
+__all__ = ["BANNED_OPS", "BGRInputs", "OnnxExport", "check_graph", "export_module", "export_onnx"]
 
-INPUT_NAMES = ("src", "bgr")
-OUTPUT_NAMES = ("pha", "fgr")
 # Data-dependent control flow and shapes: what GPU/NPU plugins and TensorRT-style runtimes
 # cannot plan for.
 BANNED_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "NonMaxSuppression", "RoiAlign"})
@@ -81,11 +68,6 @@ class OnnxExport:
     durations: dict[str, float] = field(default_factory=dict)
 
 
-def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
-    counts = collections.Counter(node.op_type for node in model.graph.node)
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
-
 def _static_dims(value: onnx.ValueInfoProto) -> bool:
     tensor = value.type.tensor_type
     return tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
@@ -117,15 +99,6 @@ def check_graph(model: onnx.ModelProto, banned: frozenset[str] = BANNED_OPS) -> 
     if names != (list(INPUT_NAMES), list(OUTPUT_NAMES)):
         problems.append(f"inputs/outputs are {names}, expected {INPUT_NAMES} / {OUTPUT_NAMES}")
     return problems
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, without loading its weights."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def _trace(model: nn.Module, config: ExportConfig) -> onnx.ModelProto:

@@ -13,17 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exporter.artifact import RT_INFO_SECTION, read_onnx_metadata
 from exporter.checkpoint import Weights
 from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError
 from exporter.export.int8 import Int8Options, calibration_frames, quantize_model
-from exporter.export.onnx import export_onnx, read_metadata
+from exporter.export.onnx import export_onnx
 from exporter.files import atomic_outputs, check_writable, sha256_of, writable_dir
 from exporter.stages import Stages
 
-__all__ = ["IRExport", "export_ir", "export_ir_from_weights", "read_ir_metadata"]
+__all__ = ["IRExport", "export_ir", "export_ir_from_weights"]
 
-RT_INFO_SECTION = "model_info"
 # OpenVINO names the nodes it creates "<Type>_<n>" from a counter global to the process,
 # so the same conversion twice in one process would give different bytes.
 _GENERATED_NAME = re.compile(r"^([A-Za-z]+)_\d+$")
@@ -43,20 +43,6 @@ class IRExport:
     bin_size: int
     durations: dict[str, float] = field(default_factory=dict)
     int8: dict[str, str] = field(default_factory=dict)  # how an INT8 IR was calibrated (its rt_info)
-
-
-def read_ir_metadata(xml: Path) -> dict[str, str]:
-    """The ``model_info`` rt_info of an IR, read from its ``.xml`` only."""
-    import xml.etree.ElementTree as ElementTree
-
-    try:
-        root = ElementTree.parse(xml).getroot()
-    except (OSError, ElementTree.ParseError) as exc:
-        raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {exc}") from None
-    section = root.find(f"rt_info/{RT_INFO_SECTION}")
-    if section is None:
-        return {}
-    return {child.tag: child.attrib.get("value", "") for child in section}
 
 
 def _stable_names(model: object) -> None:
@@ -86,7 +72,7 @@ def export_ir(
         raise ConfigError(f"calibration options apply to INT8 only, not {precision}")
     if not Path(onnx_path).is_file():
         raise ArtifactError(f"ONNX model {onnx_path} does not exist")
-    metadata = read_metadata(onnx_path)
+    metadata = read_onnx_metadata(onnx_path)
     config = ExportConfig.from_metadata(metadata).replace(precision=precision)
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":

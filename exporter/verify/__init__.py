@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exporter.artifact import artifact_metadata
 from exporter.checkpoint import Weights, build_model, resolve_weights
 from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError
-from exporter.runtime import artifact_metadata, runners_for
+from exporter.runtime import runners_for
 from exporter.verify.compare import (
     BARS,
     SYNTHETIC_INT8_BARS,

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import InputError
+from exporter.images import IMAGE_SUFFIXES, read_image, to_model_input
 
-__all__ = ["Case", "image_cases", "read_image", "synthetic_case", "synthetic_cases", "to_model_input"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+__all__ = ["Case", "image_cases", "room_case", "synthetic_case", "synthetic_cases"]
+# read_image and to_model_input live in exporter.images; imported here for image_cases and
+# for callers that build cases and feed them.
+__all__ += ["IMAGE_SUFFIXES", "read_image", "to_model_input"]
 
 
 @dataclass
@@ -91,20 +93,6 @@ def synthetic_cases(height: int, width: int, count: int, seed: int = 0) -> list[
     return [synthetic_case(height, width, seed + i) for i in range(count)]
 
 
-def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
-    """An image file as a uint8 array in ``mode``, resized to ``size`` (H, W) if given."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode)
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
-            return np.array(image)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
-
-
 # Calibration frames may differ from the model's aspect by this much (rounding of sizes).
 ASPECT_SLACK = 0.01
 
@@ -153,11 +141,6 @@ def image_cases(folder: Path, height: int, width: int, same_aspect: bool = False
             )
         )
     return cases
-
-
-def to_model_input(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` -> the artifact's input: ``(1, 3, H, W)`` float32 BGR 0..255."""
-    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 def room_case(

@@ -1,0 +1,32 @@
+"""Image files in and out of the model's layout; torch-free (the deployment side uses it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import InputError
+
+__all__ = ["IMAGE_SUFFIXES", "read_image", "to_model_input"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
+    """An image file as a uint8 array in ``mode``, resized to ``size`` (H, W) if given."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            return np.array(image)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+
+
+def to_model_input(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` -> the artifact's input: ``(1, 3, H, W)`` float32 BGR 0..255."""
+    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)

@@ -1,0 +1,40 @@
+"""The deployment side reads artifacts without torch; what an artifact carries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, artifact_metadata, read_ir_metadata, read_onnx_metadata
+from exporter.errors import ArtifactError
+
+
+@pytest.mark.parametrize("module", ["exporter.matte", "exporter.runtime", "exporter.info", "exporter.align"])
+def test_deployment_side_imports_no_torch(module):
+    """torch costs seconds and gigabytes a deployment does not need (STYLE.md)."""
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_metadata_of_both_formats(golden_onnx, golden_irs):
+    onnx_metadata = read_onnx_metadata(golden_onnx)
+    assert artifact_metadata(golden_onnx) == onnx_metadata
+    ir_metadata = read_ir_metadata(golden_irs["FP32"])
+    assert {k: v for k, v in ir_metadata.items() if k != "precision"} == {
+        k: v for k, v in onnx_metadata.items() if k != "precision"
+    }
+    assert (INPUT_NAMES, OUTPUT_NAMES) == (("src", "bgr"), ("pha", "fgr"))
+
+
+def test_files_that_are_not_artifacts(tmp_path):
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="neither .onnx nor .xml"):
+        artifact_metadata(tmp_path / "m.txt")
+    with pytest.raises(ArtifactError, match="does not exist"):
+        artifact_metadata(tmp_path / "none.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(ArtifactError, match="is not a readable ONNX model"):
+        artifact_metadata(tmp_path / "bad.onnx")
