@@ -108,6 +108,15 @@ def make_config(preset: str, **options: object) -> ExportConfig:
     return PRESETS[preset].replace(**_given(**options))
 
 
+# The options `onnx` and `ir` share, which define an export beyond its preset.
+EXPORT_OPTIONS = ("height", "width", "backbone_scale", "refine_mode", "sample_pixels", "threshold", "opset")
+
+
+def _export_options(arguments: dict[str, object]) -> dict[str, object]:
+    """A command's export options, from its ``locals()``."""
+    return {name: arguments[name] for name in EXPORT_OPTIONS}
+
+
 def config_and_weights(
     checkpoint: Path | None, backbone: str | None, preset: str, **options: object
 ) -> tuple[ExportConfig, Weights]:
@@ -144,18 +153,7 @@ def onnx(
     """Export the Open Model Zoo ONNX model: inputs src, bgr (BGR 0..255); outputs pha, fgr."""
     from exporter.export.onnx import export_onnx
 
-    config, weights = config_and_weights(
-        checkpoint,
-        backbone,
-        preset,
-        height=height,
-        width=width,
-        backbone_scale=backbone_scale,
-        refine_mode=refine_mode,
-        sample_pixels=sample_pixels,
-        threshold=threshold,
-        opset=opset,
-    )
+    config, weights = config_and_weights(checkpoint, backbone, preset, **_export_options(locals()))
     result = export_onnx(config, weights, output, simplify=not no_simplify, on_stage=printer(quiet))
     if not quiet:
         typer.echo(f"  nodes     {result.nodes_before} exported, {result.nodes_after} after simplification")
@@ -216,18 +214,7 @@ def ir(
     if onnx is not None:
         result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet))
     else:
-        config, weights = config_and_weights(
-            checkpoint,
-            backbone,
-            preset,
-            height=height,
-            width=width,
-            backbone_scale=backbone_scale,
-            refine_mode=refine_mode,
-            sample_pixels=sample_pixels,
-            threshold=threshold,
-            opset=opset,
-        )
+        config, weights = config_and_weights(checkpoint, backbone, preset, **_export_options(locals()))
         result = export_ir_from_weights(
             config, weights, output, precision, simplify=not no_simplify, int8=int8, on_stage=printer(quiet)
         )
