@@ -30,6 +30,7 @@ __all__ = [
     "Weights",
     "build_model",
     "check_state_dict",
+    "check_values",
     "default_checkpoint",
     "detect_backbone",
     "filter_checkpoint",
@@ -221,7 +222,45 @@ def resolve_weights(checkpoint: Path | None = None, backbone: str | None = None)
             f"checkpoint {path} holds the {BACKBONES[found].title} model, but --backbone {backbone} was given "
             f"(leave --backbone out: the checkpoint says which model it is)"
         )
-    return Weights(state_dict, str(path), f"sha256:{sha256_of(Path(path))}", False, found)
+    state_dict, cast_from = check_values(state_dict, str(path))
+    label = f"sha256:{sha256_of(Path(path))}"
+    if cast_from:  # the artifact says its weights were not float32 to begin with
+        label += f" ({', '.join(cast_from)} weights cast to float32)"
+    return Weights(state_dict, str(path), label, False, found)
+
+
+def check_values(state_dict: dict[str, torch.Tensor], source: str) -> tuple[OrderedDict[str, torch.Tensor], list[str]]:
+    """Refuse weights that cannot compute anything (NaN or infinite values, integer, boolean
+    or complex tensors where float weights belong, tensors without values or sparse ones);
+    cast float16 / bfloat16 / float64 weights to float32. Returns the weights and the dtypes
+    that were cast."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    cast_from: list[str] = []
+    not_finite: list[str] = []
+    for name, tensor in state_dict.items():
+        if tensor.layout != torch.strided:
+            raise CheckpointError(f"checkpoint {source} has a sparse tensor {name}; weights must be dense")
+        if tensor.device.type == "meta":
+            raise CheckpointError(f"checkpoint {source} holds no values for {name} (a meta-device tensor)")
+        if name.endswith("num_batches_tracked"):  # BatchNorm's step counter: an integer, never used in eval
+            out[name] = tensor
+            continue
+        if not tensor.is_floating_point():
+            kind = str(tensor.dtype).removeprefix("torch.")
+            raise CheckpointError(f"checkpoint {source} has {name} of type {kind}; weights must be floating point")
+        if tensor.dtype != torch.float32:
+            cast_from.append(str(tensor.dtype).removeprefix("torch."))
+            tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            not_finite.append(name)
+        out[name] = tensor
+    if not_finite:
+        more = f", ... ({len(not_finite) - _SHOWN_KEYS} more)" if len(not_finite) > _SHOWN_KEYS else ""
+        raise CheckpointError(
+            f"checkpoint {source} has NaN or infinite values in {len(not_finite)} "
+            f"{'tensor' if len(not_finite) == 1 else 'tensors'}: {', '.join(not_finite[:_SHOWN_KEYS])}{more}"
+        )
+    return out, sorted(set(cast_from))
 
 
 def build_model(config: ExportConfig, weights: Weights) -> MattingRefine:

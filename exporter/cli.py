@@ -260,6 +260,10 @@ def verify(
         "FP32": dataclasses.replace(BARS["FP32"], **_given(max_abs=fp32_max_abs, patch_share=fp32_patch_share)),
         "FP16": dataclasses.replace(BARS["FP16"], **_given(mean_abs=fp16_mean_abs, patch_share=fp16_patch_share)),
     }
+    from exporter.files import check_not_input
+
+    for output in (json_path, report):
+        check_not_input(output, *(artifacts or []), checkpoint)
     # Without either, each artifact is checked against its own backbone's default weights.
     weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
     progress = None if quiet else (lambda message: typer.echo(f"  {message}", err=True))
@@ -294,8 +298,10 @@ def info(
     json_path: JsonOpt = None,
 ) -> None:
     """Parameters, GFLOPs counted from the graph, op histogram, node counts, sizes, metadata."""
+    from exporter.files import check_not_input
     from exporter.info import artifact_info, checkpoint_info
 
+    check_not_input(json_path, artifact, checkpoint)
     if artifact is not None:
         result = artifact_info(artifact)
     else:
@@ -374,12 +380,13 @@ def card(
 ) -> None:
     """Write the Open Model Zoo model card of the artifacts, every number measured now."""
     from exporter.card import model_card
-    from exporter.files import atomic_outputs
+    from exporter.files import atomic_outputs, check_not_input
     from exporter.info import artifact_info
     from exporter.verify import default_artifacts
     from exporter.verify import verify as run_verify
 
     paths = artifacts or default_artifacts()
+    check_not_input(output, *paths, checkpoint)
     weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
     report = run_verify(paths, weights, cases=cases, images=images)
     for message in report.warnings:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from exporter.errors import OutputError
 
-__all__ = ["atomic_outputs", "check_writable", "sha256_of", "writable_dir", "write_json"]
+__all__ = ["atomic_outputs", "check_not_input", "check_writable", "sha256_of", "writable_dir", "write_json"]
 
 
 def sha256_of(path: Path) -> str:
@@ -36,6 +36,17 @@ def writable_dir(path: Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {parent} is not writable")
     return parent
+
+
+def check_not_input(output: Path | None, *inputs: object) -> None:
+    """Raise ``OutputError`` if ``output`` is one of ``inputs`` (paths; other values, such
+    as the synthetic weights' name, are skipped), symbolic links resolved."""
+    if output is None:
+        return
+    target = Path(output).resolve()
+    for item in inputs:
+        if isinstance(item, (str, Path)) and Path(item).exists() and Path(item).resolve() == target:
+            raise OutputError(f"output {output} is the input {item}; refusing to overwrite it")
 
 
 def check_writable(path: Path) -> None:

@@ -210,6 +210,35 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
         sd["refiner.conv1.weight"] = torch.zeros(24, 42, 1, 1)
         torch.save(sd, path)
         return path, "1 shape mismatch: refiner.conv1.weight [24, 42, 1, 1] (expected [24, 42, 3, 3])"
+    if kind == "nan":
+        sd["decoder.conv1.weight"] = sd["decoder.conv1.weight"].clone()
+        sd["decoder.conv1.weight"][0, 0, 0, 0] = float("nan")
+        torch.save(sd, path)
+        return path, "has NaN or infinite values in 1 tensor: decoder.conv1.weight"
+    if kind == "inf":
+        sd["refiner.conv4.bias"] = torch.full((4,), float("inf"))
+        torch.save(sd, path)
+        return path, "has NaN or infinite values in 1 tensor: refiner.conv4.bias"
+    if kind == "integer-weights":
+        sd["aspp.project.0.weight"] = sd["aspp.project.0.weight"].to(torch.int32)
+        torch.save(sd, path)
+        return path, "has aspp.project.0.weight of type int32; weights must be floating point"
+    if kind == "bool-weights":
+        sd["decoder.bn1.weight"] = sd["decoder.bn1.weight"] > 0
+        torch.save(sd, path)
+        return path, "has decoder.bn1.weight of type bool; weights must be floating point"
+    if kind == "complex-weights":
+        sd["refiner.conv1.weight"] = sd["refiner.conv1.weight"].to(torch.complex64)
+        torch.save(sd, path)
+        return path, "has refiner.conv1.weight of type complex64; weights must be floating point"
+    if kind == "meta-tensor":
+        sd["decoder.conv2.weight"] = torch.empty(sd["decoder.conv2.weight"].shape, device="meta")
+        torch.save(sd, path)
+        return path, "holds no values for decoder.conv2.weight (a meta-device tensor)"
+    if kind == "sparse-tensor":
+        sd["decoder.conv4.bias"] = sd["decoder.conv4.bias"].to_sparse()
+        torch.save(sd, path)
+        return path, "has a sparse tensor decoder.conv4.bias; weights must be dense"
     if kind == "zip-not-torch":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("hello.txt", "hi")
@@ -235,6 +264,13 @@ BAD_KINDS = [
     "unexpected-keys",
     "shape-mismatch",
     "zip-not-torch",
+    "nan",
+    "inf",
+    "integer-weights",
+    "bool-weights",
+    "complex-weights",
+    "meta-tensor",
+    "sparse-tensor",
 ]
 
 
@@ -260,3 +296,17 @@ def test_bad_checkpoint_cli_exit_code_two(kind, tmp_path, official, weights):
     assert result.stderr.startswith("error: checkpoint") and fragment in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_precisions_load_and_say_so(dtype, weights, tmp_path):
+    path = tmp_path / "half.pth"
+    torch.save(
+        OrderedDict((k, v.to(dtype) if v.is_floating_point() else v) for k, v in weights.state_dict.items()), path
+    )
+    resolved = resolve_weights(path)
+    name = str(dtype).removeprefix("torch.")
+    assert resolved.label == f"sha256:{sha256_of(path)} ({name} weights cast to float32)"
+    assert all(v.dtype == torch.float32 for k, v in resolved.state_dict.items() if "num_batches" not in k)
+    model = build_model(ExportConfig(), resolved)
+    assert model.decoder.conv1.weight.dtype == torch.float32

@@ -55,3 +55,26 @@ def test_user_errors_are_one_line_and_exit_two(args, message, tmp_path, monkeypa
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == "bgm-export 0.1.0"
+
+
+def test_an_output_never_overwrites_an_input(golden_onnx, tmp_path, weights):
+    """onnx --checkpoint P --output P, info A --json A, verify A --json A, card A --output A
+    (also through a symbolic link): exit 2, the input untouched."""
+    import torch
+
+    onnx_copy = tmp_path / "m.onnx"
+    onnx_copy.write_bytes(golden_onnx.read_bytes())
+    checkpoint = tmp_path / "w.pth"
+    torch.save(weights.state_dict, checkpoint)
+    (tmp_path / "link.onnx").symlink_to(onnx_copy)
+    before = {p: p.read_bytes() for p in (onnx_copy, checkpoint)}
+    for argv in (
+        ["onnx", "--checkpoint", str(checkpoint), "--output", str(checkpoint)],
+        ["info", str(onnx_copy), "--json", str(onnx_copy)],
+        ["verify", str(onnx_copy), "--json", str(tmp_path / "link.onnx")],
+        ["card", str(onnx_copy), "--output", str(onnx_copy)],
+    ):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert "refusing to overwrite it" in result.stderr and result.stderr.count("\n") == 1, argv
+    assert all(p.read_bytes() == data for p, data in before.items())

@@ -22,7 +22,7 @@ from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, op_histogram
 from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ExportError
-from exporter.files import atomic_outputs, sha256_of, writable_dir
+from exporter.files import atomic_outputs, check_not_input, sha256_of, writable_dir
 from exporter.model import BACKBONES, MattingRefine
 from exporter.stages import Stages
 
@@ -147,6 +147,7 @@ def export_onnx(
     """
     config = config.validate()
     output = Path(output) if output is not None else default_artifact_path(config.model_name)
+    check_not_input(output, weights.source)
     writable_dir(output)
     stages = Stages(on_stage)
     with stages("load"):

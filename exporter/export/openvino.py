@@ -19,7 +19,7 @@ from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError
 from exporter.export.int8 import Int8Options, calibration_frames, quantize_model
 from exporter.export.onnx import export_onnx
-from exporter.files import atomic_outputs, check_writable, sha256_of, writable_dir
+from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, writable_dir
 from exporter.stages import Stages
 
 __all__ = ["IRExport", "export_ir", "export_ir_from_weights"]
@@ -77,6 +77,7 @@ def export_ir(
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
+    check_not_input(output.with_suffix(".bin"), onnx_path)
     stages = Stages(on_stage)
     if precision == "INT8":
         int8 = (int8 or Int8Options()).validate()
@@ -125,6 +126,8 @@ def export_ir_from_weights(
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
+    check_not_input(output, weights.source)
+    check_not_input(output.with_suffix(".bin"), weights.source)
     check_writable(output)
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
         onnx_file = export_onnx(
