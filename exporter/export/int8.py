@@ -145,22 +145,26 @@ def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
     """Read (or make) the frames before any output is touched, so bad frames leave nothing."""
     from exporter.verify.data import image_cases, synthetic_cases
 
+    accuracy_control = options.max_drop is not None
     if options.calibration is None:
         calibration = synthetic_cases(config.height, config.width, options.frames, CALIBRATION_SEED)
-        validation = synthetic_cases(config.height, config.width, options.validation_frames, VALIDATION_SEED)
+        validation = (
+            synthetic_cases(config.height, config.width, options.validation_frames, VALIDATION_SEED)
+            if accuracy_control
+            else []
+        )
         return Frames(calibration, validation, "synthetic")
-    cases = image_cases(Path(options.calibration), config.height, config.width, same_aspect=True)
-    wanted = options.frames + (options.validation_frames if options.max_drop is not None else 0)
+    wanted = options.frames + (options.validation_frames if accuracy_control else 0)
+    cases = image_cases(Path(options.calibration), config.height, config.width, same_aspect=True, limit=wanted)
     if len(cases) < wanted:
         what = (
             f"{options.frames} calibration + {options.validation_frames} validation frames"
-            if options.max_drop is not None
+            if accuracy_control
             else f"{options.frames} calibration frames"
         )
         raise InputError(f"calibration folder {options.calibration} has {len(cases)} frames; {what} were asked for")
-    # Validation takes the last frames so that calibration and validation never share one.
-    validation = cases[len(cases) - options.validation_frames :] if options.max_drop is not None else []
-    return Frames(cases[: options.frames], validation, _folder_label(options.calibration))
+    # Validation frames follow the calibration frames: the two never share one.
+    return Frames(cases[: options.frames], cases[options.frames :], _folder_label(options.calibration))
 
 
 def _inputs(case: Case) -> dict[str, np.ndarray]:

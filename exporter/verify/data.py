@@ -112,9 +112,12 @@ def _check_aspect(path: Path, height: int, width: int) -> None:
         )
 
 
-def image_cases(folder: Path, height: int, width: int, same_aspect: bool = False) -> list[Case]:
+def image_cases(
+    folder: Path, height: int, width: int, same_aspect: bool = False, limit: int | None = None
+) -> list[Case]:
     """Open Model Zoo HumanMatting layout: ``com/``, ``bgr/`` and optional ``pha/``, ``fgr/``.
-    ``same_aspect``: refuse frames whose aspect differs from ``width / height``."""
+    ``same_aspect``: refuse frames whose aspect differs from ``width / height``; ``limit``:
+    read only the first frames (sorted by name)."""
     folder = Path(folder)
     com, bgr = folder / "com", folder / "bgr"
     if not com.is_dir() or not bgr.is_dir():
@@ -123,7 +126,7 @@ def image_cases(folder: Path, height: int, width: int, same_aspect: bool = False
     if not names:
         raise InputError(f"{com} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     cases = []
-    for name in names:
+    for name in names[:limit]:
         if not (bgr / name).is_file():
             raise InputError(f"{bgr / name} is missing: every com/ image needs a bgr/ image of the same name")
         size = (height, width)
