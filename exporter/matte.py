@@ -421,9 +421,10 @@ def matte(
     timings = {"decode": 0.0, "prepare": 0.0, "model": 0.0, "write": 0.0}
     slots = threading.BoundedSemaphore(WRITE_BEHIND)
     compiled = runner.compiled
-    # The compiled model's optimal number of requests, kept in flight and collected in
-    # order. No completion callback: a Python callback would stall OpenVINO's threads on
-    # the GIL while this process decodes and encodes.
+    # Twice the compiled model's optimal number of requests, kept in flight and collected
+    # in order (the spare ones keep every stream busy while the oldest is collected). No
+    # completion callback: a Python callback would stall OpenVINO's threads on the GIL while
+    # this process decodes and encodes.
     free = [
         compiled.create_infer_request() for _ in range(2 * compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     ]
@@ -448,7 +449,10 @@ def matte(
 
         def save(image: np.ndarray, path: Path) -> None:
             begin = time.perf_counter()
-            _save_png(image, path)
+            try:
+                _save_png(image, path)
+            except OSError as exc:  # a full disk, a vanished folder: the user's to fix
+                raise OutputError(f"cannot write {Path(out) / path.name}: {exc.strerror or exc}") from None
             timings["write"] += time.perf_counter() - begin
 
         colour = None
@@ -456,24 +460,30 @@ def matte(
             colour = np.ascontiguousarray(np.broadcast_to(np.array(backdrop, np.uint8), (*source.size, 3)))
 
         def write(index: int, name: str, result_: dict[str, np.ndarray]) -> None:
+            """Composite one frame, write it to the video, hand its PNGs to the encoders; the
+            frame's slot is freed when its last file is written (or when this fails)."""
             begin = time.perf_counter()
-            result = matter.finish(result_, colour if colour is not None else backdrop(index))
-            if writer is not None:
-                writer.write(cv2.cvtColor(result.composite, cv2.COLOR_RGB2BGR))
-            images = {}
-            if pngs:  # 8-bit alpha and foreground only when written: a video needs neither
-                alpha = np.rint(result.pha * 255).astype(np.uint8)
-                images = {
-                    "alpha": alpha,
-                    "fgr": np.dstack([np.rint(result.fgr * 255).astype(np.uint8), alpha]),
-                    "composite": result.composite,
-                }
-            jobs = [png_pool.submit(save, images[suffix], staging / f"{name}_{suffix}.png") for suffix in pngs]
+            try:
+                result = matter.finish(result_, colour if colour is not None else backdrop(index))
+                if writer is not None:
+                    writer.write(cv2.cvtColor(result.composite, cv2.COLOR_RGB2BGR))
+                images = {}
+                if pngs:  # 8-bit alpha and foreground only when written: a video needs neither
+                    alpha = np.rint(result.pha * 255).astype(np.uint8)
+                    images = {
+                        "alpha": alpha,
+                        "fgr": np.dstack([np.rint(result.fgr * 255).astype(np.uint8), alpha]),
+                        "composite": result.composite,
+                    }
+                jobs = [png_pool.submit(save, images[suffix], staging / f"{name}_{suffix}.png") for suffix in pngs]
+            except BaseException:
+                slots.release()
+                raise
             timings["write"] += time.perf_counter() - begin
             left = [len(jobs)]
             lock = threading.Lock()
 
-            def finished(job: Future) -> None:
+            def one_written(job: Future) -> None:
                 record(job)
                 with lock:
                     left[0] -= 1
@@ -482,7 +492,7 @@ def matte(
                     slots.release()
 
             for job in jobs:
-                job.add_done_callback(finished)
+                job.add_done_callback(one_written)
             if not jobs:
                 slots.release()
 
@@ -515,6 +525,8 @@ def matte(
                     raise failures[0]
             while in_flight:
                 collect()
+                if failures:
+                    raise failures[0]
             finished = True
         finally:
             for _, _, request in in_flight:

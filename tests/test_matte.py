@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from exporter.align import estimate_alignment
 from exporter.cli import app
-from exporter.errors import InputError
+from exporter.errors import InputError, OutputError
 from exporter.matte import Matter, letterbox, matte
 from exporter.runtime import load_runner
 from exporter.tolerances import OFF_BY_ONE_LEVEL
@@ -333,3 +333,20 @@ def test_bench_matte_measures_both_sides(model):
     assert result.frames == 6 and result.resolution == (192, 320)
     assert result.model_fps > 0 and result.matte_fps > 0 and 0 < result.model_share <= 1
     assert "of the model's" in format_matte_bench(result)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(model, tmp_path, monkeypatch):
+    import errno
+
+    import exporter.matte as matte_module
+
+    def full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matte_module, "_save_png", full)
+    for i in range(3):
+        save(synthetic_case(96, 160, i).src, tmp_path / "frames" / f"f{i}.png")
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    with pytest.raises(OutputError, match="cannot write .*f0_alpha.png: No space left on device"):
+        matte(model, tmp_path / "frames", bgr, out=tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
