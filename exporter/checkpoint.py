@@ -98,6 +98,8 @@ def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    if not path.is_file():  # a FIFO or a device would block the read forever
+        raise CheckpointError(f"checkpoint {path} is not a regular file")
     try:
         with path.open("rb") as handle:
             head = handle.read(8)

@@ -205,6 +205,11 @@ def ir(
     from exporter.export.openvino import export_ir, export_ir_from_weights
 
     precision = precision.upper()
+    given = _given(**_export_options(locals()), checkpoint=checkpoint, backbone=backbone)
+    if onnx is not None and (given or preset != "720p" or no_simplify):
+        options = [f"--{name.replace('_', '-')}" for name in given] + (["--preset"] if preset != "720p" else [])
+        options += ["--no-simplify"] if no_simplify else []
+        raise fail(f"{', '.join(options)} cannot apply with --onnx: the ONNX file fixes the export")
     int8 = int8_options(precision, calibration, calibration_frames, max_drop)
     if int8 is not None and int8.calibration is None:
         warn(
@@ -264,6 +269,8 @@ def verify(
 
     for output in (json_path, report):
         check_not_input(output, *(artifacts or []), checkpoint)
+    if report is not None and report.exists() and not report.is_dir():
+        raise fail(f"--report {report} is a file; give a folder for the PNG reports")
     # Without either, each artifact is checked against its own backbone's default weights.
     weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
     progress = None if quiet else (lambda message: typer.echo(f"  {message}", err=True))

@@ -19,10 +19,17 @@ def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB
 
     try:
         with Image.open(path) as image:
+            # 16-bit grey ("I;16") converted directly would clip to white; scale to 8 bits first.
+            if image.mode.startswith("I;16") or image.mode == "I":
+                image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
             image = image.convert(mode)
             if size is not None and image.size != (size[1], size[0]):
                 image = image.resize((size[1], size[0]), Image.BILINEAR)
             return np.array(image)
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"image {path} is larger than the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow opens safely"
+        ) from None
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
 

@@ -310,3 +310,10 @@ def test_other_float_precisions_load_and_say_so(dtype, weights, tmp_path):
     assert all(v.dtype == torch.float32 for k, v in resolved.state_dict.items() if "num_batches" not in k)
     model = build_model(ExportConfig(), resolved)
     assert model.decoder.conv1.weight.dtype == torch.float32
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="is not a regular file"):
+        resolve_weights(fifo)

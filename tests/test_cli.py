@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from exporter.cli import app
+from exporter.errors import ArtifactError
 
 runner = CliRunner()
 SMALL = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
@@ -78,3 +79,43 @@ def test_an_output_never_overwrites_an_input(golden_onnx, tmp_path, weights):
         assert result.exit_code == 2, (argv, result.output)
         assert "refusing to overwrite it" in result.stderr and result.stderr.count("\n") == 1, argv
     assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_bad_usage_found_by_the_adversarial_pass(golden_onnx, tmp_path):
+    """verify --seed -1, verify --report <a file>, ir --onnx X with export options."""
+    report_file = tmp_path / "report.png"
+    report_file.write_text("x")
+    cases = [
+        (["verify", str(golden_onnx), "--seed", "-1", "--cases", "1"], "--seed -1: seeds are whole numbers from 0"),
+        (["verify", str(golden_onnx), "--report", str(report_file)], "is a file; give a folder for the PNG reports"),
+        (
+            ["ir", "--onnx", str(golden_onnx), "--precision", "FP32", "--height", "360", "--opset", "16"],
+            "--height, --opset cannot apply with --onnx: the ONNX file fixes the export",
+        ),
+        (
+            ["ir", "--onnx", str(golden_onnx), "--precision", "FP32", "--preset", "1080p"],
+            "--preset cannot apply with --onnx",
+        ),
+    ]
+    for argv, message in cases:
+        result = runner.invoke(app, [*argv, "--quiet"] if argv[0] == "ir" else argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert message in result.stderr and "Traceback" not in result.output, (argv, result.stderr)
+    assert report_file.read_text() == "x"
+
+
+def test_verify_refuses_metadata_copied_from_another_model(weights, tmp_path):
+    import onnx
+
+    from exporter.config import ExportConfig
+    from exporter.export.onnx import export_onnx
+    from exporter.verify import verify
+
+    small = export_onnx(ExportConfig(height=128, width=192, sample_pixels=4000), weights, tmp_path / "s.onnx").path
+    model = onnx.load(str(small))
+    for prop in model.metadata_props:
+        if prop.key == "resolution":
+            prop.value = "192x320"
+    onnx.save(model, str(tmp_path / "lying.onnx"))
+    with pytest.raises(ArtifactError, match=r"takes inputs of shape \[1, 3, 128, 192\], but its metadata says"):
+        verify([tmp_path / "lying.onnx"], weights, cases=1)

@@ -350,3 +350,20 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(model, tmp_path, monkey
     with pytest.raises(OutputError, match="cannot write .*f0_alpha.png: No space left on device"):
         matte(model, tmp_path / "frames", bgr, out=tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sixteen_bit_grey_and_oversized_images(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from exporter.images import read_image
+
+    grey = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    PILImage.fromarray(grey).save(path)
+    assert PILImage.open(path).mode.startswith("I")
+    rgb = read_image(path)
+    assert rgb.dtype == np.uint8 and np.array_equal(rgb[..., 0], (grey >> 8).astype(np.uint8))
+    assert 0 < rgb.mean() < 255  # not the all-white frame a plain convert gives
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(InputError, match="is larger than the 100 pixels Pillow opens safely"):
+        read_image(path)

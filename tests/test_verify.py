@@ -18,7 +18,14 @@ from exporter.export.openvino import export_ir
 from exporter.verify import verify
 from exporter.verify.compare import BARS, compare_output
 from exporter.verify.data import synthetic_case
-from exporter.verify.metrics import alpha_grad, alpha_mad, alpha_mse, foreground_mse
+from exporter.verify.metrics import (
+    FOREGROUND_ALPHA,
+    alpha_grad,
+    alpha_mad,
+    alpha_mse,
+    foreground_mse,
+    matting_metrics,
+)
 
 CASES = 2
 
@@ -117,6 +124,29 @@ def test_metrics_on_known_values():
     assert alpha_grad(gt, gt) == 0 and alpha_grad(pred, gt) > 0
     rgb = np.ones((16, 16, 3), np.float32)
     assert foreground_mse(rgb * 0.9, rgb, gt) == pytest.approx(0.01 * 1e3)
+
+
+def test_all_four_metrics_on_a_hand_made_case():
+    """4x4 true alpha: a column of 1, a column of 0.5, a column of 0.005 (below Open Model
+    Zoo's 0.01 foreground threshold) and a column of 0. Prediction: alpha 0.1 too high
+    everywhere, foreground 0.2 too dark in every channel. By hand:
+    MAD = 0.1 x 1e3 = 100; MSE = 0.01 x 1e3 = 10; GRAD = 0 (a constant shift leaves every
+    gradient as it is); foreground MSE over the 8 pixels with alpha > 0.01 = 0.04 x 1e3 = 40
+    (counting the 0.005 column too, as a threshold of 0 would, gives (8 x 0.04 + 4 x 0.36) / 12
+    x 1e3 = 146.7)."""
+    gt = np.tile(np.array([1.0, 0.5, 0.005, 0.0], np.float32), (4, 1))
+    pred = gt + 0.1
+    gt_fgr = np.full((4, 4, 3), 0.6, np.float32)
+    pred_fgr = gt_fgr - 0.2
+    pred_fgr[:, 2:] = 0.0  # wrong where alpha <= 0.01: must not count
+    metrics = matting_metrics(pred, pred_fgr, gt, gt_fgr)
+    assert metrics["alpha MAD"] == pytest.approx(100.0, abs=1e-4)
+    assert metrics["alpha MSE"] == pytest.approx(10.0, abs=1e-4)
+    assert metrics["alpha GRAD"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["foreground MSE"] == pytest.approx(40.0, abs=1e-4)
+    assert FOREGROUND_ALPHA == 0.01
+    with_faint = foreground_mse(pred_fgr, gt_fgr, np.where(gt == 0.005, 0.02, gt))
+    assert with_faint == pytest.approx((8 * 0.04 + 4 * 0.36) / 12 * 1e3, abs=1e-3)
 
 
 def test_synthetic_case_is_deterministic_with_ground_truth():

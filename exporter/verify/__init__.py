@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporter.artifact import artifact_metadata
+from exporter.artifact import OUTPUT_NAMES, artifact_metadata
 from exporter.checkpoint import Weights, build_model, resolve_weights
 from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError
@@ -36,8 +36,6 @@ from exporter.verify.data import Case, image_cases, synthetic_cases, to_model_in
 from exporter.verify.metrics import METRICS, matting_metrics
 
 __all__ = ["ArtifactResult", "Reference", "VerifyReport", "default_artifacts", "verify"]
-
-OUTPUTS = ("pha", "fgr")
 
 
 @dataclass
@@ -201,6 +199,8 @@ def verify(
         raise ArtifactError("no artifacts to verify: give .onnx / .xml files, or run `make export` first")
     if cases < 1 and images is None:
         raise ArtifactError(f"--cases {cases}: at least one case is needed")
+    if seed < 0:
+        raise ArtifactError(f"--seed {seed}: seeds are whole numbers from 0")
     report = VerifyReport(checkpoint="", case_names=[], artifacts=[])
     resolved: dict[str, Weights] = {} if weights is None else {weights.backbone: weights}
     references: dict[ExportConfig, Reference] = {}
@@ -239,13 +239,19 @@ def verify(
         for runner in runners_for(path):
             if on_progress:
                 on_progress(f"running {runner.name}")
+            expected = (1, 3, config.height, config.width)
+            if tuple(runner.input_shape) != expected:
+                raise ArtifactError(
+                    f"{path} takes inputs of shape {list(runner.input_shape)}, but its metadata says "
+                    f"{list(expected)}: the metadata was copied from another model"
+                )
             actual: dict[str, list[np.ndarray]] = {"pha": [], "fgr": []}
             first = reference.cases[0]
             runner.run(to_model_input(first.src), to_model_input(first.bgr))  # warm-up, not timed
             start = time.perf_counter()
             for case in reference.cases:
                 result = runner.run(to_model_input(case.src), to_model_input(case.bgr))
-                for name in OUTPUTS:
+                for name in OUTPUT_NAMES:
                     actual[name].append(result[name])
             milliseconds = (time.perf_counter() - start) * 1000 / len(reference.cases)
             got = {name: np.concatenate(v) for name, v in actual.items()}
@@ -255,7 +261,9 @@ def verify(
                 note = f"{path}: INT8 of synthetic weights is judged by the looser synthetic INT8 bars"
                 if note not in report.warnings:
                     report.warnings.append(note)
-            comparisons = {name: compare_output(name, getattr(reference, name), got[name], bar) for name in OUTPUTS}
+            comparisons = {
+                name: compare_output(name, getattr(reference, name), got[name], bar) for name in OUTPUT_NAMES
+            }
             flips = differing_patches(reference.pha, got["pha"], bar.patch_delta) | differing_patches(
                 reference.fgr, got["fgr"], bar.patch_delta
             )

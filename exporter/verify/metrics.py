@@ -1,7 +1,7 @@
 """Matting accuracy as the Open Model Zoo card reports it (per image, then averaged).
 
 MAD = mean |pred - gt| x 1e3; MSE = mean (pred - gt)^2 x 1e3; foreground MSE = the same
-over pixels where the true alpha > 0; GRAD = sum over pixels of
+over pixels where the true alpha > ``FOREGROUND_ALPHA`` (0.01); GRAD = sum over pixels of
 (|grad gt| - |grad pred|)^2 / 1000, with |grad| from first-order Gaussian-derivative
 filters (sigma 1.4, half-size ceil(sigma sqrt(-2 ln(sqrt(2 pi) sigma 0.01))), each filter
 normalised to unit L2 norm) and half-sample symmetric borders (scipy's 'reflect').
@@ -17,6 +17,11 @@ __all__ = ["METRICS", "alpha_grad", "alpha_mad", "alpha_mse", "foreground_mse", 
 
 METRICS = ("alpha MAD", "alpha MSE", "alpha GRAD", "foreground MSE")
 GRAD_SIGMA = 1.4
+# Open Model Zoo's accuracy checker (background-matting-mobilenetv2 config, its
+# ``pha_tolerance``) counts foreground colour only where the true alpha exceeds this: near-
+# transparent pixels have no defined colour. With > 0 instead, six synthetic 720p frames
+# gave 9.63 where the checker reported 7.60.
+FOREGROUND_ALPHA = 0.01
 
 
 def alpha_mad(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -28,8 +33,8 @@ def alpha_mse(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def foreground_mse(pred: np.ndarray, gt: np.ndarray, gt_alpha: np.ndarray) -> float:
-    """``pred``/``gt`` ``(H, W, 3)``; only pixels where ``gt_alpha > 0`` count."""
-    mask = gt_alpha > 0
+    """``pred``/``gt`` ``(H, W, 3)``; only pixels where ``gt_alpha > FOREGROUND_ALPHA`` count."""
+    mask = gt_alpha > FOREGROUND_ALPHA
     if not mask.any():
         return 0.0
     return float(((pred[mask] - gt[mask]) ** 2).mean() * 1e3)
