@@ -52,8 +52,7 @@ class BenchRow:
     inference: str  # arithmetic
     median_ms: float
     p90_ms: float
-    fps: float
-    throughput_fps: float
+    throughput_fps: float  # OpenVINO: THROUGHPUT hint; otherwise one request at a time
     gflops: float
     speedup_latency: float = 0.0
     speedup_throughput: float = 0.0
@@ -70,9 +69,6 @@ class BenchReport:
     checkpoint: str
     threads: int
     rows: list[BenchRow]
-
-    def row(self, name: str) -> BenchRow:
-        return next(r for r in self.rows if r.name == name)
 
     def to_dict(self) -> dict:
         return {
@@ -106,7 +102,6 @@ def _row(name: str, runtime: str, precision: str, inference: str, times: list[fl
         inference=inference,
         median_ms=median,
         p90_ms=float(np.percentile(times, 90)),
-        fps=1000 / median,
         throughput_fps=1000 / median,
         gflops=gflops,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import queue
 import shutil
 import tempfile
@@ -169,7 +170,7 @@ class Matter:
         return self._target[1]
 
 
-def _open_video(path: Path):  # noqa: ANN202 - cv2.VideoCapture
+def _open_video(path: Path):
     import cv2
 
     capture = cv2.VideoCapture(str(path))
@@ -182,7 +183,7 @@ def _open_video(path: Path):  # noqa: ANN202 - cv2.VideoCapture
     return capture
 
 
-def _video_frames(capture, path: Path, total: int) -> Iterator[np.ndarray]:  # noqa: ANN001 - cv2.VideoCapture
+def _video_frames(capture, path: Path, total: int) -> Iterator[np.ndarray]:
     """RGB frames; a video that stops decoding well before its announced frame count is an
     error, not a short result (containers may miscount by a frame, so a little slack)."""
     import cv2
@@ -243,8 +244,12 @@ def _source(path: Path) -> _Source:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        first = read_image(files[0])
-        frames = ((p.stem, read_image(p)) for p in files)
+        stems = [p.stem for p in files]
+        twins = sorted({p.name for p in files if stems.count(p.stem) > 1})
+        if twins:  # their results would overwrite each other (a_alpha.png, ...)
+            raise InputError(f"folder {path} has frames sharing a name: {', '.join(twins)}")
+        first = read_image(files[0])  # read once: it fixes the size and is the first frame
+        frames = itertools.chain([(files[0].stem, first)], ((p.stem, read_image(p)) for p in files[1:]))
         return _Source([p.stem for p in files], frames, len(files), first.shape[:2])
     if path.suffix.lower() in VIDEO_SUFFIXES:
         capture = _open_video(path)

@@ -74,7 +74,6 @@ def test_bench_small(weights):
     }
     assert [r.inference for r in report.rows if r.name == "IR INT8"] == ["f32", names[-1][1]]
     assert all(r.median_ms > 0 and r.throughput_fps > 0 for r in report.rows)
-    assert report.rows[0].speedup_latency == 1.0
     assert all(len(r.profile) == 10 for r in report.rows if r.runtime == "openvino")
 
 

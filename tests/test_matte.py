@@ -367,3 +367,11 @@ def test_sixteen_bit_grey_and_oversized_images(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(InputError, match="is larger than the 100 pixels Pillow opens safely"):
         read_image(path)
+
+
+def test_frames_sharing_a_name_are_refused(model, tmp_path):
+    save(synthetic_case(96, 160, 1).src, tmp_path / "frames/a.png")
+    save(synthetic_case(96, 160, 2).src, tmp_path / "frames/a.jpg")
+    bgr = save(synthetic_case(96, 160, 1).bgr, tmp_path / "bgr.png")
+    with pytest.raises(InputError, match="has frames sharing a name: a.jpg, a.png"):
+        matte(model, tmp_path / "frames", bgr, out=tmp_path / "out")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import GOLDEN_CONFIG
 from exporter.checkpoint import build_model
 from exporter.cli import app
-from exporter.errors import ArtifactError
+from exporter.errors import ArtifactError, InputError
 from exporter.export.onnx import BGRInputs, export_module
 from exporter.export.openvino import export_ir
 from exporter.verify import verify
@@ -171,7 +171,7 @@ def test_images_folder(golden_onnx, weights, tmp_path):
 
 def test_images_folder_without_bgr_is_a_clear_error(golden_onnx, weights, tmp_path):
     (tmp_path / "com").mkdir()
-    with pytest.raises(Exception, match="needs com/ and bgr/"):
+    with pytest.raises(InputError, match="needs com/ and bgr/"):
         verify([golden_onnx], weights, images=tmp_path)
 
 

@@ -31,11 +31,11 @@ class _RoiAlignCrop(torch.autograd.Function):
     ``torchvision.ops.roi_align(x, boxes, size, sampling_ratio=1)``."""
 
     @staticmethod
-    def forward(ctx, x, rows, cols, size: int, stride: int):  # noqa: ANN001 - autograd signature
+    def forward(ctx, x, rows, cols, size: int, stride: int):
         return _gather_patches(x, rows[None], cols[None], size, stride)
 
     @staticmethod
-    def symbolic(g, x, rows, cols, size: int, stride: int):  # noqa: ANN001
+    def symbolic(g, x, rows, cols, size: int, stride: int):
         def as_float(v):
             return g.op("Cast", v, to_i=1)
 
@@ -70,7 +70,7 @@ class UpstreamRefiner(Refiner):
     resizes and concatenations, NonZero, two RoIAlign crops at half and one at full
     resolution, and a pixel-wise ScatterElements."""
 
-    def forward(self, src_bgr, pha, fgr, err, hid):  # noqa: ANN001 - as the parent
+    def forward(self, src_bgr, pha, fgr, err, hid):
         height, width = src_bgr.shape[2:]
         half, quarter = (height // 2, width // 2), (height // 4, width // 4)
         err = F.interpolate(err, quarter, mode="bilinear", align_corners=False)

@@ -234,7 +234,8 @@ def verify(
                 else synthetic_cases(config.height, config.width, cases, seed)
             )
             references[key] = _reference(key, artifact_weights, data)
-            report.case_names = [case.name for case in data]
+            # Artifacts of several resolutions each get their own cases: list them all, once.
+            report.case_names += [case.name for case in data if case.name not in report.case_names]
         reference = references[key]
         for runner in runners_for(path):
             if on_progress:

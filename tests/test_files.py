@@ -1,0 +1,49 @@
+"""Writing files: atomically, never over an input, and checked before long work."""
+
+from __future__ import annotations
+
+import pytest
+
+from exporter.errors import OutputError
+from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, write_json
+
+
+def test_atomic_outputs_rename_on_success_and_clean_on_failure(tmp_path):
+    xml, bin_ = tmp_path / "m.xml", tmp_path / "m.bin"
+    with atomic_outputs(xml, bin_) as (xml_tmp, bin_tmp):
+        assert xml_tmp.stem == bin_tmp.stem and xml_tmp.parent != tmp_path
+        xml_tmp.write_text("x")
+        bin_tmp.write_text("b")
+    assert xml.read_text() == "x" and bin_.read_text() == "b"
+    with pytest.raises(RuntimeError), atomic_outputs(xml) as (temporary,):
+        temporary.write_text("half")
+        raise RuntimeError("boom")
+    assert xml.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+
+
+def test_check_not_input_follows_links(tmp_path):
+    source = tmp_path / "in.onnx"
+    source.write_text("model")
+    (tmp_path / "link.onnx").symlink_to(source)
+    with pytest.raises(OutputError, match="is the input"):
+        check_not_input(tmp_path / "link.onnx", source)
+    check_not_input(tmp_path / "other.json", source, "synthetic bgmv2-synthetic-v1", None)
+    check_not_input(None, source)
+
+
+def test_check_writable_creates_nothing(tmp_path):
+    check_writable(tmp_path / "a" / "b" / "m.xml")
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is not a folder"):
+        check_writable(tmp_path / "file" / "m.xml")
+    with pytest.raises(OutputError, match="is a directory"):
+        check_writable(tmp_path)
+
+
+def test_write_json_and_sha256(tmp_path):
+    path = tmp_path / "n.json"
+    write_json({"a": 1}, path)
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+    assert sha256_of(path) == "5e36b6560513586ced65eca0e8b025fe88edbcab82ba2cb67a5fcb2d7b202383"
