@@ -56,6 +56,8 @@ def read_ir_metadata(xml: Path) -> dict[str, str]:
 def artifact_metadata(path: Path) -> dict[str, str]:
     """The bgm-export metadata of an ``.onnx`` or ``.xml``; ``ArtifactError`` if it has none."""
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"artifact {path} is a directory; give an .onnx or .xml file")
     if not path.is_file():
         raise ArtifactError(f"artifact {path} does not exist")
     if path.suffix == ".onnx":

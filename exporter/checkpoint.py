@@ -116,6 +116,13 @@ def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
         )
     if is_zip and not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (its zip archive has no end)")
+    if is_zip:
+        with zipfile.ZipFile(path) as archive:
+            if any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist()):
+                raise CheckpointError(
+                    f"checkpoint {path} is a TorchScript archive (torch.jit.save), which holds code; give the "
+                    "state_dict instead: torch.save(model.state_dict(), 'pytorch_mobilenetv2.pth')"
+                )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -7,6 +7,7 @@ the command with the error's exit code (2), never a traceback.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -261,6 +262,10 @@ def verify(
     from exporter.verify.compare import BARS
     from exporter.verify.report import format_report, write_json, write_previews
 
+    for name, value in (("--fp32-max-abs", fp32_max_abs), ("--fp32-patch-share", fp32_patch_share),
+                        ("--fp16-mean-abs", fp16_mean_abs), ("--fp16-patch-share", fp16_patch_share)):  # fmt: skip
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise fail(f"{name} {value}: a bar is a number >= 0")
     bars = {
         "FP32": dataclasses.replace(BARS["FP32"], **_given(max_abs=fp32_max_abs, patch_share=fp32_patch_share)),
         "FP16": dataclasses.replace(BARS["FP16"], **_given(mean_abs=fp16_mean_abs, patch_share=fp16_patch_share)),

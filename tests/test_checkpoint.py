@@ -317,3 +317,11 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(CheckpointError, match="is not a regular file"):
         resolve_weights(fifo)
+
+
+def test_a_torchscript_archive_is_named_as_such(tmp_path):
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    path = tmp_path / "scripted.pth"
+    torch.jit.save(scripted, str(path))
+    with pytest.raises(CheckpointError, match="is a TorchScript archive .torch.jit.save., which holds code; give"):
+        resolve_weights(path)

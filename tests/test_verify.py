@@ -204,3 +204,25 @@ def test_cli_exit_codes_json_and_report(golden_onnx, weights, tmp_path):
 
     missing = runner.invoke(app, ["verify", str(tmp_path / "nope.onnx")])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_nan_outputs_fail_every_check():
+    reference = np.zeros((1, 1, 8, 8), np.float32)
+    actual = reference.copy()
+    actual[0, 0, 0, 0] = np.nan
+    for precision in ("FP32", "FP16", "INT8"):
+        result = compare_output("pha", reference, actual, BARS[precision])
+        patch_check = next(c for c in result.checks if c.name.startswith("patches off"))
+        assert not result and not patch_check.passed and result.patch_share == 1 / 4, precision
+
+
+@pytest.mark.parametrize("bar, value", [("--fp32-max-abs", "-1"), ("--fp16-mean-abs", "nan")])
+def test_bad_bar_overrides_are_usage_errors(golden_onnx, bar, value):
+    result = CliRunner().invoke(app, ["verify", str(golden_onnx), bar, value])
+    assert result.exit_code == 2
+    assert f"error: {bar} {float(value)}: a bar is a number >= 0" in result.stderr
+
+
+def test_a_directory_is_not_an_artifact(tmp_path, weights):
+    with pytest.raises(ArtifactError, match="is a directory; give an .onnx or .xml file"):
+        verify([tmp_path], weights, cases=1)

@@ -125,7 +125,8 @@ def compare_output(name: str, reference: np.ndarray, actual: np.ndarray, bars: B
     if reference.shape != actual.shape:
         raise ValueError(f"{name}: shape {actual.shape} differs from the reference's {reference.shape}")
     error = np.abs(actual.astype(np.float64) - reference.astype(np.float64))
-    differing = patch_max(error) > bars.patch_delta
+    # A NaN is as far off as it gets: "not within the delta", so a NaN patch differs.
+    differing = ~(patch_max(error) <= bars.patch_delta)
     outside = np.repeat(np.repeat(~differing, PATCH, axis=1), PATCH, axis=2)[:, None]
     outside_error = np.where(outside, error, 0.0)
     result = OutputComparison(
