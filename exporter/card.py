@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter import __version__
+from exporter.errors import ArtifactError
 from exporter.files import sha256_of
 from exporter.info import ModelInfo
 from exporter.model import BACKBONES
@@ -48,6 +49,10 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
     """Markdown for the artifacts in ``report`` (one row per artifact run)."""
     first = report.artifacts[0]
     config = first.config
+    models = {(a.config.backbone, a.config.height, a.config.width) for a in report.artifacts}
+    if len(models) > 1:
+        shown = ", ".join(f"{b} {h}x{w}" for b, h, w in sorted(models))
+        raise ArtifactError(f"a model card describes one model at one resolution; these artifacts are {shown}")
     h, w = config.height, config.width
     info = infos[0]
     # The converted model's outputs are the original's: only the inputs' layout changed.

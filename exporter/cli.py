@@ -270,10 +270,12 @@ def verify(
         "FP32": dataclasses.replace(BARS["FP32"], **_given(max_abs=fp32_max_abs, patch_share=fp32_patch_share)),
         "FP16": dataclasses.replace(BARS["FP16"], **_given(mean_abs=fp16_mean_abs, patch_share=fp16_patch_share)),
     }
-    from exporter.files import check_not_input
+    from exporter.files import check_not_input, check_writable
 
     for output in (json_path, report):
         check_not_input(output, *(artifacts or []), checkpoint)
+    if json_path is not None:  # checked before minutes of work, not after
+        check_writable(json_path)
     if report is not None and report.exists() and not report.is_dir():
         raise fail(f"--report {report} is a file; give a folder for the PNG reports")
     # Without either, each artifact is checked against its own backbone's default weights.
@@ -356,7 +358,10 @@ def bench(
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR."""
     from exporter.bench import bench as run_bench
     from exporter.bench import bench_matte, format_bench, format_matte_bench
+    from exporter.files import check_writable
 
+    if json_path is not None:  # before the minutes of timing it would hold
+        check_writable(json_path)
     if runs < 1:
         raise fail(f"--runs {runs}: at least 1")
     if matte is not None:
@@ -392,13 +397,14 @@ def card(
 ) -> None:
     """Write the Open Model Zoo model card of the artifacts, every number measured now."""
     from exporter.card import model_card
-    from exporter.files import atomic_outputs, check_not_input
+    from exporter.files import atomic_outputs, check_not_input, check_writable
     from exporter.info import artifact_info
     from exporter.verify import default_artifacts
     from exporter.verify import verify as run_verify
 
     paths = artifacts or default_artifacts()
     check_not_input(output, *paths, checkpoint)
+    check_writable(output)
     weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
     report = run_verify(paths, weights, cases=cases, images=images)
     for message in report.warnings:

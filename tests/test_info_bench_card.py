@@ -104,3 +104,28 @@ def test_card(golden_onnx, golden_irs, tmp_path):
     assert "Precisions (changes against the original model on the same cases):" in text
     assert "| ms per frame (verify, f32 arithmetic) |" in text
     assert text.count("| PASSED |") == 3
+
+
+def test_card_refuses_artifacts_of_different_models(golden_onnx, weights, tmp_path):
+    from exporter.export.onnx import export_onnx
+
+    other = export_onnx(ExportConfig(height=128, width=192, sample_pixels=4000), weights, tmp_path / "s.onnx").path
+    target = tmp_path / "card.md"
+    result = runner.invoke(app, ["card", str(golden_onnx), str(other), "--cases", "1", "--output", str(target)])
+    assert result.exit_code == 2
+    assert "describes one model at one resolution; these artifacts are mobilenetv2 128x192, mobilenetv2 192x320" in (
+        result.stderr
+    )
+    assert not target.exists()
+
+
+def test_outputs_are_checked_before_the_work(golden_onnx, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for argv in (
+        ["bench", "--height", "128", "--width", "192", "--json", str(tmp_path / "file" / "b.json")],
+        ["verify", str(golden_onnx), "--json", str(tmp_path / "file" / "v.json")],
+        ["card", str(golden_onnx), "--output", str(tmp_path / "file" / "card.md")],
+    ):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2 and "is not a folder" in result.stderr, (argv, result.output)
+        assert "exporting" not in result.stderr and "reference" not in result.stderr
