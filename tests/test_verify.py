@@ -226,3 +226,18 @@ def test_bad_bar_overrides_are_usage_errors(golden_onnx, bar, value):
 def test_a_directory_is_not_an_artifact(tmp_path, weights):
     with pytest.raises(ArtifactError, match="is a directory; give an .onnx or .xml file"):
         verify([tmp_path], weights, cases=1)
+
+
+def test_degenerate_weights_are_said_to_be(weights, tmp_path):
+    import dataclasses
+    from collections import OrderedDict
+
+    from exporter.export.onnx import export_onnx
+
+    zeros = OrderedDict((k, torch.zeros_like(v)) for k, v in weights.state_dict.items())
+    degenerate = dataclasses.replace(weights, state_dict=zeros, label="zeros")
+    path = export_onnx(GOLDEN_CONFIG, degenerate, tmp_path / "zeros.onnx").path
+    report = verify([path], degenerate, cases=1)
+    assert any("alpha from zeros is constant: the weights are degenerate" in w for w in report.warnings)
+    warnings = verify([path], weights, cases=1).warnings
+    assert not any("weights are degenerate" in w for w in warnings), warnings

@@ -234,6 +234,12 @@ def verify(
                 else synthetic_cases(config.height, config.width, cases, seed)
             )
             references[key] = _reference(key, artifact_weights, data)
+            # A constant alpha (fgr then just echoes the frame) mattes nothing.
+            if np.ptp(references[key].pha) == 0:
+                report.warnings.append(
+                    f"the eager model's alpha from {artifact_weights.label} is constant: the weights are "
+                    "degenerate (all zero?), and parity with them proves little"
+                )
             # Artifacts of several resolutions each get their own cases: list them all, once.
             report.case_names += [case.name for case in data if case.name not in report.case_names]
         reference = references[key]
