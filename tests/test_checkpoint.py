@@ -155,6 +155,47 @@ def partial_resnet50_state_dict() -> dict[str, torch.Tensor]:
     return {k: torch.zeros(1) for k in keys}
 
 
+def _with_nan(tensor: torch.Tensor) -> torch.Tensor:
+    tensor.view(-1)[0] = float("nan")
+    return tensor
+
+
+# Numerically broken weights: kind -> (the key broken, how, what the message must say).
+BROKEN_VALUES = {
+    "nan": ("decoder.conv1.weight", _with_nan, "has NaN or infinite values in 1 tensor: decoder.conv1.weight"),
+    "inf": (
+        "refiner.conv4.bias",
+        lambda t: torch.full_like(t, float("inf")),
+        "has NaN or infinite values in 1 tensor: refiner.conv4.bias",
+    ),
+    "integer-weights": (
+        "aspp.project.0.weight",
+        lambda t: t.to(torch.int32),
+        "has aspp.project.0.weight of type int32; weights must be floating point",
+    ),
+    "bool-weights": (
+        "decoder.bn1.weight",
+        lambda t: t > 0,
+        "has decoder.bn1.weight of type bool; weights must be floating point",
+    ),
+    "complex-weights": (
+        "refiner.conv1.weight",
+        lambda t: t.to(torch.complex64),
+        "has refiner.conv1.weight of type complex64; weights must be floating point",
+    ),
+    "meta-tensor": (
+        "decoder.conv2.weight",
+        lambda t: torch.empty(t.shape, device="meta"),
+        "holds no values for decoder.conv2.weight (a meta-device tensor)",
+    ),
+    "sparse-tensor": (
+        "decoder.conv4.bias",
+        lambda t: t.to_sparse(),
+        "has a sparse tensor decoder.conv4.bias; weights must be dense",
+    ),
+}
+
+
 def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
     """Write one bad checkpoint; return its path and a fragment the message must carry."""
     path = tmp / f"{kind}.pth"
@@ -210,35 +251,11 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
         sd["refiner.conv1.weight"] = torch.zeros(24, 42, 1, 1)
         torch.save(sd, path)
         return path, "1 shape mismatch: refiner.conv1.weight [24, 42, 1, 1] (expected [24, 42, 3, 3])"
-    if kind == "nan":
-        sd["decoder.conv1.weight"] = sd["decoder.conv1.weight"].clone()
-        sd["decoder.conv1.weight"][0, 0, 0, 0] = float("nan")
+    if kind in BROKEN_VALUES:
+        key, broken, fragment = BROKEN_VALUES[kind]
+        sd[key] = broken(sd[key].clone())
         torch.save(sd, path)
-        return path, "has NaN or infinite values in 1 tensor: decoder.conv1.weight"
-    if kind == "inf":
-        sd["refiner.conv4.bias"] = torch.full((4,), float("inf"))
-        torch.save(sd, path)
-        return path, "has NaN or infinite values in 1 tensor: refiner.conv4.bias"
-    if kind == "integer-weights":
-        sd["aspp.project.0.weight"] = sd["aspp.project.0.weight"].to(torch.int32)
-        torch.save(sd, path)
-        return path, "has aspp.project.0.weight of type int32; weights must be floating point"
-    if kind == "bool-weights":
-        sd["decoder.bn1.weight"] = sd["decoder.bn1.weight"] > 0
-        torch.save(sd, path)
-        return path, "has decoder.bn1.weight of type bool; weights must be floating point"
-    if kind == "complex-weights":
-        sd["refiner.conv1.weight"] = sd["refiner.conv1.weight"].to(torch.complex64)
-        torch.save(sd, path)
-        return path, "has refiner.conv1.weight of type complex64; weights must be floating point"
-    if kind == "meta-tensor":
-        sd["decoder.conv2.weight"] = torch.empty(sd["decoder.conv2.weight"].shape, device="meta")
-        torch.save(sd, path)
-        return path, "holds no values for decoder.conv2.weight (a meta-device tensor)"
-    if kind == "sparse-tensor":
-        sd["decoder.conv4.bias"] = sd["decoder.conv4.bias"].to_sparse()
-        torch.save(sd, path)
-        return path, "has a sparse tensor decoder.conv4.bias; weights must be dense"
+        return path, fragment
     if kind == "zip-not-torch":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("hello.txt", "hi")
@@ -264,13 +281,7 @@ BAD_KINDS = [
     "unexpected-keys",
     "shape-mismatch",
     "zip-not-torch",
-    "nan",
-    "inf",
-    "integer-weights",
-    "bool-weights",
-    "complex-weights",
-    "meta-tensor",
-    "sparse-tensor",
+    *BROKEN_VALUES,
 ]
 
 
