@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter import __version__
+from exporter.backbones import BACKBONES
 from exporter.errors import ArtifactError
 from exporter.files import sha256_of
 from exporter.info import ModelInfo
-from exporter.model import BACKBONES
 from exporter.verify import VerifyReport
 from exporter.verify.metrics import METRICS
 

@@ -13,10 +13,21 @@ from fractions import Fraction
 from pathlib import Path
 
 from exporter import __version__
+from exporter.backbones import BACKBONES, DEFAULT_BACKBONE
 from exporter.errors import ConfigError
-from exporter.model import BACKBONES, DEFAULT_BACKBONE, REFINE_MODES
 
-__all__ = ["DEFAULT_OPSET", "MODELS_DIR", "PRECISIONS", "PRESETS", "ExportConfig", "default_artifact_path"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "MODELS_DIR",
+    "PRECISIONS",
+    "PRESETS",
+    "REFINE_MODES",
+    "ExportConfig",
+    "default_artifact_path",
+]
+
+# How the refiner chooses its patches: the original's refine modes.
+REFINE_MODES = ("sampling", "thresholding", "full")
 
 # Open Model Zoo's layout: models/<name>.onnx and models/<PRECISION>/<name>.xml.
 MODELS_DIR = Path("models")

@@ -11,7 +11,10 @@ from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, artifact_metadata, read
 from exporter.errors import ArtifactError
 
 
-@pytest.mark.parametrize("module", ["exporter.matte", "exporter.runtime", "exporter.info", "exporter.align"])
+@pytest.mark.parametrize(
+    "module",
+    ["exporter.matte", "exporter.runtime", "exporter.info", "exporter.align", "exporter.cli", "exporter.config"],
+)
 def test_deployment_side_imports_no_torch(module):
     """torch costs seconds and gigabytes a deployment does not need (STYLE.md)."""
     code = f"import sys, {module}; print('torch' in sys.modules)"

@@ -5,7 +5,7 @@ at ``backbone_scale``, then the patch refiner at full resolution), computing wha
 PeterL1n/BackgroundMattingV2's classes of the same names compute, with the same
 state_dict keys, so the official ``pytorch_mobilenetv2.pth``, ``pytorch_resnet50.pth`` and
 ``pytorch_resnet101.pth`` load with ``strict=True``. The backbone is chosen by name from
-``exporter.model.backbones``.
+``exporter.backbones``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporter.backbones import DEFAULT_BACKBONE, get_backbone
 from exporter.model.aspp import ASPP
-from exporter.model.backbones import DEFAULT_BACKBONE, get_backbone
 from exporter.model.decoder import Decoder
 from exporter.model.refiner import Refiner
 
@@ -42,7 +42,7 @@ class MattingBase(nn.Module):
         super().__init__()
         spec = get_backbone(backbone)
         self.backbone_name = spec.name
-        self.backbone = spec.encoder(6)
+        self.backbone = spec.build_encoder(6)
         self.aspp = ASPP(spec.channels, (3, 6, 9))
         self.decoder = Decoder([256, 128, 64, 48, 1 + 3 + 1 + 32], [*spec.skip_channels, 6])
 

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["REFINE_MODES", "Refiner"]
+from exporter.config import REFINE_MODES
 
-REFINE_MODES = ("sampling", "thresholding", "full")
+__all__ = ["REFINE_MODES", "Refiner"]
 
 # Channels: coarse hidden 32, then the refiner's stages, as in the original.
 _CHANNELS = (32, 24, 16, 12, 4)

@@ -4,18 +4,14 @@ Everything that differs between ``pytorch_mobilenetv2.pth``, ``pytorch_resnet50.
 ``pytorch_resnet101.pth`` is one ``Backbone`` entry here, in the spirit of timm's model
 registry: the encoder, the channels it hands to ASPP and to the decoder's skips, the
 checkpoint's file name and the exported model's name. Adding a backbone is one encoder
-file and one entry in ``BACKBONES``.
+file and one entry in ``BACKBONES``. The entries name their encoder builder by import path,
+so this table (and the configuration and command line that read it) needs no torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-
-from torch import nn
-
-from exporter.model.mobilenetv2 import MobileNetV2Encoder
-from exporter.model.resnet import resnet50_encoder, resnet101_encoder
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "Backbone", "get_backbone"]
 
@@ -27,16 +23,22 @@ class Backbone:
     Args:
         name: the original's ``--model-backbone`` value, and the key here.
         title: how people write it.
-        encoder: builds the encoder from its input channels (6: source and background).
+        encoder: ``module:function`` building the encoder from its input channels (6:
+            source and background stacked).
         channels: channels of the encoder's 1/16 output, ASPP's input.
         skip_channels: channels of the encoder's 1/8, 1/4 and 1/2 outputs, the decoder's skips.
     """
 
     name: str
     title: str
-    encoder: Callable[[int], nn.Module]
+    encoder: str
     channels: int
     skip_channels: tuple[int, int, int]
+
+    def build_encoder(self, in_channels: int = 6) -> object:
+        """The encoder (a ``torch.nn.Module``); imports torch and the encoder's module."""
+        module, function = self.encoder.split(":")
+        return getattr(importlib.import_module(module), function)(in_channels)
 
     @property
     def model_name(self) -> str:
@@ -52,9 +54,9 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("mobilenetv2", "MobileNetV2", MobileNetV2Encoder, 320, (32, 24, 16)),
-        Backbone("resnet50", "ResNet-50", resnet50_encoder, 2048, (512, 256, 64)),
-        Backbone("resnet101", "ResNet-101", resnet101_encoder, 2048, (512, 256, 64)),
+        Backbone("mobilenetv2", "MobileNetV2", "exporter.model.mobilenetv2:MobileNetV2Encoder", 320, (32, 24, 16)),
+        Backbone("resnet50", "ResNet-50", "exporter.model.resnet:resnet50_encoder", 2048, (512, 256, 64)),
+        Backbone("resnet101", "ResNet-101", "exporter.model.resnet:resnet101_encoder", 2048, (512, 256, 64)),
     )
 }
 DEFAULT_BACKBONE = "mobilenetv2"
