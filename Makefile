@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CLI := $(BIN)/bgm-export
 
-MODEL := background-matting-mobilenetv2
-ONNX := models/$(MODEL).onnx
-IR32 := models/FP32/$(MODEL).xml
-IR16 := models/FP16/$(MODEL).xml
-IR8 := models/INT8/$(MODEL).xml
+# The artifact layout is the package's (exporter/config.py), read with the system Python.
+LAYOUT := $(shell PYTHONPATH=. $(PYTHON) -m exporter.config)
+ONNX := $(word 1,$(LAYOUT))
+IR32 := $(word 2,$(LAYOUT))
+IR16 := $(word 3,$(LAYOUT))
+IR8 := $(word 4,$(LAYOUT))
 SOURCES := $(shell find exporter -name '*.py' 2>/dev/null)
 WEIGHTS := $(wildcard checkpoints/*.pth)
 
@@ -32,15 +33,16 @@ export: setup
 
 $(ONNX): $(STAMP) $(SOURCES) $(WEIGHTS)
 	$(CLI) onnx --output $@
-$(IR32): $(ONNX)
-	$(CLI) ir --onnx $(ONNX) --precision FP32 --output $@
-$(IR16): $(ONNX)
-	$(CLI) ir --onnx $(ONNX) --precision FP16 --output $@
-$(IR8): $(ONNX)
-	$(CLI) ir --onnx $(ONNX) --precision INT8 --output $@
+# An IR is its .xml and its .bin: either missing or stale remakes both.
+$(IR32) $(IR32:.xml=.bin): $(ONNX)
+	$(CLI) ir --onnx $(ONNX) --precision FP32 --output $(IR32)
+$(IR16) $(IR16:.xml=.bin): $(ONNX)
+	$(CLI) ir --onnx $(ONNX) --precision FP16 --output $(IR16)
+$(IR8) $(IR8:.xml=.bin): $(ONNX)
+	$(CLI) ir --onnx $(ONNX) --precision INT8 --output $(IR8)
 
 # Re-exports what is missing or older than the code or the weights, then checks parity.
-verify: $(ONNX) $(IR32) $(IR16) $(IR8)
+verify: $(ONNX) $(foreach ir,$(IR32) $(IR16) $(IR8),$(ir) $(ir:.xml=.bin))
 	$(CLI) verify $(ONNX) $(IR32) $(IR16) $(IR8)
 
 # Exports its own variants (ours and the original recipe's) into a scratch folder.

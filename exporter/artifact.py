@@ -8,8 +8,10 @@ export machinery (STYLE.md, "Dependency direction").
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from exporter.config import ExportConfig
 from exporter.errors import ArtifactError
 
 __all__ = [
@@ -17,6 +19,10 @@ __all__ = [
     "OUTPUT_NAMES",
     "RT_INFO_SECTION",
     "artifact_metadata",
+    "check_io",
+    "check_onnx_io",
+    "check_ir_weights",
+    "io_shapes",
     "op_histogram",
     "read_ir_metadata",
     "read_onnx_metadata",
@@ -28,15 +34,29 @@ OUTPUT_NAMES = ("pha", "fgr")
 RT_INFO_SECTION = "model_info"
 
 
-def read_onnx_metadata(path: Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file, without loading its weights."""
+def _load_onnx(path: Path) -> object:
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
         raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
-    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_onnx_metadata(path: Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, without loading its weights."""
+    return {p.key: p.value for p in _load_onnx(path).metadata_props}
+
+
+def check_onnx_io(path: Path, metadata: dict[str, str]) -> None:
+    """``check_io`` for an ONNX file, from its graph's declared inputs and outputs."""
+    graph = _load_onnx(path).graph
+
+    def shapes(values: Sequence) -> dict[str, list]:
+        return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+                for v in values}  # fmt: skip
+
+    check_io(path, shapes(graph.input), shapes(graph.output), metadata)
 
 
 def read_ir_metadata(xml: Path) -> dict[str, str]:
@@ -53,6 +73,57 @@ def read_ir_metadata(xml: Path) -> dict[str, str]:
     return {child.tag: child.attrib.get("value", "") for child in section}
 
 
+def check_ir_weights(xml: Path) -> None:
+    """``ArtifactError`` naming the cause when the ``.bin`` beside ``xml`` is missing or
+    shorter than the constants the ``.xml`` lists (OpenVINO itself names neither)."""
+    import xml.etree.ElementTree as ElementTree
+
+    bin_path = Path(xml).with_suffix(".bin")
+    if not bin_path.is_file():
+        raise ArtifactError(f"{bin_path} is missing: an IR's weights live beside its .xml (re-run `bgm-export ir`)")
+    try:
+        root = ElementTree.parse(xml).getroot()
+    except (OSError, ElementTree.ParseError) as exc:
+        raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {exc}") from None
+    needed = max(
+        (int(data.get("offset", 0)) + int(data.get("size", 0)) for data in root.iterfind("layers/layer/data")
+         if "offset" in data.attrib),
+        default=0,
+    )  # fmt: skip
+    size = bin_path.stat().st_size
+    if size < needed:
+        raise ArtifactError(
+            f"{bin_path} is {size:,} bytes, smaller than the {needed:,} its .xml expects: it is truncated "
+            "or belongs to another IR (re-run `bgm-export ir`)"
+        )
+
+
+def io_shapes(config: ExportConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every input and output of an artifact made at ``config``."""
+    h, w = config.height, config.width
+    return {"src": (1, 3, h, w), "bgr": (1, 3, h, w), "pha": (1, 1, h, w), "fgr": (1, 3, h, w)}
+
+
+def check_io(
+    path: Path, inputs: Mapping[str, Sequence[int]], outputs: Mapping[str, Sequence[int]], metadata: dict[str, str]
+) -> None:
+    """``ArtifactError`` unless the graph's inputs and outputs, by name and shape, are those its
+    ``metadata`` describes (metadata copied from another model is caught here)."""
+    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
+        raise ArtifactError(
+            f"{path} has inputs {list(inputs)} and outputs {list(outputs)}; a matting model has "
+            f"{list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}"
+        )
+    expected = io_shapes(ExportConfig.from_metadata(metadata))
+    for kind, found in (("takes inputs", inputs), ("gives outputs", outputs)):
+        for name, shape in found.items():
+            if tuple(shape) != expected[name]:
+                raise ArtifactError(
+                    f"{path} {kind} of shape {list(shape)} ({name}), but its metadata says "
+                    f"{list(expected[name])}: the metadata was copied from another model"
+                )
+
+
 def artifact_metadata(path: Path) -> dict[str, str]:
     """The bgm-export metadata of an ``.onnx`` or ``.xml``; ``ArtifactError`` if it has none."""
     path = Path(path)
@@ -64,6 +135,7 @@ def artifact_metadata(path: Path) -> dict[str, str]:
         metadata = read_onnx_metadata(path)
     elif path.suffix == ".xml":
         metadata = read_ir_metadata(path)
+        check_ir_weights(path)
     else:
         raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
     if not metadata:

@@ -25,8 +25,10 @@ from exporter.config import ExportConfig
 from exporter.export.onnx import export_onnx
 from exporter.export.openvino import export_ir
 from exporter.export.upstream import export_upstream_onnx
+from exporter.images import to_eager_input, to_model_input
 from exporter.info import count_flops
-from exporter.verify.data import synthetic_case, to_model_input
+from exporter.table import format_table
+from exporter.verify.data import synthetic_case
 
 __all__ = ["BenchReport", "BenchRow", "LayerCost", "bench", "format_bench"]
 
@@ -173,8 +175,8 @@ def bench(
 
         say("eager PyTorch")
         model = build_model(config, weights)
-        src = torch.from_numpy(case.src).permute(2, 0, 1)[None].float() / 255
-        bgr = torch.from_numpy(case.bgr).permute(2, 0, 1)[None].float() / 255
+        src = torch.from_numpy(to_eager_input(case.src))
+        bgr = torch.from_numpy(to_eager_input(case.bgr))
         with torch.no_grad():
             rows.append(_row("eager PyTorch", "torch", "FP32", "f32", _time(lambda: model(src, bgr), runs), gflops))
 
@@ -234,8 +236,7 @@ def format_bench(report: BenchReport) -> str:
             (r.name, r.runtime, r.inference, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.speedup_latency:.2f}",
              f"{r.throughput_fps:.2f}", f"{r.speedup_throughput:.2f}", f"{r.gflops_per_second:.0f}")
         )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += format_table(rows)
     lines.append("")
     for row, other in _ratios(report.rows):
         lines.append(

@@ -9,12 +9,12 @@ from pathlib import Path
 from exporter import __version__
 from exporter.backbones import BACKBONES
 from exporter.errors import ArtifactError
-from exporter.files import sha256_of
-from exporter.info import ModelInfo
-from exporter.verify import VerifyReport
+from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
+from exporter.info import ModelInfo, artifact_info
+from exporter.verify import VerifyReport, default_artifacts, verify
 from exporter.verify.metrics import METRICS
 
-__all__ = ["model_card"]
+__all__ = ["model_card", "write_card"]
 
 
 def _shape(*dims: int) -> str:
@@ -171,3 +171,24 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_card(
+    artifacts: list[Path] | None,
+    output: Path,
+    weights: object | None = None,
+    *,
+    cases: int = 4,
+    images: Path | None = None,
+) -> VerifyReport:
+    """Verify ``artifacts`` (default: ``verify``'s), measure them and write their card to
+    ``output`` atomically; the output is checked before the minutes of work. Returns the
+    verification behind the card (its warnings are the caller's to show)."""
+    paths = artifacts or default_artifacts()
+    check_not_input(output, *paths, getattr(weights, "source", None))
+    check_writable(output)
+    report = verify(paths, weights, cases=cases, images=images)
+    card = model_card(report, [artifact_info(path) for path in paths])
+    with atomic_outputs(Path(output)) as (temporary,):
+        temporary.write_text(card)
+    return report

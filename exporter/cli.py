@@ -1,41 +1,83 @@
 """The ``bgm-export`` command line: parse, call one library function, print, exit.
 
-User mistakes arrive as ``BgmExportError``; they are printed as one line on stderr and end
-the command with the error's exit code (2), never a traceback.
+User mistakes arrive as ``BgmExportError`` (or as Typer's usage errors: a bad number, an
+unknown option); each is printed as one ``error:`` line on stderr and ends the command with
+exit code 2, never a traceback. Ctrl-C ends it with 130 and SIGTERM with 143, after the
+command has removed every temporary file it made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
+import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from exporter import __version__
-from exporter.config import PRESETS, ExportConfig
-from exporter.errors import BgmExportError
+from exporter.backbones import BACKBONES
+from exporter.config import PRECISIONS, PRESETS, REFINE_MODES, ExportConfig
+from exporter.errors import BgmExportError, ConfigError
+from exporter.files import write_json
 
 if TYPE_CHECKING:
     from exporter.checkpoint import Weights
-from exporter.files import write_json
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` that removes a
+    temporary file runs; told apart from Ctrl-C only by the exit code."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def error_line(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+
+
+class Commands(TyperGroup):
+    """Typer's usage errors (a bad integer, a missing option, an unknown command) printed as
+    one ``error:`` line like every other error, not as a panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+        from typer.exceptions import Abort
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as exc:  # Typer has printed the help already
+            code = exc.exit_code
+        except UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            error_line(f"{exc.format_message()}{where}")
+            code = exc.exit_code
+        except Abort:
+            code = 1
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=Commands,
     help="Export BackgroundMattingV2 (MobileNetV2, ResNet-50, ResNet-101) to ONNX and OpenVINO IR, and prove parity.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-F = TypeVar("F", bound=Callable[..., object])
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=code)
 
 
 def user_errors(command: F) -> F:
@@ -46,9 +88,14 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except BgmExportError as exc:
-            raise fail(str(exc), exc.exit_code) from None
+            error_line(str(exc))
+            raise typer.Exit(code=exc.exit_code) from None
+        except Terminated:
+            error_line("terminated; no partial output was left")
+            raise typer.Exit(code=128 + signal.SIGTERM) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; no partial output was left", 130) from None
+            error_line("interrupted; no partial output was left")
+            raise typer.Exit(code=128 + signal.SIGINT) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -59,10 +106,42 @@ def printer(quiet: bool) -> Callable[[str, float], None] | None:
     return lambda name, seconds: typer.echo(f"  {name:<9} {seconds:7.2f} s")
 
 
+def progress(message: str) -> None:
+    typer.echo(f"  {message}", err=True)
+
+
 def warn(message: str | None) -> None:
     if message:
         typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
 
+
+@contextlib.contextmanager
+def frame_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """An ``on_frame(done, total)`` drawing a bar with the rate, once there is more than one frame."""
+    bars: list = []
+    started = time.perf_counter()
+
+    def rate(_: object) -> str:
+        done = bars[0].pos if bars else 0
+        return f"{done / max(time.perf_counter() - started, 1e-9):.1f} frames/s"
+
+    def on_frame(done: int, total: int) -> None:
+        if total > 1 and not bars:
+            bars.append(typer.progressbar(length=total, label=label, file=sys.stderr, item_show_func=rate).__enter__())
+        if bars:
+            bars[0].update(1)
+
+    try:
+        yield on_frame
+    finally:
+        if bars:
+            bars[0].__exit__(None, None, None)
+
+
+Backbone = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+RefineMode = Literal[REFINE_MODES]  # type: ignore[valid-type]
 
 CheckpointOpt = Annotated[
     Optional[Path],
@@ -72,26 +151,30 @@ CheckpointOpt = Annotated[
     ),
 ]
 BackboneOpt = Annotated[
-    Optional[str],
+    Optional[Backbone],
     typer.Option(
-        help="mobilenetv2 (default), resnet50 or resnet101: the model when no checkpoint is given; "
-        "checked against the checkpoint when one is."
+        help="The model when no checkpoint is given (default mobilenetv2); checked against the checkpoint when one is."
     ),
 ]
-PresetOpt = Annotated[str, typer.Option(help=f"Resolution preset: {', '.join(PRESETS)}.")]
+PresetOpt = Annotated[Optional[Preset], typer.Option(help="Resolution preset (default 720p).")]
 HeightOpt = Annotated[Optional[int], typer.Option(help="Input height (default from preset).")]
 WidthOpt = Annotated[Optional[int], typer.Option(help="Input width (default from preset).")]
 ScaleOpt = Annotated[Optional[float], typer.Option(help="Backbone scale, at most 0.5.")]
-ModeOpt = Annotated[Optional[str], typer.Option(help="Refine mode: sampling, thresholding or full.")]
+ModeOpt = Annotated[Optional[RefineMode], typer.Option(help="Refine mode (default sampling).")]
 PixelsOpt = Annotated[Optional[int], typer.Option(help="Pixels refined in sampling mode.")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="Error threshold in thresholding mode.")]
 OpsetOpt = Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")]
-NoSimplifyOpt = Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")]
 ArtifactsArg = Annotated[
     Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
 ]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and warnings.")]
+CasesOpt = Annotated[int, typer.Option(min=1, help="Synthetic composites to run.")]
+
+
+def given(**options: object) -> dict[str, object]:
+    """The options that were given on the command line (not None)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def load_weights(checkpoint: Path | None, backbone: str | None) -> Weights:
@@ -102,28 +185,15 @@ def load_weights(checkpoint: Path | None, backbone: str | None) -> Weights:
     return weights
 
 
-def make_config(preset: str, **options: object) -> ExportConfig:
-    """The preset with the options that were given (not None)."""
-    if preset not in PRESETS:
-        raise fail(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
-    return PRESETS[preset].replace(**_given(**options))
-
-
-# The options `onnx` and `ir` share, which define an export beyond its preset.
-EXPORT_OPTIONS = ("height", "width", "backbone_scale", "refine_mode", "sample_pixels", "threshold", "opset")
-
-
-def _export_options(arguments: dict[str, object]) -> dict[str, object]:
-    """A command's export options, from its ``locals()``."""
-    return {name: arguments[name] for name in EXPORT_OPTIONS}
-
-
 def config_and_weights(
-    checkpoint: Path | None, backbone: str | None, preset: str, **options: object
+    checkpoint: Path | None, backbone: str | None, preset: str | None, options: dict[str, object]
 ) -> tuple[ExportConfig, Weights]:
-    """Options are checked before the weights are read (a bad size fails before a large
-    checkpoint loads); then the checkpoint decides the backbone."""
-    config = make_config(preset, **options)
+    """The preset with the given ``options``, checked before the weights are read (a bad size
+    fails before a large checkpoint loads); then the checkpoint decides the backbone."""
+    from exporter.resources import require_memory
+
+    config = PRESETS[preset or "720p"].replace(**options)
+    require_memory(config)
     weights = load_weights(checkpoint, backbone)
     return config.replace(backbone=weights.backbone), weights
 
@@ -140,7 +210,7 @@ def onnx(
     output: Annotated[
         Optional[Path], typer.Option(help="Where to write the .onnx (default models/<model name>.onnx).")
     ] = None,
-    preset: PresetOpt = "720p",
+    preset: PresetOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
     backbone_scale: ScaleOpt = None,
@@ -148,14 +218,17 @@ def onnx(
     sample_pixels: PixelsOpt = None,
     threshold: ThresholdOpt = None,
     opset: OpsetOpt = None,
-    no_simplify: NoSimplifyOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Export the Open Model Zoo ONNX model: inputs src, bgr (BGR 0..255); outputs pha, fgr."""
     from exporter.export.onnx import export_onnx
 
-    config, weights = config_and_weights(checkpoint, backbone, preset, **_export_options(locals()))
-    result = export_onnx(config, weights, output, simplify=not no_simplify, on_stage=printer(quiet))
+    options = given(
+        height=height, width=width, backbone_scale=backbone_scale, refine_mode=refine_mode,
+        sample_pixels=sample_pixels, threshold=threshold, opset=opset,
+    )  # fmt: skip
+    config, weights = config_and_weights(checkpoint, backbone, preset, options)
+    result = export_onnx(config, weights, output, on_stage=printer(quiet))
     if not quiet:
         typer.echo(f"  nodes     {result.nodes_before} exported, {result.nodes_after} after simplification")
         typer.echo(size_line("onnx", result.path, result.size, result.sha256))
@@ -164,7 +237,10 @@ def onnx(
 @app.command()
 @user_errors
 def ir(
-    precision: Annotated[str, typer.Option(help="FP32, FP16 or INT8 (post-training quantization with NNCF).")],
+    precision: Annotated[
+        Precision,
+        typer.Option(case_sensitive=False, help="FP16, FP32 or INT8 (post-training quantization with NNCF)."),
+    ],
     onnx: Annotated[
         Optional[Path], typer.Option("--onnx", help="Convert this .onnx (default: export one first).")
     ] = None,
@@ -173,7 +249,7 @@ def ir(
     ] = None,
     checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
-    preset: PresetOpt = "720p",
+    preset: PresetOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
     backbone_scale: ScaleOpt = None,
@@ -181,7 +257,6 @@ def ir(
     sample_pixels: PixelsOpt = None,
     threshold: ThresholdOpt = None,
     opset: OpsetOpt = None,
-    no_simplify: NoSimplifyOpt = False,
     calibration: Annotated[
         Optional[Path],
         typer.Option(
@@ -190,7 +265,7 @@ def ir(
         ),
     ] = None,
     calibration_frames: Annotated[
-        Optional[int], typer.Option(help="INT8: calibration frames to use (default 16).")
+        Optional[int], typer.Option(min=1, help="INT8: calibration frames to use (default 16).")
     ] = None,
     max_drop: Annotated[
         Optional[float],
@@ -205,13 +280,16 @@ def ir(
     from exporter.export.int8 import int8_options
     from exporter.export.openvino import export_ir, export_ir_from_weights
 
-    precision = precision.upper()
-    given = _given(**_export_options(locals()), checkpoint=checkpoint, backbone=backbone)
-    if onnx is not None and (given or preset != "720p" or no_simplify):
-        options = [f"--{name.replace('_', '-')}" for name in given] + (["--preset"] if preset != "720p" else [])
-        options += ["--no-simplify"] if no_simplify else []
-        raise fail(f"{', '.join(options)} cannot apply with --onnx: the ONNX file fixes the export")
+    options = given(
+        height=height, width=width, backbone_scale=backbone_scale, refine_mode=refine_mode,
+        sample_pixels=sample_pixels, threshold=threshold, opset=opset,
+    )  # fmt: skip
     int8 = int8_options(precision, calibration, calibration_frames, max_drop)
+    if onnx is not None:
+        refused = given(**options, checkpoint=checkpoint, backbone=backbone, preset=preset)
+        if refused:
+            names = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
+            raise ConfigError(f"{names} cannot apply with --onnx: the ONNX file fixes the export")
     if int8 is not None and int8.calibration is None:
         warn(
             "INT8 is calibrated on synthetic composites; frames from the deployment's camera "
@@ -220,10 +298,8 @@ def ir(
     if onnx is not None:
         result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet))
     else:
-        config, weights = config_and_weights(checkpoint, backbone, preset, **_export_options(locals()))
-        result = export_ir_from_weights(
-            config, weights, output, precision, simplify=not no_simplify, int8=int8, on_stage=printer(quiet)
-        )
+        config, weights = config_and_weights(checkpoint, backbone, preset, options)
+        result = export_ir_from_weights(config, weights, output, precision, int8=int8, on_stage=printer(quiet))
     if not quiet:
         if result.int8:
             typer.echo(f"  kept in floating point: {result.int8['int8_fp_layers'].replace(',', ', ')}")
@@ -237,8 +313,8 @@ def verify(
     artifacts: ArtifactsArg = None,
     checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
-    cases: Annotated[int, typer.Option(help="Synthetic composites to run.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the first synthetic composite.")] = 0,
+    cases: CasesOpt = 4,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the first synthetic composite.")] = 0,
     images: Annotated[
         Optional[Path],
         typer.Option(help="Real data: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout."),
@@ -255,32 +331,18 @@ def verify(
 
     Exit 0 when every bar holds, 1 when any is missed, 2 for bad usage or input.
     """
-    import dataclasses
-
     from exporter.verify import default_artifacts
     from exporter.verify import verify as run_verify
-    from exporter.verify.compare import BARS
-    from exporter.verify.report import format_report, write_json, write_previews
+    from exporter.verify.compare import overridden_bars
+    from exporter.verify.report import check_outputs, format_report, write_previews
 
-    for name, value in (("--fp32-max-abs", fp32_max_abs), ("--fp32-patch-share", fp32_patch_share),
-                        ("--fp16-mean-abs", fp16_mean_abs), ("--fp16-patch-share", fp16_patch_share)):  # fmt: skip
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise fail(f"{name} {value}: a bar is a number >= 0")
-    bars = {
-        "FP32": dataclasses.replace(BARS["FP32"], **_given(max_abs=fp32_max_abs, patch_share=fp32_patch_share)),
-        "FP16": dataclasses.replace(BARS["FP16"], **_given(mean_abs=fp16_mean_abs, patch_share=fp16_patch_share)),
-    }
-    from exporter.files import check_not_input, check_writable
-
-    for output in (json_path, report):
-        check_not_input(output, *(artifacts or []), checkpoint)
-    if json_path is not None:  # checked before minutes of work, not after
-        check_writable(json_path)
-    if report is not None and report.exists() and not report.is_dir():
-        raise fail(f"--report {report} is a file; give a folder for the PNG reports")
+    bars = overridden_bars(
+        fp32_max_abs=fp32_max_abs, fp32_patch_share=fp32_patch_share,
+        fp16_mean_abs=fp16_mean_abs, fp16_patch_share=fp16_patch_share,
+    )  # fmt: skip
+    check_outputs(json_path, report, *(artifacts or []), checkpoint)
     # Without either, each artifact is checked against its own backbone's default weights.
     weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
-    progress = None if quiet else (lambda message: typer.echo(f"  {message}", err=True))
     result = run_verify(
         artifacts or default_artifacts(),
         weights,
@@ -288,11 +350,11 @@ def verify(
         seed=seed,
         images=images,
         bars=bars,
-        on_progress=progress,
+        on_progress=None if quiet else progress,
     )
     typer.echo(format_report(result))
     if json_path is not None:
-        write_json(result, json_path)
+        write_json(result.to_dict(), json_path)
         typer.echo(f"numbers: {json_path}")
     if report is not None:
         for path in write_previews(result, report):
@@ -308,31 +370,24 @@ def info(
     ] = None,
     checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
-    preset: PresetOpt = "720p",
+    preset: PresetOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Parameters, GFLOPs counted from the graph, op histogram, node counts, sizes, metadata."""
     from exporter.files import check_not_input
-    from exporter.info import artifact_info, checkpoint_info
+    from exporter.info import artifact_info, checkpoint_info, format_info
 
     check_not_input(json_path, artifact, checkpoint)
     if artifact is not None:
+        refused = given(checkpoint=checkpoint, backbone=backbone, preset=preset)
+        if refused:
+            names = ", ".join(f"--{name}" for name in refused)
+            raise ConfigError(f"{names} cannot apply to an artifact: the file fixes the model")
         result = artifact_info(artifact)
     else:
-        config, weights = config_and_weights(checkpoint, backbone, preset)
+        config, weights = config_and_weights(checkpoint, backbone, preset, {})
         result = checkpoint_info(config, weights)
-    if result.trainable_parameters is not None:
-        typer.echo(f"trainable parameters  {result.trainable_parameters:,}")
-    typer.echo(f"graph parameters      {result.graph_parameters:,} (after batch-norm folding)")
-    blocks = ", ".join(f"{k} {v:.4f}" for k, v in result.gflops_by_block.items())
-    typer.echo(f"GFLOPs                {result.gflops:.4f} ({blocks})")
-    before = f"{result.nodes_before_simplify} before simplification, " if result.nodes_before_simplify else ""
-    typer.echo(f"nodes                 {before}{result.nodes}")
-    typer.echo("ops                   " + ", ".join(f"{k} {v}" for k, v in result.ops.items()))
-    for path, size in result.files.items():
-        typer.echo(f"file                  {path}  {size:,} bytes")
-    for key, value in result.metadata.items():
-        typer.echo(f"metadata              {key} = {value}")
+    typer.echo(format_info(result))
     if json_path is not None:
         write_json(result.to_dict(), json_path)
 
@@ -342,17 +397,17 @@ def info(
 def bench(
     checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
-    preset: PresetOpt = "720p",
+    preset: PresetOpt = None,
     height: HeightOpt = None,
     width: WidthOpt = None,
     sample_pixels: PixelsOpt = None,
-    runs: Annotated[int, typer.Option(help="Timed runs per model after warm-up.")] = 20,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per model after warm-up.")] = 20,
     profile: Annotated[bool, typer.Option("--profile", help="Top ten layers from OpenVINO's counters.")] = False,
     matte: Annotated[
         Optional[Path],
         typer.Option(help="Instead: time `matte` on a synthetic video against this IR alone (THROUGHPUT hint)."),
     ] = None,
-    frames: Annotated[int, typer.Option(help="With --matte: frames in the synthetic video.")] = 48,
+    frames: Annotated[int, typer.Option(min=1, help="With --matte: frames in the synthetic video.")] = 48,
     json_path: JsonOpt = None,
 ) -> None:
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR."""
@@ -362,25 +417,16 @@ def bench(
 
     if json_path is not None:  # before the minutes of timing it would hold
         check_writable(json_path)
-    if runs < 1:
-        raise fail(f"--runs {runs}: at least 1")
     if matte is not None:
-        if frames < 1:
-            raise fail(f"--frames {frames}: at least 1")
-        result = bench_matte(matte, frames, on_progress=lambda m: typer.echo(f"  {m}", err=True))
+        result = bench_matte(matte, frames, on_progress=progress)
         typer.echo(format_matte_bench(result))
-        if json_path is not None:
-            write_json(result.to_dict(), json_path)
-        return
-    config, weights = config_and_weights(
-        checkpoint, backbone, preset, height=height, width=width, sample_pixels=sample_pixels
-    )
-    report = run_bench(
-        config, weights, runs=runs, profile=profile, on_progress=lambda m: typer.echo(f"  {m}", err=True)
-    )
-    typer.echo(format_bench(report))
+    else:
+        options = given(height=height, width=width, sample_pixels=sample_pixels)
+        config, weights = config_and_weights(checkpoint, backbone, preset, options)
+        result = run_bench(config, weights, runs=runs, profile=profile, on_progress=progress)
+        typer.echo(format_bench(result))
     if json_path is not None:
-        write_json(report.to_dict(), json_path)
+        write_json(result.to_dict(), json_path)
 
 
 @app.command()
@@ -390,28 +436,18 @@ def card(
     output: Annotated[Path, typer.Option(help="The Markdown file to write.")] = Path("models/MODEL_CARD.md"),
     checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
-    cases: Annotated[int, typer.Option(help="Synthetic composites for the accuracy table.")] = 4,
+    cases: Annotated[int, typer.Option(min=1, help="Synthetic composites for the accuracy table.")] = 4,
     images: Annotated[
         Optional[Path], typer.Option(help="Real data with ground truth (com/, bgr/, pha/, fgr/).")
     ] = None,
 ) -> None:
     """Write the Open Model Zoo model card of the artifacts, every number measured now."""
-    from exporter.card import model_card
-    from exporter.files import atomic_outputs, check_not_input, check_writable
-    from exporter.info import artifact_info
-    from exporter.verify import default_artifacts
-    from exporter.verify import verify as run_verify
+    from exporter.card import write_card
 
-    paths = artifacts or default_artifacts()
-    check_not_input(output, *paths, checkpoint)
-    check_writable(output)
     weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
-    report = run_verify(paths, weights, cases=cases, images=images)
+    report = write_card(artifacts, output, weights, cases=cases, images=images)
     for message in report.warnings:
         warn(message)
-    infos = [artifact_info(path) for path in paths]
-    with atomic_outputs(output) as (temporary,):
-        temporary.write_text(model_card(report, infos))
     typer.echo(f"model card: {output}")
 
 
@@ -437,43 +473,15 @@ def matte(
     ] = False,
 ) -> None:
     """Replace the background of images or video with an exported model."""
-    import time
-
     from exporter.matte import matte as run_matte
 
-    bars: list = []  # one bar, opened once the frame count is known, for folders and video
-    started = time.perf_counter()
-
-    def rate(_: object) -> str:
-        done = bars[0].pos if bars else 0
-        return f"{done / max(time.perf_counter() - started, 1e-9):.1f} frames/s"
-
-    def progress(done: int, total: int) -> None:
-        if total > 1 and not bars:
-            bar = typer.progressbar(length=total, label="matting", file=sys.stderr, item_show_func=rate)
-            bars.append(bar.__enter__())
-        if bars:
-            bars[0].update(1)
-
-    try:
+    with frame_bar("matting") as on_frame:
         summary = run_matte(
-            model, src, bgr, target=target, out=out, device=device, outputs=outputs, align=align, on_frame=progress
+            model, src, bgr, target=target, out=out, device=device, outputs=outputs, align=align, on_frame=on_frame
         )
-    finally:
-        if bars:
-            bars[0].__exit__(None, None, None)
     for message in summary.warnings:
         warn(message)
-    if summary.alignment:
-        typer.echo(f"background aligned: {summary.alignment}")
-    split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in summary.timings.items())
-    typer.echo(f"{summary.frames} frames in {summary.seconds:.1f} s: {summary.fps:.1f} frames per second")
-    typer.echo(f"model busy {summary.model_share:.0%} of the time (stages overlap: {split})")
-    typer.echo(f"wrote {len(summary.files)} files to {out}")
-
-
-def _given(**values: object) -> dict[str, object]:
-    return {k: v for k, v in values.items() if v is not None}
+    typer.echo("\n".join(summary.lines(out)))
 
 
 @app.callback(invoke_without_command=True)

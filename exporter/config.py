@@ -64,8 +64,20 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     precision: str = "FP32"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> ExportConfig:
-        """Return self, or raise ``ConfigError`` naming the bad value and what would do."""
+        """Return self, or raise ``ConfigError`` naming the bad value and what would do.
+        Runs on construction: an ``ExportConfig`` that exists is a valid one."""
+        for name in ("height", "width", "sample_pixels", "opset"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name.replace('_', ' ')} {value!r} is not a whole number")
+        for name in ("backbone_scale", "threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name.replace('_', ' ')} {value!r} is not a finite number")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if not 0 < self.backbone_scale <= 0.5:
@@ -88,14 +100,18 @@ class ExportConfig:
                 f"{name} {value} is not valid at backbone scale {self.backbone_scale}: sizes must be "
                 f"multiples of {step}, at least {minimum}; nearest valid: {nearest}"
             )
-        if self.refine_mode == "sampling":
-            patches = (self.height // 4) * (self.width // 4)
-            if not 16 <= self.sample_pixels <= patches * 16:
-                raise ConfigError(
-                    f"sample pixels {self.sample_pixels} is not in 16..{patches * 16} "
-                    f"(the {self.height}x{self.width} image has {patches} patches of 4x4)"
-                )
-        if self.refine_mode == "thresholding" and not 0 <= self.threshold < 1:
+        # Both are recorded in the metadata whatever the mode, so both must be sensible in every
+        # mode; only sampling needs the sample to fit the image.
+        patches = (self.height // 4) * (self.width // 4)
+        top = patches * 16 if self.refine_mode == "sampling" else None
+        if self.sample_pixels < 16 or (top is not None and self.sample_pixels > top):
+            raise ConfigError(
+                f"sample pixels {self.sample_pixels} is not in 16..{top}"
+                f" (the {self.height}x{self.width} image has {patches} patches of 4x4)"
+                if top is not None
+                else f"sample pixels {self.sample_pixels} is below 16 (one 4x4 patch)"
+            )
+        if not 0 <= self.threshold < 1:
             raise ConfigError(f"threshold {self.threshold} is not in [0, 1)")
         return self
 
@@ -125,7 +141,7 @@ class ExportConfig:
         return BACKBONES[self.backbone].model_name
 
     def replace(self, **changes: object) -> ExportConfig:
-        return dataclasses.replace(self, **changes).validate()
+        return dataclasses.replace(self, **changes)
 
     def model_kwargs(self) -> dict[str, object]:
         """Keyword arguments of ``MattingRefine`` for this export."""
@@ -173,7 +189,7 @@ class ExportConfig:
                 threshold=float(metadata["threshold"]),
                 opset=int(metadata["opset"]),
                 precision=metadata.get("precision", "FP32"),
-            ).validate()
+            )
         except (KeyError, ValueError) as exc:
             raise ConfigError(
                 f"artifact metadata is incomplete or malformed ({exc!s}); was it made by bgm-export?"
@@ -192,3 +208,13 @@ def default_artifact_path(model_name: str, precision: str | None = None, root: P
     if precision is None:
         return root / f"{model_name}.onnx"
     return root / precision / f"{model_name}.xml"
+
+
+if __name__ == "__main__":
+    # `python -m exporter.config [BACKBONE]`: the default artifact paths, ONNX then each
+    # precision's IR, for the Makefile (which reads them with the system Python, before
+    # any virtual environment exists; this module needs nothing outside the standard library).
+    import sys
+
+    name = BACKBONES[sys.argv[1] if len(sys.argv) > 1 else DEFAULT_BACKBONE].model_name
+    print(*(default_artifact_path(name, precision) for precision in (None, *PRECISIONS)))

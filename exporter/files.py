@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from exporter.errors import OutputError
 
-__all__ = ["atomic_outputs", "check_not_input", "check_writable", "sha256_of", "writable_dir", "write_json"]
+# Free space below which a failed write is put down to a full disk (the half-written
+# temporary file is still there when the reason is asked).
+FULL_DISK_BYTES = 16 << 20
+
+__all__ = [
+    "atomic_outputs",
+    "check_not_input",
+    "check_writable",
+    "remove_empty",
+    "sha256_of",
+    "writable_dir",
+    "write_failure",
+    "write_json",
+]
 
 
 def sha256_of(path: Path) -> str:
@@ -23,19 +38,29 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def writable_dir(path: Path) -> Path:
-    """Create ``path``'s parent if needed; raise ``OutputError`` if it cannot hold ``path``."""
+def writable_dir(path: Path) -> list[Path]:
+    """Create ``path``'s parent if needed and return the folders created, deepest first;
+    raise ``OutputError`` if it cannot hold ``path``."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"output {path} is a directory; give a file path")
     parent = path.parent
+    missing = [folder for folder in (parent, *parent.parents) if not folder.exists()]
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {parent}: {exc.strerror}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {parent} is not writable")
-    return parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) that are still empty: a failed command leaves no
+    folder it created."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def check_not_input(output: Path | None, *inputs: object) -> None:
@@ -72,26 +97,50 @@ def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
     exception, or an interrupt, they are removed and existing files are left untouched.
     """
     paths = [Path(p) for p in paths]
-    parent = writable_dir(paths[0])
-    stem = paths[0].stem
+    created = writable_dir(paths[0])
+    parent, stem = paths[0].parent, paths[0].stem
+    done = False
     try:
-        workdir = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {parent}: {exc.strerror}") from None
-    temporaries = [workdir / (stem + p.suffix) for p in paths]
-    try:
-        yield temporaries
-        # The .xml goes last: it is what readers open, so its pair is in place first.
-        for temporary, final in reversed(list(zip(temporaries, paths, strict=True))):
-            writable_dir(final)
-            os.replace(temporary, final)
-    except OSError as exc:
-        raise OutputError(f"cannot write {paths[0]}: {exc.strerror or exc}") from None
+        try:
+            workdir = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".partial", dir=parent))
+        except OSError as exc:
+            raise OutputError(f"cannot write in {parent}: {exc.strerror}") from None
+        temporaries = [workdir / (stem + p.suffix) for p in paths]
+        try:
+            yield temporaries
+            # The .xml goes last: it is what readers open, so its pair is in place first.
+            for temporary, final in reversed(list(zip(temporaries, paths, strict=True))):
+                created += writable_dir(final)
+                os.replace(temporary, final)
+            done = True
+        except OSError as exc:
+            raise OutputError(f"cannot write {paths[0]}: {_reason(exc)}") from None
+        finally:
+            for temporary in temporaries:
+                temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                workdir.rmdir()
     finally:
-        for temporary in temporaries:
-            temporary.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            workdir.rmdir()
+        if not done:
+            remove_empty(created)
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)
+
+
+def write_failure(folder: Path, exc: Exception) -> str:
+    """Why a library (OpenVINO, whose message is ``basic_ios::clear: iostream error``) could
+    not write into ``folder``: a full disk if it is one, else the library's first line."""
+    if isinstance(exc, OSError):
+        return _reason(exc)
+    try:
+        full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    return "no space left on the device" if full else str(exc).splitlines()[0]
 
 
 def write_json(data: object, path: Path) -> None:

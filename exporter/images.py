@@ -8,7 +8,7 @@ import numpy as np
 
 from exporter.errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "to_model_input"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "to_eager_input", "to_model_input"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -37,3 +37,9 @@ def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB
 def to_model_input(image: np.ndarray) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` -> the artifact's input: ``(1, 3, H, W)`` float32 BGR 0..255."""
     return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def to_eager_input(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` -> what the original PyTorch model takes: ``(1, 3, H, W)``
+    float32 RGB 0..1 (divided by 255, as the original's data loader does)."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255

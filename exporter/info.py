@@ -16,7 +16,16 @@ import onnx
 
 from exporter.errors import ArtifactError
 
-__all__ = ["ModelInfo", "artifact_info", "checkpoint_info", "count_flops", "graph_parameters", "ir_info", "onnx_info"]
+__all__ = [
+    "ModelInfo",
+    "artifact_info",
+    "checkpoint_info",
+    "count_flops",
+    "format_info",
+    "graph_parameters",
+    "ir_info",
+    "onnx_info",
+]
 
 
 @dataclass
@@ -140,9 +149,10 @@ def ir_info(xml: Path) -> ModelInfo:
 
     import openvino as ov
 
-    from exporter.artifact import read_ir_metadata
+    from exporter.artifact import check_ir_weights, read_ir_metadata
 
     xml = Path(xml)
+    check_ir_weights(xml)
     try:
         model = ov.Core().read_model(str(xml))
     except Exception as exc:  # OpenVINO raises RuntimeError with a long report
@@ -199,3 +209,19 @@ def checkpoint_info(config: object, weights: object) -> ModelInfo:
     info.path = weights.source
     info.files = {}
     return info
+
+
+def format_info(info: ModelInfo) -> str:
+    """``info`` for a terminal: one fact a line, names in a column."""
+    lines = []
+    if info.trainable_parameters is not None:
+        lines.append(f"trainable parameters  {info.trainable_parameters:,}")
+    lines.append(f"graph parameters      {info.graph_parameters:,} (after batch-norm folding)")
+    blocks = ", ".join(f"{k} {v:.4f}" for k, v in info.gflops_by_block.items())
+    lines.append(f"GFLOPs                {info.gflops:.4f} ({blocks})")
+    before = f"{info.nodes_before_simplify} before simplification, " if info.nodes_before_simplify else ""
+    lines.append(f"nodes                 {before}{info.nodes}")
+    lines.append("ops                   " + ", ".join(f"{k} {v}" for k, v in info.ops.items()))
+    lines += [f"file                  {path}  {size:,} bytes" for path, size in info.files.items()]
+    lines += [f"metadata              {key} = {value}" for key, value in info.metadata.items()]
+    return "\n".join(lines)

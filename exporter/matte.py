@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import InputError, OutputError
+from exporter.files import remove_empty
 from exporter.images import IMAGE_SUFFIXES, read_image, to_model_input
 from exporter.runtime import Runner, load_runner
 
@@ -96,6 +97,17 @@ class MatteSummary:
     def model_share(self) -> float:
         """Share of the wall time the model was working: 1.0 means the model is the limit."""
         return self.timings.get("model", 0.0) / self.seconds if self.seconds else 0.0
+
+    def lines(self, out: Path) -> list[str]:
+        """What a person wants to read after the run (warnings are shown apart)."""
+        split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())
+        lines = [f"background aligned: {self.alignment}"] if self.alignment else []
+        return [
+            *lines,
+            f"{self.frames} frames in {self.seconds:.1f} s: {self.fps:.1f} frames per second",
+            f"model busy {self.model_share:.0%} of the time (stages overlap: {split})",
+            f"wrote {len(self.files)} files to {out}",
+        ]
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -294,17 +306,22 @@ def _staging(out: Path) -> Iterator[Path]:
     """A folder inside ``out`` whose files are moved into ``out`` only on success."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a folder")
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".matte-", suffix=".partial", dir=out))
     except OSError as exc:
         raise OutputError(f"cannot write in {out}: {exc.strerror}") from None
+    done = False
     try:
         yield staging
         for item in sorted(staging.iterdir()):
             item.replace(out / item.name)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            remove_empty(created)
 
 
 def parse_outputs(spec: str | None, video: bool) -> tuple[str, ...]:

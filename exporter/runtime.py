@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES
+from exporter.artifact import OUTPUT_NAMES, artifact_metadata, check_io
 from exporter.errors import ArtifactError
 
 __all__ = ["Runner", "load_runner", "runners_for"]
@@ -35,22 +35,15 @@ class Runner:
         return f"{self.path.name} [{self.runtime}]"
 
 
-def _check_io(path: Path, inputs: list[str], outputs: list[str]) -> None:
-    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
-        raise ArtifactError(
-            f"{path} has inputs {inputs} and outputs {outputs}; a matting model has "
-            f"{list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}"
-        )
-
-
-def _onnxruntime(path: Path) -> Runner:
+def _onnxruntime(path: Path, metadata: dict[str, str]) -> Runner:
     import onnxruntime as ort
 
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
         raise ArtifactError(f"{path} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
-    _check_io(path, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    shapes = {v.name: v.shape for v in session.get_inputs()}, {v.name: v.shape for v in session.get_outputs()}
+    check_io(path, *shapes, metadata)
 
     def run(src: np.ndarray, bgr: np.ndarray) -> dict[str, np.ndarray]:
         pha, fgr = session.run(list(OUTPUT_NAMES), {"src": src, "bgr": bgr})
@@ -59,7 +52,7 @@ def _onnxruntime(path: Path) -> Runner:
     return Runner(path, "onnxruntime", run, tuple(session.get_inputs()[0].shape))
 
 
-def _openvino(path: Path, device: str = "CPU", f32: bool = True, throughput: bool = False) -> Runner:
+def _openvino(path: Path, metadata: dict[str, str], device: str, f32: bool, throughput: bool) -> Runner:
     import openvino as ov
 
     core = ov.Core()
@@ -74,7 +67,11 @@ def _openvino(path: Path, device: str = "CPU", f32: bool = True, throughput: boo
         compiled = core.compile_model(str(path), device, config)
     except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
         raise ArtifactError(f"{path} does not load in OpenVINO {device}: {str(exc).splitlines()[0]}") from None
-    _check_io(path, [i.any_name for i in compiled.inputs], [o.any_name for o in compiled.outputs])
+    shapes = [
+        {v.any_name: v.get_partial_shape().get_min_shape() for v in ports}
+        for ports in (compiled.inputs, compiled.outputs)
+    ]
+    check_io(path, *shapes, metadata)
     request = compiled.create_infer_request()
 
     def run(src: np.ndarray, bgr: np.ndarray) -> dict[str, np.ndarray]:
@@ -90,14 +87,13 @@ def load_runner(path: Path, runtime: str, device: str = "CPU", f32: bool = True,
     that; deployment may not). ``throughput``: OpenVINO's THROUGHPUT hint, for pipelines
     that keep several requests in flight (``Runner.compiled``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact {path} does not exist")
+    metadata = artifact_metadata(path)  # a file without bgm-export's metadata is refused here
     if runtime == "onnxruntime":
         if path.suffix != ".onnx":
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
-        return _onnxruntime(path)
+        return _onnxruntime(path, metadata)
     if runtime == "openvino":
-        return _openvino(path, device, f32, throughput)
+        return _openvino(path, metadata, device, f32, throughput)
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 

@@ -11,6 +11,7 @@ import torch
 
 from exporter.checkpoint import Weights, synthetic_weights
 from exporter.config import ExportConfig
+from exporter.images import to_eager_input, to_model_input
 
 DATA = Path(__file__).parent / "data"
 BACKBONES = ("mobilenetv2", "resnet50", "resnet101")
@@ -50,20 +51,15 @@ def golden() -> dict[str, np.ndarray]:
 def golden_rgb(golden) -> tuple[torch.Tensor, torch.Tensor]:
     """The goldens' inputs as the original saw them: RGB, NCHW, /255."""
 
-    def tensor(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-
-    return tensor(golden["src_rgb_u8"]), tensor(golden["bgr_rgb_u8"])
+    return torch.from_numpy(to_eager_input(golden["src_rgb_u8"])), torch.from_numpy(
+        to_eager_input(golden["bgr_rgb_u8"])
+    )
 
 
 @pytest.fixture(scope="session")
 def golden_bgr255(golden) -> tuple[np.ndarray, np.ndarray]:
     """The same inputs as the exported model takes them: BGR, NCHW, 0..255."""
-
-    def array(image: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32))
-
-    return array(golden["src_rgb_u8"]), array(golden["bgr_rgb_u8"])
+    return to_model_input(golden["src_rgb_u8"]), to_model_input(golden["bgr_rgb_u8"])
 
 
 @pytest.fixture(scope="session")

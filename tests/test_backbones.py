@@ -21,6 +21,7 @@ from exporter.cli import app
 from exporter.config import ExportConfig
 from exporter.export.onnx import BANNED_OPS, BGRInputs, check_graph, export_module, export_onnx
 from exporter.export.openvino import export_ir
+from exporter.images import to_model_input
 from exporter.info import artifact_info
 from exporter.runtime import load_runner
 from exporter.tolerances import FP32_ATOL
@@ -29,10 +30,6 @@ from exporter.verify import verify
 RESNETS = ("resnet50", "resnet101")
 SMALL = ExportConfig(backbone="resnet50", height=128, width=192, sample_pixels=4_000)
 runner = CliRunner()
-
-
-def bgr255(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32))
 
 
 @pytest.fixture(scope="module", params=RESNETS)
@@ -49,7 +46,7 @@ def test_resnet_export_reproduces_original_outputs(resnet_artifacts):
     """BGR 0..255 into each file gives what the original ResNet model gave on RGB/255."""
     backbone, onnx_path, irs = resnet_artifacts
     golden = load_golden(backbone)
-    inputs = bgr255(golden["src_rgb_u8"]), bgr255(golden["bgr_rgb_u8"])
+    inputs = to_model_input(golden["src_rgb_u8"]), to_model_input(golden["bgr_rgb_u8"])
     for path, runtime in ((onnx_path, "onnxruntime"), (onnx_path, "openvino"), (irs["FP32"], "openvino")):
         outputs = load_runner(path, runtime).run(*inputs)
         for name in ("pha", "fgr"):
@@ -156,4 +153,7 @@ def test_cli_verify_refuses_weights_of_another_backbone(resnet_artifacts, weight
 def test_cli_unknown_backbone_is_exit_two(tmp_path):
     result = runner.invoke(app, ["onnx", "--backbone", "resnet18", "--output", str(tmp_path / "m.onnx")])
     assert result.exit_code == 2
-    assert "backbone 'resnet18' is not one of mobilenetv2, resnet50, resnet101" in result.stderr
+    assert (
+        "error: Invalid value for '--backbone': Value error, 'resnet18' is not one of 'mobilenetv2'," in result.stderr
+    )
+    assert list(tmp_path.iterdir()) == []

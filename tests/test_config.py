@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from exporter.config import PRESETS, ExportConfig
@@ -38,9 +40,17 @@ def test_presets_are_the_originals_settings():
         ({"opset": 9}, "opset 9 is not in 13..21"),
         ({"precision": "INT4"}, "precision 'INT4' is not one of FP32, FP16, INT8"),
         ({"refine_mode": "thresholding", "threshold": 1.5}, "threshold 1.5 is not in [0, 1)"),
+        # Recorded in the metadata in every mode, so checked in every mode.
+        ({"refine_mode": "full", "sample_pixels": -5}, "sample pixels -5 is below 16 (one 4x4 patch)"),
+        ({"refine_mode": "full", "threshold": float("nan")}, "threshold nan is not a finite number"),
+        ({"height": 720.0}, "height 720.0 is not a whole number"),
+        ({"backbone_scale": True}, "backbone scale True is not a finite number"),
     ],
 )
 def test_invalid_configs_name_the_problem(changes, message):
+    """Construction validates: an ``ExportConfig`` that exists is a valid one."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ExportConfig(**changes)
     with pytest.raises(ConfigError) as info:
         ExportConfig().replace(**changes)
     assert message in str(info.value)

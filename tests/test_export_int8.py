@@ -68,7 +68,7 @@ def test_refiner_conv1_runs_in_eight_bits(int8_ir):
     so the CPU plugin runs the costliest layer with 8-bit arithmetic."""
     import openvino as ov
 
-    from exporter.verify.data import synthetic_case, to_model_input
+    from exporter.images import to_model_input
 
     compiled = ov.Core().compile_model(str(int8_ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": "YES"})
     request = compiled.create_infer_request()
@@ -171,7 +171,7 @@ def bad_input(kind: str, root: Path) -> tuple[list[str], str]:
     if kind == "nan-drop":
         return ["--max-drop", "nan"], "max drop nan is not a number >= 0"
     if kind == "zero-frames":
-        return ["--calibration-frames", "0"], "calibration frames 0 is not a positive whole number"
+        return ["--calibration-frames", "0"], "Invalid value for '--calibration-frames': Input should be greater"
     raise AssertionError(kind)
 
 
@@ -202,7 +202,7 @@ def test_bad_int8_input_is_one_line_exit_two_and_writes_nothing(kind, golden_onn
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("precision, message", [("int4", "precision 'INT4' is not one of FP32, FP16, INT8")])
+@pytest.mark.parametrize("precision, message", [("int4", "Invalid value for '--precision': Value error, 'int4'")])
 def test_unknown_precision(precision, message, golden_onnx, tmp_path):
     result = runner.invoke(
         app, ["ir", "--onnx", str(golden_onnx), "--precision", precision, "--output", str(tmp_path / "m.xml")]

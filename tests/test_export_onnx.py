@@ -18,9 +18,10 @@ from exporter.config import ExportConfig
 from exporter.errors import ExportError, OutputError
 from exporter.export import onnx as onnx_export
 from exporter.export.onnx import BANNED_OPS, check_graph, export_onnx
+from exporter.images import to_model_input
 from exporter.runtime import load_runner
 from exporter.tolerances import FP32_ATOL
-from exporter.verify.data import synthetic_case, to_model_input
+from exporter.verify.data import synthetic_case
 
 RUNTIMES = ("onnxruntime", "openvino")
 

@@ -41,6 +41,7 @@ def test_ir_info_counts_the_same_flops(golden_onnx, golden_irs):
         assert len(info.files) == 2 and info.metadata["resolution"] == "192x320"
 
 
+@pytest.mark.slow
 def test_checkpoint_info_at_720p(weights):
     info = checkpoint_info(ExportConfig(), weights)
     assert info.trainable_parameters == 5_006_839
@@ -60,6 +61,7 @@ def test_info_cli(golden_onnx, tmp_path):
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 def test_bench_small(weights):
     report = bench(ExportConfig(height=128, width=192, sample_pixels=8_000), weights, runs=1, profile=True)
     names = [(r.name, r.inference) for r in report.rows]
@@ -77,6 +79,7 @@ def test_bench_small(weights):
     assert all(len(r.profile) == 10 for r in report.rows if r.runtime == "openvino")
 
 
+@pytest.mark.slow
 def test_bench_cli(tmp_path):
     args = ["bench", "--height", "128", "--width", "192", "--sample-pixels", "8000", "--runs", "1"]
     result = runner.invoke(app, [*args, "--json", str(tmp_path / "b.json")])

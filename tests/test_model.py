@@ -9,6 +9,7 @@ import torch
 
 from conftest import BACKBONES, DATA, golden_config, load_golden, recipe_weights
 from exporter.checkpoint import build_model
+from exporter.images import to_eager_input
 from exporter.model import MattingBase, MattingRefine
 from exporter.tolerances import GOLDEN_ATOL
 
@@ -28,7 +29,7 @@ def manifest(backbone: str) -> list[tuple[str, list[int], str]]:
 
 
 def rgb(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(to_eager_input(image))
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

@@ -168,7 +168,7 @@ def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
 
 
 def _inputs(case: Case) -> dict[str, np.ndarray]:
-    from exporter.verify.data import to_model_input
+    from exporter.images import to_model_input
 
     return {"src": to_model_input(case.src), "bgr": to_model_input(case.bgr)}
 

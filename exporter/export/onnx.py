@@ -21,9 +21,10 @@ from torch import nn
 from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, op_histogram
 from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig, default_artifact_path
-from exporter.errors import ExportError
-from exporter.files import atomic_outputs, check_not_input, sha256_of, writable_dir
+from exporter.errors import ExportError, OutputError
+from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
 from exporter.model import BACKBONES, MattingRefine
+from exporter.resources import require_memory
 from exporter.stages import Stages
 
 __all__ = ["BANNED_OPS", "BGRInputs", "OnnxExport", "check_graph", "export_module", "export_onnx"]
@@ -136,7 +137,6 @@ def export_onnx(
     weights: Weights,
     output: Path | None = None,
     *,
-    simplify: bool = True,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> OnnxExport:
     """Export ``MattingRefine`` with ``weights`` at ``config`` to ``output``, atomically
@@ -145,14 +145,16 @@ def export_onnx(
     Raises ``ConfigError`` for an impossible configuration, ``OutputError`` for an
     unwritable path and ``ExportError`` if the graph fails ``check_graph``.
     """
-    config = config.validate()
     output = Path(output) if output is not None else default_artifact_path(config.model_name)
+    check_writable(output)
+    if output.suffix != ".onnx":
+        raise OutputError(f"ONNX output {output} must end in .onnx")
+    require_memory(config)
     check_not_input(output, weights.source)
-    writable_dir(output)
     stages = Stages(on_stage)
     with stages("load"):
         module = BGRInputs(build_model(config, weights)).eval()
-    return export_module(module, config, weights.label, output, simplify=simplify, stages=stages)
+    return export_module(module, config, weights.label, output, stages=stages)
 
 
 def export_module(
@@ -161,7 +163,6 @@ def export_module(
     checkpoint: str,
     output: Path,
     *,
-    simplify: bool = True,
     stages: Stages | None = None,
     banned: frozenset[str] = BANNED_OPS,
 ) -> OnnxExport:
@@ -169,14 +170,15 @@ def export_module(
     ``config``'s metadata. ``export_onnx`` is this for the real model; tests use it to make
     deliberately broken exports that look like real ones."""
     output = Path(output)
-    writable_dir(output)
+    check_writable(output)
     stages = stages or Stages()
     with stages("export"):
         graph = _trace(module, config)
     before = graph
-    if simplify:
-        with stages("simplify"):
-            graph = _simplify(graph)
+    # Always: the traced graph computes shapes at run time (Shape -> Gather -> Concat ...),
+    # which only constant folding makes static; ONNX's shape inference leaves 48 unknown.
+    with stages("simplify"):
+        graph = _simplify(graph)
     with stages("check"):
         problems = check_graph(graph, banned)
         if problems:

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.artifact import RT_INFO_SECTION, read_onnx_metadata
+from exporter.artifact import RT_INFO_SECTION, check_onnx_io, read_onnx_metadata
 from exporter.checkpoint import Weights
-from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
-from exporter.errors import ArtifactError, ConfigError
+from exporter.config import ExportConfig, default_artifact_path
+from exporter.errors import ArtifactError, ConfigError, OutputError
 from exporter.export.int8 import Int8Options, calibration_frames, quantize_model
 from exporter.export.onnx import export_onnx
-from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, writable_dir
+from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, write_failure
 from exporter.stages import Stages
 
 __all__ = ["IRExport", "export_ir", "export_ir_from_weights"]
@@ -66,14 +66,15 @@ def export_ir(
     and quantize, for ``INT8`` only (default: synthetic frames, no accuracy control)."""
     import openvino as ov
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if int8 is not None and precision != "INT8":
         raise ConfigError(f"calibration options apply to INT8 only, not {precision}")
     if not Path(onnx_path).is_file():
         raise ArtifactError(f"ONNX model {onnx_path} does not exist")
     metadata = read_onnx_metadata(onnx_path)
+    if not metadata:
+        raise ArtifactError(f"{onnx_path} carries no bgm-export metadata; was it made by bgm-export?")
     config = ExportConfig.from_metadata(metadata).replace(precision=precision)
+    check_onnx_io(onnx_path, metadata)
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
@@ -83,7 +84,7 @@ def export_ir(
         int8 = (int8 or Int8Options()).validate()
         with stages("calibration data"):
             frames = calibration_frames(config, int8)
-    writable_dir(output)
+    check_writable(output)
     metadata["precision"] = precision
     with stages("convert"):
         model = ov.convert_model(str(onnx_path))
@@ -99,7 +100,10 @@ def export_ir(
             model.set_rt_info(value, [RT_INFO_SECTION, key])
     bin_path = output.with_suffix(".bin")
     with stages("save IR"), atomic_outputs(output, bin_path) as (xml_tmp, _):
-        ov.save_model(model, str(xml_tmp), compress_to_fp16=precision == "FP16")
+        try:
+            ov.save_model(model, str(xml_tmp), compress_to_fp16=precision == "FP16")
+        except RuntimeError as exc:  # OpenVINO's writer reports no errno
+            raise OutputError(f"cannot write {output}: {write_failure(xml_tmp.parent, exc)}") from None
     return IRExport(
         xml=output,
         bin=bin_path,
@@ -120,19 +124,17 @@ def export_ir_from_weights(
     output: Path | None,
     precision: str,
     *,
-    simplify: bool = True,
     int8: Int8Options | None = None,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
+    config = config.replace(precision=precision)  # a bad precision fails before the export
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     check_not_input(output, weights.source)
     check_not_input(output.with_suffix(".bin"), weights.source)
     check_writable(output)
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
-        onnx_file = export_onnx(
-            config, weights, Path(scratch) / f"{config.model_name}.onnx", simplify=simplify, on_stage=on_stage
-        )
+        onnx_file = export_onnx(config, weights, Path(scratch) / f"{config.model_name}.onnx", on_stage=on_stage)
         result = export_ir(onnx_file.path, output, precision, int8=int8, on_stage=on_stage)
     result.durations = {**onnx_file.durations, **result.durations}
     return result

@@ -21,7 +21,7 @@ from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig
 from exporter.export.onnx import BANNED_OPS, OnnxExport, export_module
 from exporter.model import MattingRefine
-from exporter.model.refiner import Refiner, _gather_patches, _window_pixels
+from exporter.model.refiner import Refiner, gather_patches, window_pixels
 
 __all__ = ["OriginalRecipe", "UpstreamRefiner", "export_upstream_onnx"]
 
@@ -32,7 +32,7 @@ class _RoiAlignCrop(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, rows, cols, size: int, stride: int):
-        return _gather_patches(x, rows[None], cols[None], size, stride)
+        return gather_patches(x, rows[None], cols[None], size, stride)
 
     @staticmethod
     def symbolic(g, x, rows, cols, size: int, stride: int):
@@ -93,7 +93,7 @@ class UpstreamRefiner(Refiner):
 
         out = F.interpolate(torch.cat([pha, fgr], dim=1), (height, width), mode="bilinear", align_corners=False)
         channels = out.shape[1]
-        pixel = _window_pixels(rows[None], cols[None], 4, 4, height, width)[0]
+        pixel = window_pixels(rows[None], cols[None], 4, 4, height, width)[0]
         pixel = pixel[:, None] + (torch.arange(channels) * (height * width))[None, :, None, None]
         out = out.reshape(-1).scatter(0, pixel.reshape(-1), patches.reshape(-1)).reshape(out.shape)
         return out[:, :1], out[:, 1:], ref.reshape(err.shape)
@@ -114,7 +114,7 @@ class OriginalRecipe(nn.Module):
         small = (math.floor(height * self.model.backbone_scale), math.floor(width * self.model.backbone_scale))
         src_sm = F.interpolate(src, small, mode="bilinear", align_corners=False)
         bgr_sm = F.interpolate(bgr, small, mode="bilinear", align_corners=False)
-        pha_sm, fgr_sm, err_sm, hid_sm = self.model._coarse(torch.cat([src_sm, bgr_sm], dim=1))
+        pha_sm, fgr_sm, err_sm, hid_sm = self.model.coarse(torch.cat([src_sm, bgr_sm], dim=1))
         pha, fgr, _ = self.model.refiner(torch.cat([src, bgr], dim=1), pha_sm, fgr_sm, err_sm, hid_sm)
         return pha.clamp(0.0, 1.0), (fgr + src).clamp(0.0, 1.0)
 

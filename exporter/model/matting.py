@@ -46,7 +46,7 @@ class MattingBase(nn.Module):
         self.aspp = ASPP(spec.channels, (3, 6, 9))
         self.decoder = Decoder([256, 128, 64, 48, 1 + 3 + 1 + 32], [*spec.skip_channels, 6])
 
-    def _coarse(self, src_bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coarse(self, src_bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """From ``cat([src, bgr])``: pha (clamped), fgr residual (not yet added to src),
         err (clamped), hid (ReLU)."""
         x, *shortcuts = self.backbone(src_bgr)
@@ -56,7 +56,7 @@ class MattingBase(nn.Module):
     def forward(
         self, src: torch.Tensor, bgr: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        pha, fgr, err, hid = self._coarse(torch.cat([src, bgr], dim=1))
+        pha, fgr, err, hid = self.coarse(torch.cat([src, bgr], dim=1))
         return pha, (fgr + src).clamp(0.0, 1.0), err, hid
 
 
@@ -119,7 +119,7 @@ class MattingRefine(MattingBase):
         # The original's interpolate(scale_factor, recompute_scale_factor=True) is this size.
         small = (math.floor(height * self.backbone_scale), math.floor(width * self.backbone_scale))
         src_bgr_sm = F.interpolate(src_bgr, small, mode="bilinear", align_corners=False)
-        pha_sm, fgr_sm, err_sm, hid_sm = self._coarse(src_bgr_sm)
+        pha_sm, fgr_sm, err_sm, hid_sm = self.coarse(src_bgr_sm)
         pha, fgr, ref_sm = self.refiner(src_bgr, pha_sm, fgr_sm, err_sm, hid_sm)
         return (
             pha.clamp(0.0, 1.0),

@@ -25,13 +25,13 @@ from torch import nn
 
 from exporter.config import REFINE_MODES
 
-__all__ = ["REFINE_MODES", "Refiner"]
+__all__ = ["REFINE_MODES", "Refiner", "gather_patches", "window_pixels"]
 
 # Channels: coarse hidden 32, then the refiner's stages, as in the original.
 _CHANNELS = (32, 24, 16, 12, 4)
 
 
-def _window_pixels(
+def window_pixels(
     rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int, height: int, width: int
 ) -> torch.Tensor:
     """Flat indices, into ``B`` stacked ``height x width`` planes, of the ``size``-square
@@ -44,14 +44,14 @@ def _window_pixels(
     return pixel + plane[:, None, None, None]
 
 
-def _gather_patches(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+def gather_patches(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int) -> torch.Tensor:
     """Crop ``size``-square windows whose corners are ``(rows, cols) * stride``.
 
     ``x`` is ``(B, C, H, W)`` (already padded); ``rows``/``cols`` are ``(B, K)`` patch grid
     coordinates. Returns ``(B * K, C, size, size)``.
     """
     batch, channels, height, width = x.shape
-    pixel = _window_pixels(rows, cols, size, stride, height, width)
+    pixel = window_pixels(rows, cols, size, stride, height, width)
     # Channels-last, so each gathered row is one pixel's contiguous channel vector; the
     # runtimes' convolutions want that layout anyway, which cancels the final permute.
     flat = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
@@ -187,15 +187,15 @@ class Refiner(nn.Module):
         cols = index - rows * quarter_w
 
         pad = 3 if self.kernel_size == 3 else 0
-        x = _gather_patches(F.pad(features, (pad,) * 4), rows, cols, 2 + 2 * pad, 2)
+        x = gather_patches(F.pad(features, (pad,) * 4), rows, cols, 2 + 2 * pad, 2)
         x = self._stage1(x)
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         pad = 2 if self.kernel_size == 3 else 0
-        y = _gather_patches(F.pad(src_bgr, (pad,) * 4), rows, cols, 4 + 2 * pad, 4)
+        y = gather_patches(F.pad(src_bgr, (pad,) * 4), rows, cols, 4 + 2 * pad, 4)
         patches = self._stage2(torch.cat([x, y], dim=1))  # (B * K, 4, 4, 4)
 
         # Flat positions of each patch's 16 pixels in one channel plane of ``coarse``.
-        pixel = _window_pixels(rows, cols, 4, 4, height, width).reshape(1, -1).expand(channels, -1)
+        pixel = window_pixels(rows, cols, 4, 4, height, width).reshape(1, -1).expand(channels, -1)
 
         values = patches.transpose(0, 1).reshape(channels, -1)
         planes = coarse.transpose(0, 1).reshape(channels, -1)

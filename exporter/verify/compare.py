@@ -7,11 +7,14 @@ Statistics are small pure functions over ``|actual - reference|``; a comparison 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from exporter import tolerances as tol
+from exporter.errors import ConfigError
 
 __all__ = [
     "BARS",
@@ -22,6 +25,7 @@ __all__ = [
     "compare_metrics",
     "compare_output",
     "differing_patches",
+    "overridden_bars",
 ]
 
 PATCH = 4  # the refiner's patch size at full resolution
@@ -73,6 +77,28 @@ SYNTHETIC_INT8_BARS = Bars(
     patch_share=tol.INT8_SYNTHETIC_PATCH_SHARE,
     metric_rise=tol.INT8_SYNTHETIC_METRIC_RISE,
 )
+
+# The bars a user may override, by option name: (precision, Bars field).
+BAR_OPTIONS = {
+    "fp32_max_abs": ("FP32", "max_abs"),
+    "fp32_patch_share": ("FP32", "patch_share"),
+    "fp16_mean_abs": ("FP16", "mean_abs"),
+    "fp16_patch_share": ("FP16", "patch_share"),
+}
+
+
+def overridden_bars(**values: float | None) -> dict[str, Bars]:
+    """The bars of the precisions that the given ``BAR_OPTIONS`` values (None: not given)
+    change, for ``verify(bars=...)``; ``ConfigError`` for a value that is not a number >= 0."""
+    bars: dict[str, Bars] = {}
+    for option, value in values.items():
+        if value is None:
+            continue
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"--{option.replace('_', '-')} {value}: a bar is a number >= 0")
+        precision, name = BAR_OPTIONS[option]
+        bars[precision] = dataclasses.replace(bars.get(precision, BARS[precision]), **{name: value})
+    return bars
 
 
 @dataclass

@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import InputError
-from exporter.images import IMAGE_SUFFIXES, read_image, to_model_input
+from exporter.images import IMAGE_SUFFIXES, read_image
 
 __all__ = ["Case", "image_cases", "room_case", "synthetic_case", "synthetic_cases"]
-# read_image and to_model_input live in exporter.images; imported here for image_cases and
-# for callers that build cases and feed them.
-__all__ += ["IMAGE_SUFFIXES", "read_image", "to_model_input"]
 
 
 @dataclass

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from exporter.verify import ArtifactResult, VerifyReport
+from exporter.errors import OutputError
+from exporter.files import atomic_outputs, check_not_input, check_writable
+from exporter.table import format_table
 from exporter.verify.metrics import METRICS
+from exporter.verify.run import ArtifactResult, VerifyReport
 
-__all__ = ["format_report", "verdict_line", "write_json", "write_previews"]
+__all__ = ["check_outputs", "format_report", "verdict_line", "write_previews"]
 
 
 def _e(value: float) -> str:
@@ -44,8 +48,7 @@ def format_report(report: VerifyReport) -> str:
                 (a.name, a.precision, name, _e(c.max_abs), _e(c.mean_abs), _e(c.p999_abs), _pct(c.share_over_level),
                  _pct(c.patch_share), f"{a.milliseconds:.0f}")
             )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    table = format_table(rows)
     lines = [
         f"Reference: eager PyTorch from {report.checkpoint}; cases: {', '.join(report.case_names)}",
         "",
@@ -70,9 +73,8 @@ def format_accuracy(report: VerifyReport) -> list[str]:
             if metric in a.metrics:
                 original, converted = a.reference_metrics[metric], a.metrics[metric]
                 rows.append((a.name, metric, f"{original:.4f}", f"{converted:.4f}", f"{converted - original:+.4f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     out = ["Accuracy against ground truth (Original model = eager PyTorch, equal to the original implementation):"]
-    out += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    out += format_table(rows)
     return [*out, ""]
 
 
@@ -84,10 +86,15 @@ def verdict_line(report: VerifyReport) -> str:
     return f"NOT VERIFIED: {len(failed)} of {len(report.artifacts)} artifact runs miss a bar: {names}"
 
 
-def write_json(report: VerifyReport, path: Path) -> None:
-    from exporter import files
-
-    files.write_json(report.to_dict(), path)
+def check_outputs(json_path: Path | None, previews: Path | None, *inputs: object) -> None:
+    """Before the work: neither output is an input, the JSON can be written, and the
+    previews' folder is not a file."""
+    for output in (json_path, previews):
+        check_not_input(output, *inputs)
+    if json_path is not None:
+        check_writable(json_path)
+    if previews is not None and previews.exists() and not previews.is_dir():
+        raise OutputError(f"--report {previews} is a file; give a folder for the PNG reports")
 
 
 def _heat(error: np.ndarray) -> np.ndarray:
@@ -111,32 +118,45 @@ def write_previews(report: VerifyReport, folder: Path) -> list[Path]:
     """Per artifact run, one PNG: |d| of pha and fgr (log heat-map, 1e-7..1), the
     reference's refined patches, and the artifact's (the reference's, with every patch
     that differs flipped and drawn red)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    written: list[Path] = []
+    try:
+        for a in report.artifacts:
+            written.append(_write_preview(a, folder))
+    except BaseException:  # a full disk or an interrupt: no partial set of reports is left
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return written
+
+
+def _write_preview(a: ArtifactResult, folder: Path) -> Path:
+    """One artifact run's PNG in ``folder``, written atomically."""
     from PIL import Image, ImageDraw
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for a in report.artifacts:
-        p = a.preview
-        reference = p["reference_ref"]
-        artifact = reference ^ p["flips"]
-        panels = [
-            ("pha |d| (log, 1e-7..1)", _heat(p["pha_error"])),
-            ("fgr |d| (log, 1e-7..1)", _heat(p["fgr_error"])),
-            ("reference: refined patches", _patch_map(reference, np.zeros_like(reference), 4)),
-            ("artifact: refined (red: differs)", _patch_map(artifact, p["flips"], 4)),
-        ]
-        h, w = panels[0][1].shape[:2]
-        canvas = Image.new("RGB", (2 * w, 2 * h + 40), (30, 30, 30))
-        draw = ImageDraw.Draw(canvas)
-        for i, (label, image) in enumerate(panels):
-            x, y = (i % 2) * w, (i // 2) * (h + 20)
-            canvas.paste(Image.fromarray(image), (x, y + 20))
-            draw.text((x + 4, y + 4), label, fill=(255, 255, 255))
-        name = re.sub(r"[^\w.-]+", "_", f"{a.path.parent.name}_{a.path.stem}_{a.runtime}")
-        target = folder / f"{name}.png"
-        if max(canvas.size) > 2600:
-            canvas = canvas.resize((canvas.size[0] // 2, canvas.size[1] // 2))
-        canvas.save(target)
-        written.append(target)
-    return written
+    p = a.preview
+    reference = p["reference_ref"]
+    artifact = reference ^ p["flips"]
+    panels = [
+        ("pha |d| (log, 1e-7..1)", _heat(p["pha_error"])),
+        ("fgr |d| (log, 1e-7..1)", _heat(p["fgr_error"])),
+        ("reference: refined patches", _patch_map(reference, np.zeros_like(reference), 4)),
+        ("artifact: refined (red: differs)", _patch_map(artifact, p["flips"], 4)),
+    ]
+    h, w = panels[0][1].shape[:2]
+    canvas = Image.new("RGB", (2 * w, 2 * h + 40), (30, 30, 30))
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, image) in enumerate(panels):
+        x, y = (i % 2) * w, (i // 2) * (h + 20)
+        canvas.paste(Image.fromarray(image), (x, y + 20))
+        draw.text((x + 4, y + 4), label, fill=(255, 255, 255))
+    name = re.sub(r"[^\w.-]+", "_", f"{a.path.parent.name}_{a.path.stem}_{a.runtime}")
+    target = folder / f"{name}.png"
+    if max(canvas.size) > 2600:
+        canvas = canvas.resize((canvas.size[0] // 2, canvas.size[1] // 2))
+    with atomic_outputs(target) as (temporary,):
+        canvas.save(temporary, format="PNG")
+    return target

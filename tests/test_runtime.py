@@ -1,0 +1,40 @@
+"""Running artifacts: which runtimes a file gets, what a runner knows, and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exporter.errors import ArtifactError
+from exporter.runtime import load_runner, runners_for
+from exporter.tolerances import FP32_ATOL
+
+
+def test_runners_follow_the_suffix(golden_onnx, golden_irs):
+    assert [r.runtime for r in runners_for(golden_onnx)] == ["onnxruntime", "openvino"]
+    assert [r.runtime for r in runners_for(golden_irs["FP32"])] == ["openvino"]
+
+
+def test_a_runner_knows_its_shape_and_both_runtimes_agree(golden_onnx, golden_bgr255):
+    ort, ov = runners_for(golden_onnx)
+    assert ort.input_shape == ov.input_shape == (1, 3, 192, 320)
+    assert ort.name == f"{golden_onnx.name} [onnxruntime]" and ov.compiled is not None
+    a, b = ort.run(*golden_bgr255), ov.run(*golden_bgr255)
+    assert a["pha"].shape == (1, 1, 192, 320) and a["fgr"].shape == (1, 3, 192, 320)
+    for name in ("pha", "fgr"):
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=FP32_ATOL)
+
+
+@pytest.mark.parametrize(
+    "artifact, runtime, device, message",
+    [
+        ("FP32", "onnxruntime", "CPU", "ONNX Runtime runs .onnx files"),
+        ("onnx", "tensorrt", "CPU", "runtime 'tensorrt' is not one of onnxruntime, openvino"),
+        ("onnx", "openvino", "TPU", "OpenVINO device TPU is not available here"),
+        ("missing", "openvino", "CPU", "does not exist"),
+    ],
+)
+def test_refusals(golden_onnx, golden_irs, tmp_path, artifact, runtime, device, message):
+    path = {"onnx": golden_onnx, "FP32": golden_irs["FP32"], "missing": tmp_path / "m.onnx"}[artifact]
+    with pytest.raises(ArtifactError, match=message):
+        load_runner(path, runtime, device)
