@@ -12,6 +12,7 @@ import contextlib
 import functools
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,7 +54,9 @@ class Commands(TyperGroup):
         from typer._click.exceptions import NoArgsIsHelpError, UsageError
         from typer.exceptions import Abort
 
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        # Handlers can only be set from the main thread (an embedding host may call us elsewhere).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except NoArgsIsHelpError as exc:  # Typer has printed the help already
@@ -65,7 +68,8 @@ class Commands(TyperGroup):
         except Abort:
             code = 1
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)

@@ -216,11 +216,18 @@ def test_bad_input_is_one_line_exit_two_and_writes_nothing(case, message, model,
     assert not out.is_dir() or list(out.iterdir()) == []
 
 
-def test_mismatched_frame_size_in_a_folder(model, tmp_path):
+@pytest.mark.parametrize(
+    "second, size, message",
+    [
+        ("b.png", (64, 64), "must share a size"),
+        ("a.jpg", (96, 160), "has frames sharing a name: a.jpg, a.png"),  # a's results would overwrite each other
+    ],
+)
+def test_frames_that_cannot_go_together_are_refused(model, tmp_path, second, size, message):
     save(synthetic_case(96, 160, 1).src, tmp_path / "frames/a.png")
-    save(synthetic_case(64, 64, 1).src, tmp_path / "frames/b.png")
+    save(synthetic_case(*size, 2).src, tmp_path / "frames" / second)
     bgr = save(synthetic_case(96, 160, 1).bgr, tmp_path / "bgr.png")
-    with pytest.raises(InputError, match="must share a size"):
+    with pytest.raises(InputError, match=message):
         matte(model, tmp_path / "frames", bgr, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()  # the folder matte created is gone too
 
@@ -368,11 +375,3 @@ def test_sixteen_bit_grey_and_oversized_images(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(InputError, match="is larger than the 100 pixels Pillow opens safely"):
         read_image(path)
-
-
-def test_frames_sharing_a_name_are_refused(model, tmp_path):
-    save(synthetic_case(96, 160, 1).src, tmp_path / "frames/a.png")
-    save(synthetic_case(96, 160, 2).src, tmp_path / "frames/a.jpg")
-    bgr = save(synthetic_case(96, 160, 1).bgr, tmp_path / "bgr.png")
-    with pytest.raises(InputError, match="has frames sharing a name: a.jpg, a.png"):
-        matte(model, tmp_path / "frames", bgr, out=tmp_path / "out")
