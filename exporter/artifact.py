@@ -18,6 +18,7 @@ __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
     "RT_INFO_SECTION",
+    "artifact_kind",
     "artifact_metadata",
     "check_io",
     "check_onnx_io",
@@ -124,20 +125,28 @@ def check_io(
                 )
 
 
-def artifact_metadata(path: Path) -> dict[str, str]:
-    """The bgm-export metadata of an ``.onnx`` or ``.xml``; ``ArtifactError`` if it has none."""
+def artifact_kind(path: Path) -> str:
+    """``.onnx`` or ``.xml``: the suffix of a regular file that can be an artifact;
+    ``ArtifactError`` saying what ``path`` is otherwise."""
     path = Path(path)
     if path.is_dir():
         raise ArtifactError(f"artifact {path} is a directory; give an .onnx or .xml file")
-    if not path.is_file():
+    if not path.exists():
         raise ArtifactError(f"artifact {path} does not exist")
-    if path.suffix == ".onnx":
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} is not a regular file")
+    if path.suffix not in (".onnx", ".xml"):
+        raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
+    return path.suffix
+
+
+def artifact_metadata(path: Path) -> dict[str, str]:
+    """The bgm-export metadata of an ``.onnx`` or ``.xml``; ``ArtifactError`` if it has none."""
+    if artifact_kind(path) == ".onnx":
         metadata = read_onnx_metadata(path)
-    elif path.suffix == ".xml":
+    else:
         metadata = read_ir_metadata(path)
         check_ir_weights(path)
-    else:
-        raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
     if not metadata:
         raise ArtifactError(f"{path} carries no bgm-export metadata; was it made by bgm-export?")
     return metadata

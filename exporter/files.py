@@ -87,6 +87,13 @@ def check_writable(path: Path) -> None:
         raise OutputError(f"cannot create output folder {path.parent}: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {ancestor} is not writable")
+    # Permission bits do not tell a read-only mount, /proc, or root's view: try for real.
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".bgm-export-probe-", dir=ancestor)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {ancestor}: {_reason(exc)}") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager

@@ -181,17 +181,15 @@ def ir_info(xml: Path) -> ModelInfo:
 
 
 def artifact_info(path: Path) -> ModelInfo:
+    from exporter.artifact import artifact_kind
+
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"artifact {path} does not exist")
-    if path.suffix == ".onnx":
-        info = onnx_info(path)
-        before = info.metadata.get("nodes_before_simplify")
-        info.nodes_before_simplify = int(before) if before and before.isdigit() else None
-        return info
-    if path.suffix == ".xml":
+    if artifact_kind(path) == ".xml":
         return ir_info(path)
-    raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")
+    info = onnx_info(path)
+    before = info.metadata.get("nodes_before_simplify")
+    info.nodes_before_simplify = int(before) if before and before.isdigit() else None
+    return info
 
 
 def checkpoint_info(config: object, weights: object) -> ModelInfo:

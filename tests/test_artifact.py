@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,8 @@ def test_files_that_are_not_artifacts(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x00\x01garbage")
     with pytest.raises(ArtifactError, match="is not a readable ONNX model"):
         artifact_metadata(tmp_path / "bad.onnx")
+    (tmp_path / "d.onnx").mkdir()
+    with pytest.raises(ArtifactError, match="is a directory; give an .onnx or .xml file"):
+        artifact_metadata(tmp_path / "d.onnx")
+    with pytest.raises(ArtifactError, match="artifact /dev/null is not a regular file"):
+        artifact_metadata(Path("/dev/null"))

@@ -49,7 +49,7 @@ def test_ir_without_onnx_exports_first_and_leaves_no_onnx(tmp_path, monkeypatch)
         (["onnx", "--output", "m.xml"], "ONNX output m.xml must end in .onnx"),
         (["onnx", "--output", "folder/"], "ONNX output folder must end in .onnx"),
         (["onnx", "--height", "100000", "--width", "100000"], "100000x100000 needs about 4501.2 GB of memory"),
-        (["ir", "--precision", "FP32", "--onnx", "missing.onnx"], "ONNX model missing.onnx does not exist"),
+        (["ir", "--precision", "FP32", "--onnx", "missing.onnx"], "artifact missing.onnx does not exist"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_two(args, message, tmp_path, monkeypatch):

@@ -73,13 +73,15 @@ def test_failed_save_leaves_existing_pair_untouched(golden_onnx, tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
 
 
-def test_bad_arguments(golden_onnx, tmp_path):
+def test_bad_arguments(golden_onnx, golden_irs, tmp_path):
     with pytest.raises(ConfigError, match="precision 'INT4'"):
         export_ir(golden_onnx, tmp_path / "m.xml", "INT4")
     with pytest.raises(ConfigError, match="must end in .xml"):
         export_ir(golden_onnx, tmp_path / "m.bin", "FP32")
     with pytest.raises(ArtifactError, match="does not exist"):
         export_ir(tmp_path / "missing.onnx", tmp_path / "m.xml", "FP32")
+    with pytest.raises(ArtifactError, match="is an IR; give the .onnx it was converted from"):
+        export_ir(golden_irs["FP32"], tmp_path / "m.xml", "FP16")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ArtifactError, match="not a readable ONNX model"):
         export_ir(tmp_path / "junk.onnx", tmp_path / "m.xml", "FP32")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter.errors import OutputError
@@ -40,6 +42,14 @@ def test_check_writable_creates_nothing(tmp_path):
         check_writable(tmp_path / "file" / "m.xml")
     with pytest.raises(OutputError, match="is a directory"):
         check_writable(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the probe file is gone
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_check_writable_tries_for_real():
+    """/proc passes the permission bits for root, and takes no files: found before the work."""
+    with pytest.raises(OutputError, match="cannot write in /proc"):
+        check_writable(Path("/proc/bench.json"))
 
 
 def test_write_json_and_sha256(tmp_path):

@@ -170,6 +170,7 @@ def identity_model(path: Path) -> Path:
         ("wrong-model", "carries no bgm-export metadata; was it made by bgm-export?"),
         ("corrupt-second-frame", "cannot read image"),
         ("out-is-a-file", "exists and is not a folder"),
+        ("bgr-of-another-view", "is 96x96, another aspect than the frames' 160x96: it cannot be the same view"),
     ],
 )
 def test_bad_input_is_one_line_exit_two_and_writes_nothing(case, message, model, tmp_path):
@@ -206,6 +207,8 @@ def test_bad_input_is_one_line_exit_two_and_writes_nothing(case, message, model,
         args["--src"] = tmp_path / "frames"
     elif case == "out-is-a-file":
         (tmp_path / "out").write_text("x")
+    elif case == "bgr-of-another-view":
+        args["--bgr"] = save(synthetic_case(96, 96, 1).bgr, tmp_path / "square.png")
     argv = ["matte", *[str(v) for pair in args.items() for v in pair], *extra]
     result = runner.invoke(app, argv)
     assert result.exit_code == 2, result.output

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.artifact import RT_INFO_SECTION, check_onnx_io, read_onnx_metadata
+from exporter.artifact import RT_INFO_SECTION, artifact_kind, artifact_metadata, check_onnx_io
 from exporter.checkpoint import Weights
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError, OutputError
@@ -68,11 +68,9 @@ def export_ir(
 
     if int8 is not None and precision != "INT8":
         raise ConfigError(f"calibration options apply to INT8 only, not {precision}")
-    if not Path(onnx_path).is_file():
-        raise ArtifactError(f"ONNX model {onnx_path} does not exist")
-    metadata = read_onnx_metadata(onnx_path)
-    if not metadata:
-        raise ArtifactError(f"{onnx_path} carries no bgm-export metadata; was it made by bgm-export?")
+    if artifact_kind(onnx_path) != ".onnx":
+        raise ArtifactError(f"--onnx {onnx_path} is an IR; give the .onnx it was converted from")
+    metadata = artifact_metadata(onnx_path)
     config = ExportConfig.from_metadata(metadata).replace(precision=precision)
     check_onnx_io(onnx_path, metadata)
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)

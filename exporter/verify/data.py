@@ -117,6 +117,8 @@ def image_cases(
     read only the first frames (sorted by name)."""
     folder = Path(folder)
     com, bgr = folder / "com", folder / "bgr"
+    if not folder.is_dir():
+        raise InputError(f"images folder {folder} does not exist or is not a folder")
     if not com.is_dir() or not bgr.is_dir():
         raise InputError(f"{folder} needs com/ and bgr/ subfolders (Open Model Zoo HumanMatting layout)")
     names = sorted(p.name for p in com.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
