@@ -68,8 +68,8 @@ class Commands(TyperGroup):
         except Abort:
             code = 1
         finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            if main_thread:  # None: the previous handler was not Python's; the default is the nearest
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
