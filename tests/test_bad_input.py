@@ -190,8 +190,9 @@ def test_a_full_disk_in_verify_report_is_named_and_leaves_nothing(golden_onnx, t
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_resolution_that_cannot_fit_in_memory_is_refused_before_work(weights, monkeypatch):
+def test_a_resolution_that_cannot_fit_in_memory_is_refused_before_work(weights, golden_onnx, monkeypatch):
     from exporter.export.onnx import export_onnx
+    from exporter.verify import verify
 
     config = ExportConfig(height=16000, width=16000)
     assert resources.estimated_memory(config) == pytest.approx(1.2e9 + 450 * 16000**2)
@@ -199,6 +200,9 @@ def test_a_resolution_that_cannot_fit_in_memory_is_refused_before_work(weights, 
     with pytest.raises(ConfigError, match=r"16000x16000 needs about 116\.4 GB of memory .* 8\.0 GB is available"):
         export_onnx(config, weights, Path("never-written.onnx"))
     assert not Path("never-written.onnx").exists()
+    monkeypatch.setattr(resources, "available_memory", lambda: 1e9)  # verify's eager reference too
+    with pytest.raises(ConfigError, match=r"192x320 needs about 1\.2 GB of memory .* 1\.0 GB is available"):
+        verify([golden_onnx], weights, cases=1)
     monkeypatch.setattr(resources, "available_memory", lambda: None)  # no /proc/meminfo: no guess
     resources.require_memory(config)
 

@@ -22,6 +22,7 @@ from exporter.checkpoint import Weights, build_model, resolve_weights
 from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError
 from exporter.images import to_eager_input, to_model_input
+from exporter.resources import require_memory
 from exporter.runtime import runners_for
 from exporter.verify.compare import (
     BARS,
@@ -227,6 +228,7 @@ def verify(
                 f"{artifact_weights.label}"
             )
         if key not in references:
+            require_memory(config)
             if on_progress:
                 on_progress(f"reference: eager PyTorch at {config.height}x{config.width}")
             data = (
