@@ -21,10 +21,9 @@ __all__ = [
     "artifact_kind",
     "artifact_metadata",
     "check_io",
-    "check_onnx_io",
-    "check_ir_weights",
     "io_shapes",
     "op_histogram",
+    "read_ir",
     "read_ir_metadata",
     "read_onnx_metadata",
 ]
@@ -46,46 +45,52 @@ def _load_onnx(path: Path) -> object:
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, without loading its weights."""
-    return {p.key: p.value for p in _load_onnx(path).metadata_props}
+    return _onnx_metadata(_load_onnx(path))
 
 
-def check_onnx_io(path: Path, metadata: dict[str, str]) -> None:
-    """``check_io`` for an ONNX file, from its graph's declared inputs and outputs."""
-    graph = _load_onnx(path).graph
+def _onnx_metadata(model: object) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _onnx_io(model: object) -> tuple[dict[str, list], dict[str, list]]:
+    """Declared input and output shapes of an ``onnx.ModelProto``, by name."""
 
     def shapes(values: Sequence) -> dict[str, list]:
         return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
                 for v in values}  # fmt: skip
 
-    check_io(path, shapes(graph.input), shapes(graph.output), metadata)
+    return shapes(model.graph.input), shapes(model.graph.output)
 
 
-def read_ir_metadata(xml: Path) -> dict[str, str]:
-    """The ``model_info`` rt_info of an IR, read from its ``.xml`` only."""
+def _ir_root(xml: Path) -> object:
     import xml.etree.ElementTree as ElementTree
 
     try:
-        root = ElementTree.parse(xml).getroot()
+        return ElementTree.parse(xml).getroot()
     except (OSError, ElementTree.ParseError) as exc:
         raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {exc}") from None
+
+
+def _ir_metadata(root: object) -> dict[str, str]:
     section = root.find(f"rt_info/{RT_INFO_SECTION}")
     if section is None:
         return {}
     return {child.tag: child.attrib.get("value", "") for child in section}
 
 
-def check_ir_weights(xml: Path) -> None:
-    """``ArtifactError`` naming the cause when the ``.bin`` beside ``xml`` is missing or
-    shorter than the constants the ``.xml`` lists (OpenVINO itself names neither)."""
-    import xml.etree.ElementTree as ElementTree
+def read_ir_metadata(xml: Path) -> dict[str, str]:
+    """The ``model_info`` rt_info of an IR, read from its ``.xml`` only."""
+    return _ir_metadata(_ir_root(xml))
 
+
+def read_ir(xml: Path) -> dict[str, str]:
+    """``read_ir_metadata`` (possibly empty), after checking that the ``.bin`` beside ``xml``
+    is there and long enough for the constants the ``.xml`` lists: ``ArtifactError`` naming
+    the cause otherwise (OpenVINO itself names neither). The ``.xml`` is parsed once."""
     bin_path = Path(xml).with_suffix(".bin")
     if not bin_path.is_file():
         raise ArtifactError(f"{bin_path} is missing: an IR's weights live beside its .xml (re-run `bgm-export ir`)")
-    try:
-        root = ElementTree.parse(xml).getroot()
-    except (OSError, ElementTree.ParseError) as exc:
-        raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {exc}") from None
+    root = _ir_root(xml)
     needed = max(
         (int(data.get("offset", 0)) + int(data.get("size", 0)) for data in root.iterfind("layers/layer/data")
          if "offset" in data.attrib),
@@ -97,6 +102,7 @@ def check_ir_weights(xml: Path) -> None:
             f"{bin_path} is {size:,} bytes, smaller than the {needed:,} its .xml expects: it is truncated "
             "or belongs to another IR (re-run `bgm-export ir`)"
         )
+    return _ir_metadata(root)
 
 
 def io_shapes(config: ExportConfig) -> dict[str, tuple[int, ...]]:
@@ -141,12 +147,17 @@ def artifact_kind(path: Path) -> str:
 
 
 def artifact_metadata(path: Path) -> dict[str, str]:
-    """The bgm-export metadata of an ``.onnx`` or ``.xml``; ``ArtifactError`` if it has none."""
-    if artifact_kind(path) == ".onnx":
-        metadata = read_onnx_metadata(path)
+    """The bgm-export metadata of an ``.onnx`` or ``.xml``; ``ArtifactError`` if it has none.
+    An ``.onnx`` (parsed whole here anyway) also has its declared inputs and outputs checked
+    against it; an IR's are checked where it is compiled (``exporter.runtime``), and its
+    ``.bin`` here (``read_ir``)."""
+    if artifact_kind(path) == ".xml":
+        metadata = read_ir(path)
     else:
-        metadata = read_ir_metadata(path)
-        check_ir_weights(path)
+        model = _load_onnx(path)
+        metadata = _onnx_metadata(model)
+        if metadata:
+            check_io(path, *_onnx_io(model), metadata)
     if not metadata:
         raise ArtifactError(f"{path} carries no bgm-export metadata; was it made by bgm-export?")
     return metadata

@@ -8,9 +8,18 @@ import numpy as np
 
 from exporter.errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "to_eager_input", "to_model_input"]
+__all__ = ["ASPECT_SLACK", "IMAGE_SUFFIXES", "read_image", "same_aspect", "to_eager_input", "to_model_input"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Two images show the same view when their aspects differ by at most this (rounding of a
+# resolution: 1366x768 against 1280x720 is 0.05%).
+ASPECT_SLACK = 0.01
+
+
+def same_aspect(size: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Whether ``(height, width)`` sizes ``size`` and ``other`` have one aspect, within ``ASPECT_SLACK``."""
+    (height, width), (other_height, other_width) = size, other
+    return abs(width * other_height / (height * other_width) - 1) <= ASPECT_SLACK
 
 
 def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:

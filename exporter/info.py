@@ -149,10 +149,10 @@ def ir_info(xml: Path) -> ModelInfo:
 
     import openvino as ov
 
-    from exporter.artifact import check_ir_weights, read_ir_metadata
+    from exporter.artifact import read_ir
 
     xml = Path(xml)
-    check_ir_weights(xml)
+    metadata = read_ir(xml)
     try:
         model = ov.Core().read_model(str(xml))
     except Exception as exc:  # OpenVINO raises RuntimeError with a long report
@@ -176,7 +176,7 @@ def ir_info(xml: Path) -> ModelInfo:
         nodes_before_simplify=None,
         ops=dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
         files={str(p): p.stat().st_size for p in (xml, bin_path) if p.exists()},
-        metadata=read_ir_metadata(xml),
+        metadata=metadata,
     )
 
 

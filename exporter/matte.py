@@ -32,7 +32,7 @@ import numpy as np
 
 from exporter.errors import InputError, OutputError
 from exporter.files import remove_empty
-from exporter.images import IMAGE_SUFFIXES, read_image, to_model_input
+from exporter.images import IMAGE_SUFFIXES, read_image, same_aspect, to_model_input
 from exporter.runtime import Runner, load_runner
 
 __all__ = [
@@ -58,9 +58,6 @@ IMAGE_DEFAULT_OUTPUTS = ("alpha", "foreground", "composite")
 VIDEO_CODEC = "mp4v"
 # Frames decoded ahead of inference, and frames handed to the writers not yet written:
 # enough to keep every stage busy, few enough that memory does not grow with the video.
-# Largest relative difference of aspect between the background and the frames (rounding of
-# a resolution, e.g. 1366x768 against 1280x720, is 0.1%).
-ASPECT_TOLERANCE = 0.01
 READ_AHEAD = 4
 WRITE_BEHIND = 8
 PNG_WRITERS = 2
@@ -427,9 +424,9 @@ def matte(
     background = read_image(Path(bgr))
     backdrop = parse_target(target)
     warnings = []
-    (bh, bw), (fh, fw) = background.shape[:2], source.size
-    if not align and abs(bw * fh - fw * bh) > ASPECT_TOLERANCE * fw * bh:
+    if not align and not same_aspect(background.shape[:2], source.size):
         # Resizing would stretch it: it cannot be a capture of the frames' view.
+        (bh, bw), (fh, fw) = background.shape[:2], source.size
         raise InputError(
             f"background {bgr} is {bw}x{bh}, another aspect than the frames' {fw}x{fh}: it cannot be the "
             "same view; capture it with the same camera setting, or pass --align"

@@ -82,12 +82,21 @@ def _openvino(path: Path, metadata: dict[str, str], device: str, f32: bool, thro
     return Runner(path, "openvino", run, shape, compiled)
 
 
-def load_runner(path: Path, runtime: str, device: str = "CPU", f32: bool = True, throughput: bool = False) -> Runner:
+def load_runner(
+    path: Path,
+    runtime: str,
+    device: str = "CPU",
+    f32: bool = True,
+    throughput: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Runner:
     """``f32``: on CPU, compute in f32 whatever the device's default (parity checks want
     that; deployment may not). ``throughput``: OpenVINO's THROUGHPUT hint, for pipelines
-    that keep several requests in flight (``Runner.compiled``)."""
+    that keep several requests in flight (``Runner.compiled``). ``metadata``: the file's, if
+    the caller has read it already (``artifact_metadata``); else it is read here."""
     path = Path(path)
-    metadata = artifact_metadata(path)  # a file without bgm-export's metadata is refused here
+    if metadata is None:  # a file without bgm-export's metadata is refused here
+        metadata = artifact_metadata(path)
     if runtime == "onnxruntime":
         if path.suffix != ".onnx":
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
@@ -97,9 +106,10 @@ def load_runner(path: Path, runtime: str, device: str = "CPU", f32: bool = True,
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 
-def runners_for(path: Path) -> list[Runner]:
-    """``.onnx``: ONNX Runtime and OpenVINO; ``.xml``: OpenVINO."""
+def runners_for(path: Path, metadata: dict[str, str] | None = None) -> list[Runner]:
+    """``.onnx``: ONNX Runtime and OpenVINO; ``.xml``: OpenVINO. The file is read once."""
     path = Path(path)
-    if path.suffix == ".onnx":
-        return [load_runner(path, "onnxruntime"), load_runner(path, "openvino")]
-    return [load_runner(path, "openvino")]
+    if metadata is None:
+        metadata = artifact_metadata(path)
+    runtimes = ("onnxruntime", "openvino") if path.suffix == ".onnx" else ("openvino",)
+    return [load_runner(path, runtime, metadata=metadata) for runtime in runtimes]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter.artifact import RT_INFO_SECTION, artifact_kind, artifact_metadata, check_onnx_io
+from exporter.artifact import RT_INFO_SECTION, artifact_kind, artifact_metadata
 from exporter.checkpoint import Weights
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError, OutputError
@@ -72,7 +72,6 @@ def export_ir(
         raise ArtifactError(f"--onnx {onnx_path} is an IR; give the .onnx it was converted from")
     metadata = artifact_metadata(onnx_path)
     config = ExportConfig.from_metadata(metadata).replace(precision=precision)
-    check_onnx_io(onnx_path, metadata)
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")

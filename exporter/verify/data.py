@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import InputError
-from exporter.images import IMAGE_SUFFIXES, read_image
+from exporter.images import IMAGE_SUFFIXES, read_image, same_aspect
 
 __all__ = ["Case", "image_cases", "room_case", "synthetic_case", "synthetic_cases"]
 
@@ -90,10 +90,6 @@ def synthetic_cases(height: int, width: int, count: int, seed: int = 0) -> list[
     return [synthetic_case(height, width, seed + i) for i in range(count)]
 
 
-# Calibration frames may differ from the model's aspect by this much (rounding of sizes).
-ASPECT_SLACK = 0.01
-
-
 def _check_aspect(path: Path, height: int, width: int) -> None:
     from PIL import Image, UnidentifiedImageError
 
@@ -102,7 +98,7 @@ def _check_aspect(path: Path, height: int, width: int) -> None:
             frame_width, frame_height = image.size
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
-    if abs(frame_width * height / (frame_height * width) - 1) > ASPECT_SLACK:
+    if not same_aspect((frame_height, frame_width), (height, width)):
         raise InputError(
             f"{path} is {frame_width}x{frame_height}, an aspect other than the model's {width}x{height}: "
             "calibrate on frames shaped like the deployment's"

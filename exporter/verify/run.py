@@ -99,10 +99,12 @@ class VerifyReport:
         return self.passed
 
     def to_dict(self) -> dict:
+        def checks(items: list[Check]) -> list[dict]:
+            return [{"name": k.name, "value": k.value, "bound": k.bound, "passed": k.passed} for k in items]
+
         def output(c: OutputComparison) -> dict:
             stats = {k: v for k, v in vars(c).items() if k != "checks"}
-            checks = [{"name": k.name, "value": k.value, "bound": k.bound, "passed": k.passed} for k in c.checks]
-            return {**stats, "checks": checks, "passed": c.passed}
+            return {**stats, "checks": checks(c.checks), "passed": c.passed}
 
         return {
             "passed": self.passed,
@@ -123,9 +125,7 @@ class VerifyReport:
                     "outputs": {name: output(c) for name, c in a.outputs.items()},
                     "metrics": a.metrics,
                     "reference_metrics": a.reference_metrics,
-                    "accuracy_checks": [
-                        {"name": k.name, "value": k.value, "bound": k.bound, "passed": k.passed} for k in a.accuracy
-                    ],
+                    "accuracy_checks": checks(a.accuracy),
                 }
                 for a in self.artifacts
             ],
@@ -246,7 +246,7 @@ def verify(
             # Artifacts of several resolutions each get their own cases: list them all, once.
             report.case_names += [case.name for case in data if case.name not in report.case_names]
         reference = references[key]
-        for runner in runners_for(path):
+        for runner in runners_for(path, metadata):
             if on_progress:
                 on_progress(f"running {runner.name}")
             actual: dict[str, list[np.ndarray]] = {"pha": [], "fgr": []}
