@@ -16,6 +16,8 @@ from collections import OrderedDict
 
 import torch
 
+from exporter.backbones import DEFAULT_BACKBONE
+
 __all__ = ["SYNTHETIC_NAME", "SYNTHETIC_SEED0_SHA256", "content_sha256", "synthetic_state_dict"]
 
 SYNTHETIC_NAME = "bgmv2-synthetic-v1"
@@ -31,7 +33,7 @@ _DAMPED_RESIDUAL = re.compile(r"backbone\.layer\d+\.\d+\.bn3\.weight")
 _RESIDUAL_DAMPING = 0.2
 
 
-def synthetic_state_dict(seed: int = 0, backbone: str = "mobilenetv2") -> OrderedDict[str, torch.Tensor]:
+def synthetic_state_dict(seed: int = 0, backbone: str = DEFAULT_BACKBONE) -> OrderedDict[str, torch.Tensor]:
     """The recipe's state_dict for ``MattingRefine(backbone)``, in the official key order."""
     from exporter.model import MattingRefine
 

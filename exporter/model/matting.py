@@ -41,7 +41,6 @@ class MattingBase(nn.Module):
     def __init__(self, backbone: str = DEFAULT_BACKBONE) -> None:
         super().__init__()
         spec = get_backbone(backbone)
-        self.backbone_name = spec.name
         self.backbone = spec.build_encoder(6)
         self.aspp = ASPP(spec.channels, (3, 6, 9))
         self.decoder = Decoder([256, 128, 64, 48, 1 + 3 + 1 + 32], [*spec.skip_channels, 6])
