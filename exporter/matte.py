@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.artifact import artifact_kind
 from exporter.errors import InputError, OutputError
 from exporter.files import remove_empty
 from exporter.images import IMAGE_SUFFIXES, read_image, same_aspect, to_model_input
@@ -416,8 +417,7 @@ def matte(
     if device.split(":")[0] not in DEVICES:
         raise InputError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     model = Path(model)
-    if model.suffix not in (".xml", ".onnx"):
-        raise InputError(f"model {model} is neither .xml nor .onnx")
+    artifact_kind(model)  # a missing or wrong model file is named before any frame is read
     source = _source(src)
     video = source.names is None
     kinds = parse_outputs(outputs, video)
