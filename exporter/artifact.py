@@ -18,6 +18,7 @@ __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
     "RT_INFO_SECTION",
+    "artifact_files",
     "artifact_kind",
     "artifact_metadata",
     "check_io",
@@ -85,9 +86,9 @@ def read_ir_metadata(xml: Path) -> dict[str, str]:
 
 def read_ir(xml: Path) -> dict[str, str]:
     """``read_ir_metadata`` (possibly empty), after checking that the ``.bin`` beside ``xml``
-    is there and long enough for the constants the ``.xml`` lists: ``ArtifactError`` naming
-    the cause otherwise (OpenVINO itself names neither). The ``.xml`` is parsed once."""
-    bin_path = Path(xml).with_suffix(".bin")
+    is there and exactly as long as the constants the ``.xml`` lists: ``ArtifactError``
+    naming the cause otherwise (OpenVINO itself names none). The ``.xml`` is parsed once."""
+    bin_path = artifact_files(xml)[1]
     if not bin_path.is_file():
         raise ArtifactError(f"{bin_path} is missing: an IR's weights live beside its .xml (re-run `bgm-export ir`)")
     root = _ir_root(xml)
@@ -101,6 +102,14 @@ def read_ir(xml: Path) -> dict[str, str]:
         raise ArtifactError(
             f"{bin_path} is {size:,} bytes, smaller than the {needed:,} its .xml expects: it is truncated "
             "or belongs to another IR (re-run `bgm-export ir`)"
+        )
+    # OpenVINO writes the constants back to back, the last ending the file (FP32, FP16 and
+    # INT8 alike), so a longer .bin is another IR's: an INT8 .xml beside the FP32 .bin would
+    # otherwise fail in OpenVINO with a message that names neither file.
+    if size > needed:
+        raise ArtifactError(
+            f"{bin_path} is {size:,} bytes, larger than the {needed:,} its .xml expects: the .bin does not "
+            f"belong to this .xml (another precision's or model's?; re-run `bgm-export ir`)"
         )
     return _ir_metadata(root)
 
@@ -129,6 +138,15 @@ def check_io(
                     f"{path} {kind} of shape {list(shape)} ({name}), but its metadata says "
                     f"{list(expected[name])}: the metadata was copied from another model"
                 )
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """The files an artifact consists of: an ``.xml`` and the ``.bin`` beside it (whether or
+    not it exists yet), any other path alone. What an output must never overwrite."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        return [path, path.with_suffix(".bin")]
+    return [path]
 
 
 def artifact_kind(path: Path) -> str:

@@ -22,31 +22,28 @@ import torch
 
 from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig
+from exporter.data import synthetic_cases
+from exporter.eager import EagerRunner
 from exporter.export.onnx import export_onnx
 from exporter.export.openvino import export_ir
 from exporter.export.upstream import export_upstream_onnx
-from exporter.images import to_eager_input, to_model_input
+from exporter.files import check_not_input, check_writable
+from exporter.images import to_model_input
 from exporter.info import count_flops
+from exporter.pipeline.infer import InferStage
+from exporter.resources import cpu_description
+from exporter.runtime import LayerTime, Runner, load_runner
 from exporter.table import format_table
-from exporter.verify.data import synthetic_case
 
-__all__ = ["BenchReport", "BenchRow", "LayerCost", "bench", "format_bench"]
+__all__ = ["BenchReport", "BenchRow", "bench", "format_bench"]
 
 WARMUP = 3
 SETTLE_SECONDS = 1.0
 
 
 @dataclass
-class LayerCost:
-    name: str
-    type: str
-    kernel: str
-    milliseconds: float
-
-
-@dataclass
 class BenchRow:
-    """One model in one runtime."""
+    """One model in one runtime and one arithmetic."""
 
     name: str
     runtime: str
@@ -54,15 +51,20 @@ class BenchRow:
     inference: str  # arithmetic
     median_ms: float
     p90_ms: float
-    throughput_fps: float  # OpenVINO: THROUGHPUT hint; otherwise one request at a time
+    throughput_fps: float  # OpenVINO: THROUGHPUT hint, every stream busy; otherwise 1000 / median
     gflops: float
     speedup_latency: float = 0.0
     speedup_throughput: float = 0.0
-    profile: list[LayerCost] = field(default_factory=list)
+    conv_share: float | None = None  # share of the profiled time (LATENCY hint) in convolutions
+    profile: list[LayerTime] = field(default_factory=list)  # the costliest layers
 
     @property
     def gflops_per_second(self) -> float:
         return self.gflops * self.throughput_fps
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.inference})"
 
 
 @dataclass
@@ -71,6 +73,21 @@ class BenchReport:
     checkpoint: str
     threads: int
     rows: list[BenchRow]
+    cpu: str = ""
+
+    def ratios(self) -> list[dict]:
+        """Every IR against the original recipe's IR in the same arithmetic."""
+        peers = {r.inference: r for r in self.rows if r.name == ORIGINAL}
+        return [
+            {
+                "row": row.label,
+                "against": peers[row.inference].label,
+                "latency": peers[row.inference].median_ms / row.median_ms,
+                "throughput": row.throughput_fps / peers[row.inference].throughput_fps,
+            }
+            for row in self.rows
+            if row.runtime == "openvino" and row.name != ORIGINAL and row.inference in peers
+        ]
 
     def to_dict(self) -> dict:
         return {
@@ -78,21 +95,19 @@ class BenchReport:
             "sample_pixels": self.config.sample_pixels,
             "checkpoint": self.checkpoint,
             "threads": self.threads,
+            "cpu": self.cpu,
             "rows": [{**asdict(r), "gflops_per_second": r.gflops_per_second} for r in self.rows],
+            "ratios": self.ratios(),
         }
 
 
-def _time(run: Callable[[], object], runs: int) -> list[float]:
-    # The previous runtime's worker threads may still be spinning: let them go to sleep.
-    time.sleep(SETTLE_SECONDS)
-    for _ in range(WARMUP):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+ORIGINAL = "original recipe IR FP32"
+# OpenVINO's layer types that are convolutions (an INT8 one is a Convolution with an 8-bit
+# kernel): the work the model is made of; everything else moves data.
+CONVOLUTIONS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData")
+# Throughput rounds: every IR's rounds are interleaved with the others', and the median
+# kept, so a neighbour's load on a shared machine falls on all of them alike.
+THROUGHPUT_ROUNDS = 3
 
 
 def _row(name: str, runtime: str, precision: str, inference: str, times: list[float], gflops: float) -> BenchRow:
@@ -109,41 +124,83 @@ def _row(name: str, runtime: str, precision: str, inference: str, times: list[fl
     )
 
 
-def _openvino_rows(
-    name: str, xml: Path, precision: str, inputs: dict, runs: int, gflops: float, profile: bool, f32: bool
-) -> BenchRow:
-    import openvino as ov
+def _time(run: Callable[[], object], runs: int) -> list[float]:
+    # The previous runtime's worker threads may still be spinning: let them go to sleep.
+    time.sleep(SETTLE_SECONDS)
+    for _ in range(WARMUP):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1000)
+    return times
 
-    core = ov.Core()
-    extra = {"INFERENCE_PRECISION_HINT": "f32"} if f32 else {}
-    compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", **extra})
-    inference = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    request = compiled.create_infer_request()
-    row = _row(name, "openvino", precision, inference, _time(lambda: request.infer(inputs), runs), gflops)
-    del request, compiled
-    if profile:  # counters cost time of their own, so they are read from a separate run
-        compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": "YES", **extra})
-        request = compiled.create_infer_request()
-        _time(lambda: request.infer(inputs), 1)
-        costs = [
-            LayerCost(p.node_name, p.node_type, p.exec_type, p.real_time.total_seconds() * 1000)
-            for p in request.profiling_info
-        ]
-        row.profile = sorted(costs, key=lambda c: -c.milliseconds)[:10]
-        del request, compiled
 
-    compiled = core.compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **extra})
-    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    frames = max(runs, 2 * len(queue))
-    for _ in range(len(queue)):
-        queue.start_async(inputs)
-    queue.wait_all()
+def _throughput(runner: Runner, feeds: list[dict[str, np.ndarray]], frames: int) -> float:
+    """Frames per second with every stream busy: the infer stage over ``frames`` requests,
+    after one round of warm-up."""
+    stage = InferStage(runner)
+    stage.run(((None, feeds[i % len(feeds)]) for i in range(stage.depth)), lambda tag, outputs: None)
     start = time.perf_counter()
-    for _ in range(frames):
-        queue.start_async(inputs)
-    queue.wait_all()
-    row.throughput_fps = frames / (time.perf_counter() - start)
-    return row
+    stage.run(((None, feeds[i % len(feeds)]) for i in range(frames)), lambda tag, outputs: None)
+    return frames / (time.perf_counter() - start)
+
+
+def conv_share(layers: list[LayerTime]) -> float:
+    """Share of a profiled inference's time spent in convolutions."""
+    total = sum(layer.milliseconds for layer in layers)
+    return sum(layer.milliseconds for layer in layers if layer.type in CONVOLUTIONS) / total if total else 0.0
+
+
+@dataclass
+class _Variant:
+    name: str
+    xml: Path
+    precision: str
+    arithmetic: str  # asked for: f32 or auto
+
+
+def _openvino_rows(variants: list[_Variant], feeds: dict, runs: int, gflops: float, say: Callable) -> list[BenchRow]:
+    """Latency (LATENCY hint, one request), the profile, then throughput (THROUGHPUT hint):
+    each measured round by round across every variant, so the rows share the machine's
+    moments."""
+    rows = []
+    for variant in variants:  # the profile first: counters cost time, so a runner of its own
+        runner = load_runner(variant.xml, "openvino", inference_precision=variant.arithmetic, profile=True)
+        for _ in range(WARMUP):
+            runner.infer(feeds)
+        layers = runner.layer_times()
+        runner.close()
+        rows.append(BenchRow(variant.name, "openvino", variant.precision, "", 0.0, 0.0, 0.0, gflops,
+                             conv_share=conv_share(layers),
+                             profile=sorted(layers, key=lambda c: -c.milliseconds)[:10]))  # fmt: skip
+    say("latency, one request at a time (rounds interleaved across the IRs)")
+    runners = [load_runner(v.xml, "openvino", inference_precision=v.arithmetic) for v in variants]
+    for row, runner in zip(rows, runners, strict=True):
+        row.inference = runner.inference_precision
+        for _ in range(WARMUP):
+            runner.infer(feeds)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(runs):
+        for runner, row_times in zip(runners, times, strict=True):
+            start = time.perf_counter()
+            runner.infer(feeds)
+            row_times.append((time.perf_counter() - start) * 1000)
+    for row, row_times, runner in zip(rows, times, runners, strict=True):
+        row.median_ms, row.p90_ms = statistics.median(row_times), float(np.percentile(row_times, 90))
+        runner.close()
+    say(f"throughput, every stream busy ({THROUGHPUT_ROUNDS} rounds interleaved across the IRs)")
+    runners = [load_runner(v.xml, "openvino", inference_precision=v.arithmetic, throughput=True) for v in variants]
+    rates: list[list[float]] = [[] for _ in runners]
+    for _ in range(THROUGHPUT_ROUNDS):
+        for runner, row_rates in zip(runners, rates, strict=True):
+            time.sleep(SETTLE_SECONDS)
+            row_rates.append(_throughput(runner, [feeds], max(runs, 4 * runner.parallel)))
+    for row, row_rates, runner in zip(rows, rates, runners, strict=True):
+        row.throughput_fps = statistics.median(row_rates)
+        runner.close()
+    return rows
 
 
 def bench(
@@ -152,73 +209,49 @@ def bench(
     *,
     runs: int = 20,
     profile: bool = False,
+    inference_precision: str | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Export every variant at ``config`` into a scratch folder and time each."""
+    """Export every variant at ``config`` into a scratch folder and time each: eager PyTorch
+    and ONNX Runtime in f32; each IR in f32 and in the device's default arithmetic (or only
+    in ``inference_precision``). ``profile``: keep each IR's costliest layers in the report
+    (their convolution share is always measured)."""
     import onnx
-    import onnxruntime as ort
 
     say = on_progress or (lambda message: None)
-    case = synthetic_case(config.height, config.width, 0)
-    inputs = {"src": to_model_input(case.src), "bgr": to_model_input(case.bgr)}
+    (case,) = synthetic_cases(config.height, config.width, 1, use="bench")
+    inputs = case.feeds()
+    arithmetics = ("f32", "auto") if inference_precision is None else (inference_precision,)
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="bgm-bench-") as scratch:
         root = Path(scratch)
         say("exporting ONNX, IR FP32, IR FP16, IR INT8 and the original recipe's IR")
         ours = export_onnx(config, weights, root / "ours.onnx").path
-        ir32 = export_ir(ours, root / "FP32" / "ours.xml", "FP32").xml
-        ir16 = export_ir(ours, root / "FP16" / "ours.xml", "FP16").xml
-        ir8 = export_ir(ours, root / "INT8" / "ours.xml", "INT8").xml
+        irs = {p: export_ir(ours, root / p / "ours.xml", p, progress=False).xml for p in ("FP32", "FP16", "INT8")}
         upstream_onnx = export_upstream_onnx(config, weights, root / "upstream.onnx").path
         upstream = export_ir(upstream_onnx, root / "upstream" / "upstream.xml", "FP32").xml
         gflops = count_flops(onnx.load(str(ours)))[0]
 
         say("eager PyTorch")
-        model = build_model(config, weights)
-        src = torch.from_numpy(to_eager_input(case.src))
-        bgr = torch.from_numpy(to_eager_input(case.bgr))
-        with torch.no_grad():
-            rows.append(_row("eager PyTorch", "torch", "FP32", "f32", _time(lambda: model(src, bgr), runs), gflops))
+        eager = EagerRunner(build_model(config, weights), config, weights.label)
+        rows.append(_row("eager PyTorch", "torch", "FP32", "f32", _time(partial(eager.infer, inputs), runs), gflops))
 
         say("ONNX Runtime")
-        session = ort.InferenceSession(str(ours), providers=["CPUExecutionProvider"])
-        rows.append(_row("ONNX", "onnxruntime", "FP32", "f32", _time(partial(session.run, None, inputs), runs), gflops))
+        session = load_runner(ours, "onnxruntime")
+        rows.append(_row("ONNX", "onnxruntime", "FP32", "f32", _time(partial(session.infer, inputs), runs), gflops))
 
-        variants = [
-            ("IR FP32", ir32, "FP32", True),
-            ("IR FP32", ir32, "FP32", False),
-            ("IR FP16", ir16, "FP16", False),
-            ("IR INT8", ir8, "INT8", True),
-            ("IR INT8", ir8, "INT8", False),
-            ("original recipe IR FP32", upstream, "FP32", True),
-            ("original recipe IR FP32", upstream, "FP32", False),
-        ]
-        for name, xml, precision, f32 in variants:
-            say(f"OpenVINO {name} ({'f32' if f32 else 'device default'} arithmetic)")
-            rows.append(_openvino_rows(name, xml, precision, inputs, runs, gflops, profile, f32))
+        variants = [_Variant(f"IR {p}", xml, p, a) for p, xml in irs.items() for a in arithmetics]
+        variants += [_Variant(ORIGINAL, upstream, "FP32", a) for a in arithmetics]
+        say(f"OpenVINO: {len(variants)} IR and arithmetic pairs, profiled")
+        rows += _openvino_rows(variants, inputs, runs, gflops, say)
 
-    eager = rows[0]
+    eager_row = rows[0]
     for row in rows:
-        row.speedup_latency = eager.median_ms / row.median_ms
-        row.speedup_throughput = row.throughput_fps / eager.throughput_fps
-    return BenchReport(config, weights.label, torch.get_num_threads(), rows)
-
-
-def _ratios(rows: list[BenchRow]) -> list[tuple[BenchRow, BenchRow]]:
-    """The comparisons worth a line: IR FP32 against the original recipe's IR in the same
-    arithmetic, and IR INT8 (both arithmetics) against IR FP32 and the original recipe's IR
-    computing in f32 (8-bit arithmetic is what INT8 is for; f32 is what the FP32 IR promises)."""
-    found = {(r.name, r.inference): r for r in rows}
-    pairs = []
-    for arithmetic in dict.fromkeys(r.inference for r in rows if r.name == "IR FP32"):
-        if ("original recipe IR FP32", arithmetic) in found:
-            pairs.append((found["IR FP32", arithmetic], found["original recipe IR FP32", arithmetic]))
-    f32 = next((r.inference for r in rows if r.name == "IR FP32"), None)
-    for row in (r for r in rows if r.name == "IR INT8"):
-        for other in ("IR FP32", "original recipe IR FP32"):
-            if (other, f32) in found:
-                pairs.append((row, found[other, f32]))
-    return pairs
+        row.speedup_latency = eager_row.median_ms / row.median_ms
+        row.speedup_throughput = row.throughput_fps / eager_row.throughput_fps
+        if not profile:
+            row.profile = []
+    return BenchReport(config, weights.label, torch.get_num_threads(), rows, cpu_description())
 
 
 def format_bench(report: BenchReport) -> str:
@@ -226,26 +259,27 @@ def format_bench(report: BenchReport) -> str:
     lines = [
         f"{config.model_name} at {config.height}x{config.width}, {config.patches:,} refined patches, "
         f"{report.rows[0].gflops:.2f} GFLOP a frame; torch threads {report.threads}; weights {report.checkpoint}",
+        f"CPU: {report.cpu}",
         "",
+        "LATENCY: one request at a time (OpenVINO LATENCY hint)",
     ]
-    rows = [
-        ("model", "runtime", "arithmetic", "median ms", "p90 ms", "x eager", "throughput fps", "x eager", "GFLOP/s")
-    ]
-    for r in report.rows:
-        rows.append(
-            (r.name, r.runtime, r.inference, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.speedup_latency:.2f}",
-             f"{r.throughput_fps:.2f}", f"{r.speedup_throughput:.2f}", f"{r.gflops_per_second:.0f}")
-        )  # fmt: skip
-    lines += format_table(rows)
-    lines.append("")
-    for row, other in _ratios(report.rows):
+    rows = [("model", "runtime", "arithmetic", "median ms", "p90 ms", "x eager")]
+    rows += [(r.name, r.runtime, r.inference, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.speedup_latency:.2f}")
+             for r in report.rows]  # fmt: skip
+    lines += [*format_table(rows), "", "THROUGHPUT: every stream busy (OpenVINO THROUGHPUT hint; others 1000 / median)"]
+    rows = [("model", "runtime", "arithmetic", "frames/s", "x eager", "GFLOP/s", "in convolutions")]
+    rows += [(r.name, r.runtime, r.inference, f"{r.throughput_fps:.2f}", f"{r.speedup_throughput:.2f}",
+              f"{r.gflops_per_second:.0f}", "" if r.conv_share is None else f"{r.conv_share:.0%}")
+             for r in report.rows]  # fmt: skip
+    lines += [*format_table(rows), ""]
+    for ratio in report.ratios():
         lines.append(
-            f"{row.name} ({row.inference}) vs {other.name} ({other.inference}): latency x"
-            f"{other.median_ms / row.median_ms:.2f}, throughput x{row.throughput_fps / other.throughput_fps:.2f}"
+            f"{ratio['row']} vs {ratio['against']}: latency x{ratio['latency']:.2f}, "
+            f"throughput x{ratio['throughput']:.2f}"
         )
     for r in report.rows:
         if r.profile:
-            lines += ["", f"Top layers, {r.name} ({r.inference}), ms in one request:"]
+            lines += ["", f"Top layers, {r.label}, ms in one request (LATENCY hint):"]
             lines += [f"  {c.milliseconds:7.2f}  {c.type:<14} {c.kernel:<24} {c.name}" for c in r.profile]
     return "\n".join(lines)
 
@@ -261,6 +295,7 @@ class MatteBench:
     matte_fps: float
     model_share: float
     timings: dict[str, float]
+    cpu: str = ""
 
     @property
     def ratio(self) -> float:
@@ -275,22 +310,32 @@ class MatteBench:
 _DISTINCT_FRAMES = 8
 
 
-def bench_matte(model: Path, frames: int = 48, on_progress: Callable[[str], None] | None = None) -> MatteBench:
+def bench_matte(
+    model: Path,
+    frames: int = 48,
+    json_path: Path | None = None,
+    inference_precision: str = "auto",
+    on_progress: Callable[[str], None] | None = None,
+) -> MatteBench:
     """Write a ``frames``-frame synthetic video at the model's resolution, time the model
-    alone (THROUGHPUT hint) on its frames, then ``matte`` with its default outputs."""
+    alone on its frames (the infer stage ``matte`` uses, THROUGHPUT hint, inputs ready in
+    memory), then ``matte`` with its default outputs. ``json_path``: checked here, before
+    the work, against the model's files."""
     import cv2
-    import openvino as ov
 
     from exporter.artifact import artifact_metadata
     from exporter.config import ExportConfig
-    from exporter.matte import VIDEO_CODEC, matte
-    from exporter.runtime import load_runner
+    from exporter.matte import matte
+    from exporter.pipeline.sinks import VIDEO_CODEC
 
     say = on_progress or (lambda message: None)
     metadata = artifact_metadata(model)
+    if json_path is not None:
+        check_not_input(json_path, model)
+        check_writable(json_path)
     config = ExportConfig.from_metadata(metadata)
     height, width = config.height, config.width
-    cases = [synthetic_case(height, width, 100 + i) for i in range(_DISTINCT_FRAMES)]
+    cases = synthetic_cases(height, width, _DISTINCT_FRAMES, use="bench-matte")
     with tempfile.TemporaryDirectory(prefix="bgm-bench-matte-") as scratch:
         root = Path(scratch)
         say(f"writing a {frames}-frame {width}x{height} video")
@@ -304,25 +349,20 @@ def bench_matte(model: Path, frames: int = 48, on_progress: Callable[[str], None
 
         say("the model alone (THROUGHPUT hint)")
         time.sleep(SETTLE_SECONDS)
-        # Compiled as matte compiles it: the device's own arithmetic, THROUGHPUT hint.
-        runner = load_runner(model, "openvino", f32=False, throughput=True, metadata=metadata)
-        compiled = runner.compiled
-        queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        inputs = [{"src": to_model_input(c.src), "bgr": to_model_input(cases[0].bgr)} for c in cases]
-        for i in range(len(queue)):
-            queue.start_async(inputs[i % len(inputs)])
-        queue.wait_all()
-        start = time.perf_counter()
-        for i in range(frames):
-            queue.start_async(inputs[i % len(inputs)])
-        queue.wait_all()
-        model_fps = frames / (time.perf_counter() - start)
-        del queue, compiled, runner
+        # Compiled as matte compiles it: THROUGHPUT hint, the same arithmetic.
+        runner = load_runner(model, "openvino", inference_precision=inference_precision, throughput=True,
+                             metadata=metadata)  # fmt: skip
+        feeds = [{"src": to_model_input(c.src), "bgr": to_model_input(cases[0].bgr)} for c in cases]
+        model_fps = _throughput(runner, feeds, frames)
+        runner.close()
 
         say("matte, default outputs (the composite video)")
         time.sleep(SETTLE_SECONDS)
-        summary = matte(model, video, background, out=root / "out")
-    return MatteBench(str(model), (height, width), frames, model_fps, summary.fps, summary.model_share, summary.timings)
+        summary = matte(model, video, background, out=root / "out", inference_precision=inference_precision)
+    return MatteBench(
+        str(model), (height, width), frames, model_fps, summary.fps, summary.model_share, summary.timings,
+        cpu_description(),
+    )  # fmt: skip
 
 
 def format_matte_bench(result: MatteBench) -> str:
@@ -330,7 +370,7 @@ def format_matte_bench(result: MatteBench) -> str:
     split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
     return "\n".join(
         [
-            f"{result.model} at {width}x{height}, {result.frames} frames",
+            f"{result.model} at {width}x{height}, {result.frames} frames; CPU: {result.cpu}",
             f"model alone (THROUGHPUT hint)   {result.model_fps:.2f} frames/s",
             f"matte, composite video          {result.matte_fps:.2f} frames/s ({result.ratio:.0%} of the model's)",
             f"model busy {result.model_share:.0%} of matte's time; stages (overlapping): {split}",

@@ -26,7 +26,7 @@ def _precision_table(report: VerifyReport, infos: list[ModelInfo]) -> list[str]:
     sizes = {Path(info.path): sum(info.files.values()) for info in infos}
     gflops = {Path(info.path): info.gflops for info in infos}
     runs = report.artifacts
-    header = ["", *[f"`{a.path.name}` {a.precision} ({a.runtime})" for a in runs]]
+    header = ["", *[f"`{a.path.name}` {a.precision} ({a.runtime}, {a.arithmetic} arithmetic)" for a in runs]]
     rows = [
         ["Size (MB)", *[f"{sizes.get(a.path, 0) / 1e6:.2f}" for a in runs]],
         ["GFlops", *[f"{gflops.get(a.path, 0.0):.4f}" for a in runs]],
@@ -38,11 +38,26 @@ def _precision_table(report: VerifyReport, infos: list[ModelInfo]) -> list[str]:
         for metric in METRICS
         if runs and all(metric in a.metrics and a.reference_metrics.get(metric) for a in runs)
     ]
-    rows.append(["ms per frame (verify, f32 arithmetic)", *[f"{a.milliseconds:.0f}" for a in runs]])
+    rows.append(["Arithmetic", *[a.arithmetic for a in runs]])
+    rows.append(["ms per frame (verify, one request, that arithmetic)", *[f"{a.milliseconds:.0f}" for a in runs]])
     lines = ["Precisions (changes against the original model on the same cases):", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return [*lines, ""]
+
+
+# Which artifact's graph the specification's GFlops and MParams are counted on, whatever the
+# order the artifacts were given in: the ONNX, else the IR of the most exact precision.
+_SPECIFICATION_ORDER = ("onnx", "FP32", "FP16", "INT8")
+
+
+def _specification_info(infos: list[ModelInfo]) -> ModelInfo:
+    def rank(info: ModelInfo) -> tuple[int, str]:
+        kind = "onnx" if info.format == "onnx" else info.metadata.get("precision", "FP32")
+        order = _SPECIFICATION_ORDER.index(kind) if kind in _SPECIFICATION_ORDER else len(_SPECIFICATION_ORDER)
+        return order, info.path
+
+    return min(infos, key=rank)
 
 
 def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
@@ -54,7 +69,7 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
         shown = ", ".join(f"{b} {h}x{w}" for b, h, w in sorted(models))
         raise ArtifactError(f"a model card describes one model at one resolution; these artifacts are {shown}")
     h, w = config.height, config.width
-    info = infos[0]
+    info = _specification_info(infos)
     # The converted model's outputs are the original's: only the inputs' layout changed.
     outputs = [
         f"Alpha matte, name: `pha`, shape: `{_shape(1, 1, h, w)}`, format: `B, C, H, W`, values 0..1.",
@@ -102,7 +117,7 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
         cases = ", ".join(report.case_names)
         lines += [f"Measured by `bgm-export verify` on: {cases}.", ""]
         for a in with_metrics:
-            lines += [f"`{a.path.name}` ({a.precision}, {a.runtime}):", ""]
+            lines += [f"`{a.path.name}` ({a.precision}, {a.runtime}, {a.arithmetic} arithmetic):", ""]
             lines += ["| Metric | Original model | Converted model |", "|---|---|---|"]
             lines += [
                 f"| {metric} | {a.reference_metrics[metric]:.4f} | {a.metrics[metric]:.4f} |"
@@ -121,7 +136,7 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
     ]
     for a in report.artifacts:
         lines.append(
-            f"| `{a.path.name}` ({a.precision}) | {a.runtime} | {a.outputs['pha'].max_abs:.2e} | "
+            f"| `{a.path.name}` ({a.precision}) | {a.runtime}, {a.arithmetic} | {a.outputs['pha'].max_abs:.2e} | "
             f"{a.outputs['fgr'].max_abs:.2e} | {a.patch_flips * 100:.3f}% | {'PASSED' if a.passed else 'FAILED'} |"
         )
     lines += [
@@ -178,12 +193,13 @@ def write_card(
     output: Path,
     weights: object | None = None,
     *,
-    cases: int = 4,
+    cases: int | None = None,
     images: Path | None = None,
 ) -> VerifyReport:
     """Verify ``artifacts`` (default: ``verify``'s), measure them and write their card to
     ``output`` atomically; the output is checked before the minutes of work. Returns the
-    verification behind the card (its warnings are the caller's to show)."""
+    verification behind the card (its warnings are the caller's to show). ``cases`` and
+    ``images``: as ``verify``'s (None: not given)."""
     paths = artifacts or default_artifacts()
     check_not_input(output, *paths, getattr(weights, "source", None))
     check_writable(output)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, TypeVar
 
@@ -24,18 +25,14 @@ from typer.core import TyperGroup
 from exporter import __version__
 from exporter.backbones import BACKBONES
 from exporter.config import PRECISIONS, PRESETS, REFINE_MODES, ExportConfig
-from exporter.errors import BgmExportError, ConfigError
+from exporter.errors import BgmExportError, ConfigError, Terminated
 from exporter.files import write_json
+from exporter.runtime import INFERENCE_PRECISIONS
 
 if TYPE_CHECKING:
     from exporter.checkpoint import Weights
 
 F = TypeVar("F", bound=Callable[..., object])
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` that removes a
-    temporary file runs; told apart from Ctrl-C only by the exit code."""
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -146,6 +143,7 @@ Backbone = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 RefineMode = Literal[REFINE_MODES]  # type: ignore[valid-type]
+InferencePrecision = Literal[INFERENCE_PRECISIONS]  # type: ignore[valid-type]
 
 CheckpointOpt = Annotated[
     Optional[Path],
@@ -172,8 +170,15 @@ ArtifactsArg = Annotated[
     Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
 ]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")]
+ArithmeticOpt = Annotated[
+    Optional[InferencePrecision],
+    typer.Option(
+        help="OpenVINO's arithmetic: auto (the device's default: bf16 on CPUs that have it), f32, bf16 or f16 "
+        "(default: f32 and, where it differs, the device's default)."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and warnings.")]
-CasesOpt = Annotated[int, typer.Option(min=1, help="Synthetic composites to run.")]
+CasesOpt = Annotated[Optional[int], typer.Option(min=1, help="Synthetic composites to run (default 4).")]
 
 
 def given(**options: object) -> dict[str, object]:
@@ -206,32 +211,69 @@ def size_line(label: str, path: Path, size: int, sha256: str) -> str:
     return f"  {label:<5} {path}  {size / 1e6:.2f} MB  sha256 {sha256}"
 
 
+# The options every export takes (``onnx``, and ``ir`` without ``--onnx``), declared once:
+# ``export_options`` adds them to a command's signature and hands them over as one mapping.
+EXPORT_OPTIONS: dict[str, object] = {
+    "checkpoint": CheckpointOpt,
+    "backbone": BackboneOpt,
+    "preset": PresetOpt,
+    "height": HeightOpt,
+    "width": WidthOpt,
+    "backbone_scale": ScaleOpt,
+    "refine_mode": ModeOpt,
+    "sample_pixels": PixelsOpt,
+    "threshold": ThresholdOpt,
+    "opset": OpsetOpt,
+}
+# Those of them that are ExportConfig fields (the others choose the weights and the preset).
+CONFIG_OPTIONS = ("height", "width", "backbone_scale", "refine_mode", "sample_pixels", "threshold", "opset")
+
+
+def export_options(command: F) -> F:
+    """``command(..., export: dict)`` gets ``EXPORT_OPTIONS`` as options of its own, placed
+    before its ``quiet`` flag, and receives the given ones (not None) as ``export``."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "export"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, annotation in EXPORT_OPTIONS.items()
+    ]
+    split = next((i for i, p in enumerate(own) if p.name == "quiet"), len(own))
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: object) -> object:
+        export = given(**{name: kwargs.pop(name) for name in EXPORT_OPTIONS})
+        return command(**kwargs, export=export)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own[:split], *shared, *own[split:]])  # type: ignore[attr-defined]
+    del wrapper.__wrapped__  # Typer must read the signature above, not the command's own
+    return wrapper  # type: ignore[return-value]
+
+
+def export_config(export: dict[str, object]) -> tuple[ExportConfig, Weights]:
+    options = {name: value for name, value in export.items() if name in CONFIG_OPTIONS}
+    return config_and_weights(export.get("checkpoint"), export.get("backbone"), export.get("preset"), options)
+
+
+def option_names(names: Iterable[str]) -> str:
+    return ", ".join(f"--{name.replace('_', '-')}" for name in names)
+
+
 @app.command()
 @user_errors
+@export_options
 def onnx(
-    checkpoint: CheckpointOpt = None,
-    backbone: BackboneOpt = None,
     output: Annotated[
         Optional[Path], typer.Option(help="Where to write the .onnx (default models/<model name>.onnx).")
     ] = None,
-    preset: PresetOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    backbone_scale: ScaleOpt = None,
-    refine_mode: ModeOpt = None,
-    sample_pixels: PixelsOpt = None,
-    threshold: ThresholdOpt = None,
-    opset: OpsetOpt = None,
     quiet: QuietOpt = False,
+    export: dict | None = None,
 ) -> None:
     """Export the Open Model Zoo ONNX model: inputs src, bgr (BGR 0..255); outputs pha, fgr."""
     from exporter.export.onnx import export_onnx
 
-    options = given(
-        height=height, width=width, backbone_scale=backbone_scale, refine_mode=refine_mode,
-        sample_pixels=sample_pixels, threshold=threshold, opset=opset,
-    )  # fmt: skip
-    config, weights = config_and_weights(checkpoint, backbone, preset, options)
+    config, weights = export_config(export or {})
     result = export_onnx(config, weights, output, on_stage=printer(quiet))
     if not quiet:
         typer.echo(f"  nodes     {result.nodes_before} exported, {result.nodes_after} after simplification")
@@ -240,6 +282,7 @@ def onnx(
 
 @app.command()
 @user_errors
+@export_options
 def ir(
     precision: Annotated[
         Precision,
@@ -251,16 +294,6 @@ def ir(
     output: Annotated[
         Optional[Path], typer.Option(help="The .xml to write (default models/<PRECISION>/<model name>.xml).")
     ] = None,
-    checkpoint: CheckpointOpt = None,
-    backbone: BackboneOpt = None,
-    preset: PresetOpt = None,
-    height: HeightOpt = None,
-    width: WidthOpt = None,
-    backbone_scale: ScaleOpt = None,
-    refine_mode: ModeOpt = None,
-    sample_pixels: PixelsOpt = None,
-    threshold: ThresholdOpt = None,
-    opset: OpsetOpt = None,
     calibration: Annotated[
         Optional[Path],
         typer.Option(
@@ -279,21 +312,16 @@ def ir(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    export: dict | None = None,
 ) -> None:
     """Convert to OpenVINO IR (.xml + .bin) in FP32, FP16 or INT8."""
     from exporter.export.int8 import int8_options
     from exporter.export.openvino import export_ir, export_ir_from_weights
 
-    options = given(
-        height=height, width=width, backbone_scale=backbone_scale, refine_mode=refine_mode,
-        sample_pixels=sample_pixels, threshold=threshold, opset=opset,
-    )  # fmt: skip
+    export = export or {}
     int8 = int8_options(precision, calibration, calibration_frames, max_drop)
-    if onnx is not None:
-        refused = given(**options, checkpoint=checkpoint, backbone=backbone, preset=preset)
-        if refused:
-            names = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
-            raise ConfigError(f"{names} cannot apply with --onnx: the ONNX file fixes the export")
+    if onnx is not None and export:
+        raise ConfigError(f"{option_names(export)} cannot apply with --onnx: the ONNX file fixes the export")
     if int8 is not None and int8.calibration is None:
         warn(
             "INT8 is calibrated on synthetic composites; frames from the deployment's camera "
@@ -302,7 +330,7 @@ def ir(
     if onnx is not None:
         result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet))
     else:
-        config, weights = config_and_weights(checkpoint, backbone, preset, options)
+        config, weights = export_config(export)
         result = export_ir_from_weights(config, weights, output, precision, int8=int8, on_stage=printer(quiet))
     if not quiet:
         if result.int8:
@@ -317,8 +345,10 @@ def verify(
     artifacts: ArtifactsArg = None,
     checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
-    cases: CasesOpt = 4,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the first synthetic composite.")] = 0,
+    cases: CasesOpt = None,
+    seed: Annotated[
+        Optional[int], typer.Option(min=0, help="Seed of the first synthetic composite (default 0).")
+    ] = None,
     images: Annotated[
         Optional[Path],
         typer.Option(help="Real data: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout."),
@@ -329,6 +359,7 @@ def verify(
     fp32_patch_share: Annotated[Optional[float], typer.Option(help="FP32 bar: share of patches off by > 1e-3.")] = None,
     fp16_mean_abs: Annotated[Optional[float], typer.Option(help="FP16 bar: mean |d|.")] = None,
     fp16_patch_share: Annotated[Optional[float], typer.Option(help="FP16 bar: share of patches off by > 0.05.")] = None,
+    inference_precision: ArithmeticOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Check every artifact against the eager model: parity per output, patch flips, accuracy.
@@ -354,6 +385,7 @@ def verify(
         seed=seed,
         images=images,
         bars=bars,
+        inference_precision=inference_precision,
         on_progress=None if quiet else progress,
     )
     typer.echo(format_report(result))
@@ -405,13 +437,16 @@ def bench(
     height: HeightOpt = None,
     width: WidthOpt = None,
     sample_pixels: PixelsOpt = None,
-    runs: Annotated[int, typer.Option(min=1, help="Timed runs per model after warm-up.")] = 20,
+    runs: Annotated[Optional[int], typer.Option(min=1, help="Timed runs per model after warm-up (default 20).")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="Top ten layers from OpenVINO's counters.")] = False,
     matte: Annotated[
         Optional[Path],
         typer.Option(help="Instead: time `matte` on a synthetic video against this IR alone (THROUGHPUT hint)."),
     ] = None,
-    frames: Annotated[int, typer.Option(min=1, help="With --matte: frames in the synthetic video.")] = 48,
+    frames: Annotated[
+        Optional[int], typer.Option(min=1, help="With --matte: frames in the synthetic video (default 48).")
+    ] = None,
+    inference_precision: ArithmeticOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR."""
@@ -419,15 +454,27 @@ def bench(
     from exporter.bench import bench_matte, format_bench, format_matte_bench
     from exporter.files import check_writable
 
-    if json_path is not None:  # before the minutes of timing it would hold
-        check_writable(json_path)
+    exporting = given(checkpoint=checkpoint, backbone=backbone, preset=preset, height=height, width=width,
+                      sample_pixels=sample_pixels, runs=runs, profile=profile or None)  # fmt: skip
     if matte is not None:
-        result = bench_matte(matte, frames, on_progress=progress)
+        if exporting:  # the IR fixes the model; these time the export's variants
+            raise ConfigError(f"{option_names(exporting)} cannot apply with --matte: the IR fixes the model")
+        result = bench_matte(
+            matte, frames or 48, json_path=json_path, inference_precision=inference_precision or "auto",
+            on_progress=progress,
+        )  # fmt: skip
         typer.echo(format_matte_bench(result))
     else:
+        if frames is not None:
+            raise ConfigError("--frames applies with --matte only")
+        if json_path is not None:  # before the minutes of timing it would hold
+            check_writable(json_path)
         options = given(height=height, width=width, sample_pixels=sample_pixels)
         config, weights = config_and_weights(checkpoint, backbone, preset, options)
-        result = run_bench(config, weights, runs=runs, profile=profile, on_progress=progress)
+        result = run_bench(
+            config, weights, runs=runs or 20, profile=profile, inference_precision=inference_precision,
+            on_progress=progress,
+        )  # fmt: skip
         typer.echo(format_bench(result))
     if json_path is not None:
         write_json(result.to_dict(), json_path)
@@ -440,7 +487,9 @@ def card(
     output: Annotated[Path, typer.Option(help="The Markdown file to write.")] = Path("models/MODEL_CARD.md"),
     checkpoint: CheckpointOpt = None,
     backbone: BackboneOpt = None,
-    cases: Annotated[int, typer.Option(min=1, help="Synthetic composites for the accuracy table.")] = 4,
+    cases: Annotated[
+        Optional[int], typer.Option(min=1, help="Synthetic composites for the accuracy table (default 4).")
+    ] = None,
     images: Annotated[
         Optional[Path], typer.Option(help="Real data with ground truth (com/, bgr/, pha/, fgr/).")
     ] = None,
@@ -455,15 +504,43 @@ def card(
     typer.echo(f"model card: {output}")
 
 
+@contextlib.contextmanager
+def summary_stream(to_stderr: bool) -> Iterator[None]:
+    """Where ``typer.echo`` goes: stderr while stdout carries frames."""
+    if not to_stderr:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 @app.command()
 @user_errors
 def matte(
     model: Annotated[Path, typer.Option(help="The exported model, .xml or .onnx.")],
-    src: Annotated[Path, typer.Option(help="An image, a folder of frames, or a video.")],
-    bgr: Annotated[Path, typer.Option(help="The captured background (an image), for every frame.")],
-    target: Annotated[str, typer.Option(help="New background: a colour R,G,B, an image or a video.")] = "0,255,0",
-    out: Annotated[Path, typer.Option(help="Folder for alpha, foreground and composite files.")] = Path("matte"),
+    src: Annotated[
+        str,
+        typer.Option(
+            help="An image, a folder of frames, a video, camera:N (a capture device), a stream URL "
+            "(rtsp://, http://, ...), or - for raw BGR24 frames on standard input (with --size)."
+        ),
+    ],
+    bgr: Annotated[
+        str,
+        typer.Option(help="The captured background (an image), or first:N: the median of the source's first N frames."),
+    ],
+    target: Annotated[
+        Optional[str], typer.Option(help="New background: a colour R,G,B, an image or a video (default 0,255,0).")
+    ] = None,
+    out: Annotated[
+        str, typer.Option(help="Folder for alpha, foreground and composite files, or - for raw BGR24 composites.")
+    ] = "matte",
+    size: Annotated[Optional[str], typer.Option(help="With --src -: the frames' size, WxH.")] = None,
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
+    inference_precision: Annotated[
+        InferencePrecision,
+        typer.Option(help="OpenVINO's arithmetic: auto (the device's default: bf16 on CPUs that have it), f32, ..."),
+    ] = "auto",
     outputs: Annotated[
         Optional[str],
         typer.Option(
@@ -476,16 +553,31 @@ def matte(
         typer.Option("--align", help="Warp the background onto each frame first (hand-held captures)."),
     ] = False,
 ) -> None:
-    """Replace the background of images or video with an exported model."""
+    """Replace the background of images, video, a camera, a stream or piped frames with an exported model.
+
+    Cameras and streams run in latency mode (the newest frame wins when the model falls
+    behind); they and piped frames stop cleanly on Ctrl-C or SIGTERM.
+    """
+    from exporter.matte import PipeOut, parse_background, parse_outputs, parse_source, parse_target
     from exporter.matte import matte as run_matte
 
-    with frame_bar("matting") as on_frame:
+    destination = PipeOut(sys.stdout.buffer) if out == "-" else Path(out)  # before stdout is redirected
+    with summary_stream(isinstance(destination, PipeOut)), frame_bar("matting") as on_frame:
         summary = run_matte(
-            model, src, bgr, target=target, out=out, device=device, outputs=outputs, align=align, on_frame=on_frame
+            model,
+            parse_source(src, size),
+            parse_background(bgr),
+            target=None if target is None else parse_target(target),
+            out=destination,
+            device=device,
+            inference_precision=inference_precision,
+            outputs=None if outputs is None else parse_outputs(outputs),
+            align=align,
+            on_frame=on_frame,
         )
-    for message in summary.warnings:
-        warn(message)
-    typer.echo("\n".join(summary.lines(out)))
+        for message in summary.warnings:
+            warn(message)
+        typer.echo("\n".join(summary.lines(destination)))
 
 
 @app.callback(invoke_without_command=True)

@@ -10,6 +10,8 @@ __all__ = [
     "ExportError",
     "InputError",
     "OutputError",
+    "RepositoryError",
+    "ServerError",
 ]
 
 
@@ -39,7 +41,23 @@ class InputError(BgmExportError):
     """Images, videos or folders given as input that cannot be used."""
 
 
+class RepositoryError(BgmExportError):
+    """A model repository (``config.json``, ``config.pbtxt``, version folders) that the serving
+    engines would refuse, or that an addition would break."""
+
+
+class ServerError(BgmExportError):
+    """A model server that cannot start (a port in use), cannot be reached, or refuses a
+    request (the message is the server's)."""
+
+
 class ExportError(BgmExportError):
     """The exported graph failed a structural check (banned op, dynamic shape, checker)."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` that removes a
+    temporary file runs; told apart from Ctrl-C only by the exit code (and by a live source,
+    which stops cleanly on either)."""

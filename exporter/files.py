@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from exporter.artifact import artifact_files
 from exporter.errors import OutputError
 
 # Free space below which a failed write is put down to a full disk (the half-written
@@ -64,14 +65,19 @@ def remove_empty(folders: list[Path]) -> None:
 
 
 def check_not_input(output: Path | None, *inputs: object) -> None:
-    """Raise ``OutputError`` if ``output`` is one of ``inputs`` (paths; other values, such
-    as the synthetic weights' name, are skipped), symbolic links resolved."""
+    """Raise ``OutputError`` if ``output`` is one of the files of ``inputs`` (paths; an IR's
+    ``.xml`` stands for its ``.bin`` too, ``artifact_files``; other values, such as the
+    synthetic weights' name, are skipped), symbolic links resolved."""
     if output is None:
         return
     target = Path(output).resolve()
     for item in inputs:
-        if isinstance(item, (str, Path)) and Path(item).exists() and Path(item).resolve() == target:
-            raise OutputError(f"output {output} is the input {item}; refusing to overwrite it")
+        if not isinstance(item, (str, Path)):
+            continue
+        for file in artifact_files(Path(item)):
+            if file.exists() and file.resolve() == target:
+                what = f"the input {item}" if file == Path(item) else f"{file}, the weights of the input {item}"
+                raise OutputError(f"output {output} is {what}; refusing to overwrite it")
 
 
 def check_writable(path: Path) -> None:

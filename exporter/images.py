@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from exporter.errors import InputError
 
-__all__ = ["ASPECT_SLACK", "IMAGE_SUFFIXES", "read_image", "same_aspect", "to_eager_input", "to_model_input"]
+__all__ = [
+    "ASPECT_SLACK",
+    "IMAGE_SUFFIXES",
+    "image_size",
+    "read_image",
+    "same_aspect",
+    "to_eager_input",
+    "to_model_input",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Two images show the same view when their aspects differ by at most this (rounding of a
@@ -22,25 +32,44 @@ def same_aspect(size: tuple[int, int], other: tuple[int, int]) -> bool:
     return abs(width * other_height / (height * other_width) - 1) <= ASPECT_SLACK
 
 
-def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
-    """An image file as a uint8 array in ``mode``, resized to ``size`` (H, W) if given."""
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Pillow's errors for ``path`` as ``InputError`` naming the file: an unreadable image, and
+    one so large that Pillow refuses it as a decompression bomb (raised on opening, before a
+    pixel is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            # 16-bit grey ("I;16") converted directly would clip to white; scale to 8 bits first.
-            if image.mode.startswith("I;16") or image.mode == "I":
-                image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
-            image = image.convert(mode)
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
-            return np.array(image)
+        yield
     except Image.DecompressionBombError:
         raise InputError(
             f"image {path} is larger than the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow opens safely"
         ) from None
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file, from its header alone."""
+    from PIL import Image
+
+    with _reading(path), Image.open(path) as image:
+        width, height = image.size
+    return height, width
+
+
+def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB") -> np.ndarray:
+    """An image file as a uint8 array in ``mode``, resized to ``size`` (H, W) if given."""
+    from PIL import Image
+
+    with _reading(path), Image.open(path) as image:
+        # 16-bit grey ("I;16") converted directly would clip to white; scale to 8 bits first.
+        if image.mode.startswith("I;16") or image.mode == "I":
+            image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
+        image = image.convert(mode)
+        if size is not None and image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.BILINEAR)
+        return np.array(image)
 
 
 def to_model_input(image: np.ndarray) -> np.ndarray:

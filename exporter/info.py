@@ -24,6 +24,7 @@ __all__ = [
     "format_info",
     "graph_parameters",
     "ir_info",
+    "ir_parameters",
     "onnx_info",
 ]
 
@@ -144,6 +145,46 @@ def _ir_flops(model: object) -> tuple[float, dict[str, float]]:
     return sum(by_block.values()), dict(sorted(by_block.items()))
 
 
+def _eight_bit_weights(node: object) -> bool:
+    """Whether ``node`` is an integer constant made floating point again: a Convert of 8-bit
+    (or narrower) weights, possibly minus its zero point, as NNCF stores quantized weights."""
+    if node.get_type_name() == "Subtract":
+        node = node.input_value(0).get_node()
+    if node.get_type_name() != "Convert":
+        return False
+    source = node.input_value(0).get_node()
+    return source.get_type_name() == "Constant" and not source.get_output_element_type(0).is_real()
+
+
+def _quantization_input(node: object, index: int) -> bool:
+    """Whether input ``index`` of ``node`` is a parameter quantization added: a FakeQuantize
+    range, or the scale or zero point applied to 8-bit weights."""
+    if node.get_type_name() == "FakeQuantize":
+        return index > 0
+    return node.get_type_name() in ("Multiply", "Subtract") and any(
+        _eight_bit_weights(value.get_node()) for value in node.input_values()
+    )
+
+
+def ir_parameters(model: object) -> int:
+    """The weights of an ``openvino.Model``, counted the same at every precision: floating-point
+    constants (FP32, or FP16 behind a Convert) and integer constants that a Convert turns
+    into weights (INT8), but neither what quantization adds (FakeQuantize ranges, the scales
+    and zero points of 8-bit weights) nor integer index and shape tables."""
+    total = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        uses = [(target.get_node(), target.get_index()) for target in op.output(0).get_target_inputs()]
+        if op.get_output_element_type(0).is_real():
+            counted = not (uses and all(_quantization_input(node, index) for node, index in uses))
+        else:
+            counted = bool(uses) and all(node.get_type_name() == "Convert" for node, _ in uses)
+        if counted:
+            total += math.prod(op.get_output_shape(0))
+    return total
+
+
 def ir_info(xml: Path) -> ModelInfo:
     import collections
 
@@ -158,11 +199,7 @@ def ir_info(xml: Path) -> ModelInfo:
     except Exception as exc:  # OpenVINO raises RuntimeError with a long report
         raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {str(exc).splitlines()[0]}") from None
     ops = collections.Counter(op.get_type_name() for op in model.get_ordered_ops())
-    params = sum(
-        math.prod(op.get_output_shape(0))
-        for op in model.get_ordered_ops()
-        if op.get_type_name() == "Constant" and op.get_output_element_type(0).is_real()
-    )
+    params = ir_parameters(model)
     gflops, by_block = _ir_flops(model)
     bin_path = xml.with_suffix(".bin")
     return ModelInfo(

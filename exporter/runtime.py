@@ -1,12 +1,26 @@
-"""Running exported artifacts: ``.onnx`` in ONNX Runtime or OpenVINO, ``.xml`` in OpenVINO.
+"""Runners: one interface for every way of running the model, as Polygraphy's runners are.
 
-Every runner takes ``src`` and ``bgr`` as the model does (``(1, 3, H, W)`` float32, BGR,
-0..255) and returns ``{"pha": ..., "fgr": ...}``.
+A runner holds one model loaded in one runtime (``.onnx`` in ONNX Runtime or OpenVINO,
+``.xml`` in OpenVINO; the eager PyTorch model is ``exporter.eager.EagerRunner``, a remote
+server will be another). Every runner takes the model's feeds — ``src`` and ``bgr``,
+``(1, 3, H, W)`` float32, BGR, 0..255 — and returns ``{"pha": ..., "fgr": ...}``:
+
+- ``infer(feeds)``: one synchronous inference;
+- ``submit(feeds)``: start one and return a ``Pending`` whose ``result()`` waits for it;
+  asynchronous where the runtime has it (OpenVINO's infer requests), so a pipeline keeps
+  ``parallel`` requests in flight;
+- ``metadata``, ``input_shape``, ``inference_precision``: what it runs and in what arithmetic.
+
+Callers (verify, bench, matte, a server) use only this; nothing reaches into a runtime's
+objects. Torch-free: the deployment side imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,101 +29,263 @@ import numpy as np
 from exporter.artifact import OUTPUT_NAMES, artifact_metadata, check_io
 from exporter.errors import ArtifactError
 
-__all__ = ["Runner", "load_runner", "runners_for"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "Feeds",
+    "LayerTime",
+    "Pending",
+    "Runner",
+    "default_inference_precision",
+    "load_runner",
+    "runners_for",
+]
 
 RUNTIMES = ("onnxruntime", "openvino")
+# OpenVINO's INFERENCE_PRECISION_HINT: ``auto`` leaves the device its default (bf16 on CPUs
+# that have it, f16 on GPUs); verification wants ``f32`` to judge the artifact's weights.
+INFERENCE_PRECISIONS = ("auto", "f32", "bf16", "f16")
+DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+
+Feeds = dict[str, np.ndarray]
+
+
+class Pending:
+    """An inference started by ``Runner.submit``; ``result()`` waits for its outputs.
+    ``seconds`` is the time the runtime spent on it (known after ``result()``)."""
+
+    def __init__(self, outputs: dict[str, np.ndarray] | None = None, seconds: float = 0.0) -> None:
+        self._outputs = outputs
+        self.seconds = seconds
+
+    def result(self) -> dict[str, np.ndarray]:
+        assert self._outputs is not None
+        return self._outputs
 
 
 @dataclass
-class Runner:
-    """One artifact loaded in one runtime."""
+class LayerTime:
+    """One layer's share of an inference, from the runtime's counters."""
 
-    path: Path
-    runtime: str
-    run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
-    input_shape: tuple[int, ...] = ()
-    compiled: object | None = None  # OpenVINO's CompiledModel, for asynchronous pipelines
+    name: str
+    type: str
+    kernel: str
+    milliseconds: float
+
+
+class Runner(ABC):
+    """One model loaded in one runtime."""
+
+    runtime: str = ""
+    # Requests worth keeping in flight for full throughput (1: synchronous runtimes).
+    parallel: int = 1
+
+    def __init__(self, path: Path | str, metadata: dict[str, str], input_shape: tuple[int, ...]) -> None:
+        self.path = Path(path)
+        self.metadata = metadata
+        self.input_shape = tuple(input_shape)
 
     @property
     def name(self) -> str:
         return f"{self.path.name} [{self.runtime}]"
 
+    @property
+    def inference_precision(self) -> str:
+        """The arithmetic it computes in (``f32``, ``bf16``, ``f16``)."""
+        return "f32"
 
-def _onnxruntime(path: Path, metadata: dict[str, str]) -> Runner:
-    import onnxruntime as ort
+    @abstractmethod
+    def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        """The outputs for ``feeds``, synchronously."""
 
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
-        raise ArtifactError(f"{path} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
-    shapes = {v.name: v.shape for v in session.get_inputs()}, {v.name: v.shape for v in session.get_outputs()}
-    check_io(path, *shapes, metadata)
+    def submit(self, feeds: Feeds) -> Pending:
+        """Start an inference; synchronous runtimes finish it here."""
+        start = time.perf_counter()
+        outputs = self.infer(feeds)
+        return Pending(outputs, time.perf_counter() - start)
 
-    def run(src: np.ndarray, bgr: np.ndarray) -> dict[str, np.ndarray]:
-        pha, fgr = session.run(list(OUTPUT_NAMES), {"src": src, "bgr": bgr})
-        return {"pha": pha, "fgr": fgr}
+    def layer_times(self) -> list[LayerTime]:
+        """Per-layer times of the last ``infer``, where the runner was loaded to profile."""
+        return []
 
-    return Runner(path, "onnxruntime", run, tuple(session.get_inputs()[0].shape))
+    def close(self) -> None:  # noqa: B027 - not every runtime holds anything
+        """Free what the runtime holds (threads, memory); the runner is unusable after."""
 
 
-def _openvino(path: Path, metadata: dict[str, str], device: str, f32: bool, throughput: bool) -> Runner:
+class OnnxRuntimeRunner(Runner):
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, metadata: dict[str, str]) -> None:
+        import onnxruntime as ort
+
+        try:
+            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
+            raise ArtifactError(f"{path} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
+        inputs = {v.name: v.shape for v in self._session.get_inputs()}
+        check_io(path, inputs, {v.name: v.shape for v in self._session.get_outputs()}, metadata)
+        super().__init__(path, metadata, inputs["src"])
+
+    def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        return dict(zip(OUTPUT_NAMES, self._session.run(list(OUTPUT_NAMES), feeds), strict=True))
+
+    def close(self) -> None:
+        self._session = None
+
+
+class _OpenVINOPending(Pending):
+    def __init__(self, runner: OpenVINORunner, request: object) -> None:
+        super().__init__()
+        self._runner, self._request = runner, request
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self._outputs is None:
+            request = self._request
+            request.wait()
+            # Copied out: the request is handed to the next frame at once.
+            self._outputs = {name: np.array(request.get_tensor(name).data) for name in self._runner.output_names}
+            self.seconds = request.latency / 1000
+            self._runner._release(request)
+        return self._outputs
+
+
+class OpenVINORunner(Runner):
+    runtime = "openvino"
+
+    def __init__(
+        self,
+        path: Path,
+        metadata: dict[str, str],
+        device: str,
+        inference_precision: str,
+        throughput: bool,
+        profile: bool = False,
+    ) -> None:
+        import openvino as ov
+
+        if device.split(":")[0] not in DEVICES:
+            raise ArtifactError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        if inference_precision not in INFERENCE_PRECISIONS:
+            raise ArtifactError(
+                f"inference precision {inference_precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}"
+            )
+        core = ov.Core()
+        available = core.available_devices
+        if device.split(":")[0] != "AUTO" and not any(d.startswith(device) for d in available):
+            raise ArtifactError(f"OpenVINO device {device} is not available here (available: {', '.join(available)})")
+        config = {} if inference_precision == "auto" else {"INFERENCE_PRECISION_HINT": inference_precision}
+        # THROUGHPUT: several requests in flight, as a pipeline or a server keeps them.
+        config["PERFORMANCE_HINT"] = "THROUGHPUT" if throughput else "LATENCY"
+        if profile:  # counters cost time of their own: never on a runner that is timed
+            config["PERF_COUNT"] = "YES"
+        try:
+            self._compiled = core.compile_model(str(path), device, config)
+        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
+            raise ArtifactError(f"{path} does not load in OpenVINO {device}: {str(exc).splitlines()[0]}") from None
+        inputs = {v.any_name: v.get_partial_shape().get_min_shape() for v in self._compiled.inputs}
+        outputs = {v.any_name: v.get_partial_shape().get_min_shape() for v in self._compiled.outputs}
+        check_io(path, inputs, outputs, metadata)
+        super().__init__(path, metadata, tuple(inputs["src"]))
+        self.output_names = tuple(outputs)
+        self.device = device
+        # Twice the device's optimal number: the spare requests keep every stream busy while
+        # the oldest one's outputs are collected.
+        self.parallel = 2 * self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") if throughput else 1
+        self._free: list[object] = []
+        self._requests: list[object] = []  # every request made, waited for on close
+        self._lock = threading.Lock()
+        self._sync = self._compiled.create_infer_request()
+
+    @property
+    def inference_precision(self) -> str:
+        try:
+            return self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        except RuntimeError:  # devices without the property compute as the IR says
+            return "as the IR"
+
+    def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        result = self._sync.infer(feeds)
+        return {name: np.array(result[self._compiled.output(name)]) for name in self.output_names}
+
+    def submit(self, feeds: Feeds) -> Pending:
+        # No completion callback: a Python callback would stall OpenVINO's threads on the GIL
+        # while the caller decodes and encodes; the caller collects in order instead.
+        with self._lock:
+            if self._free:
+                request = self._free.pop()
+            else:
+                request = self._compiled.create_infer_request()
+                self._requests.append(request)
+        request.start_async(feeds)
+        return _OpenVINOPending(self, request)
+
+    def layer_times(self) -> list[LayerTime]:
+        return [
+            LayerTime(p.node_name, p.node_type, p.exec_type, p.real_time.total_seconds() * 1000)
+            for p in self._sync.profiling_info
+        ]
+
+    def _release(self, request: object) -> None:
+        with self._lock:
+            self._free.append(request)
+
+    def close(self) -> None:
+        # A request still computing when its compiled model is freed aborts the process
+        # (an interrupt can leave one behind): wait for every one first.
+        for request in self._requests:
+            request.wait()
+        self._free.clear()
+        self._requests.clear()
+        self._sync = self._compiled = None
+
+
+def default_inference_precision(device: str = "CPU") -> str:
+    """The arithmetic OpenVINO computes in on ``device`` when not told (``f32``, ``bf16``,
+    ``f16``): what a user's ``compile_model`` gets."""
     import openvino as ov
 
-    core = ov.Core()
-    available = core.available_devices
-    if device.split(":")[0] not in ("AUTO", "MULTI", "HETERO") and not any(d.startswith(device) for d in available):
-        raise ArtifactError(f"OpenVINO device {device} is not available here (available: {', '.join(available)})")
-    # f32 arithmetic judges the artifact's weights, not the device's default bf16/f16 maths.
-    config = {"INFERENCE_PRECISION_HINT": "f32"} if f32 and device == "CPU" else {}
-    if throughput:  # several requests in flight, as a pipeline keeps them
-        config["PERFORMANCE_HINT"] = "THROUGHPUT"
     try:
-        compiled = core.compile_model(str(path), device, config)
-    except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
-        raise ArtifactError(f"{path} does not load in OpenVINO {device}: {str(exc).splitlines()[0]}") from None
-    shapes = [
-        {v.any_name: v.get_partial_shape().get_min_shape() for v in ports}
-        for ports in (compiled.inputs, compiled.outputs)
-    ]
-    check_io(path, *shapes, metadata)
-    request = compiled.create_infer_request()
-
-    def run(src: np.ndarray, bgr: np.ndarray) -> dict[str, np.ndarray]:
-        result = request.infer({"src": src, "bgr": bgr})
-        return {name: np.array(result[compiled.output(name)]) for name in OUTPUT_NAMES}
-
-    shape = tuple(compiled.input("src").get_partial_shape().get_min_shape())
-    return Runner(path, "openvino", run, shape, compiled)
+        return ov.Core().get_property(device, "INFERENCE_PRECISION_HINT").get_type_name()
+    except RuntimeError:  # a device without the property, or one not here
+        return "f32"
 
 
 def load_runner(
     path: Path,
-    runtime: str,
+    runtime: str = "openvino",
     device: str = "CPU",
-    f32: bool = True,
+    inference_precision: str = "f32",
     throughput: bool = False,
     metadata: dict[str, str] | None = None,
+    profile: bool = False,
 ) -> Runner:
-    """``f32``: on CPU, compute in f32 whatever the device's default (parity checks want
-    that; deployment may not). ``throughput``: OpenVINO's THROUGHPUT hint, for pipelines
-    that keep several requests in flight (``Runner.compiled``). ``metadata``: the file's, if
-    the caller has read it already (``artifact_metadata``); else it is read here."""
+    """``inference_precision``: OpenVINO's arithmetic (``INFERENCE_PRECISIONS``; parity checks
+    want ``f32``, deployment the device's ``auto``). ``throughput``: OpenVINO's THROUGHPUT
+    hint, for callers that keep ``parallel`` requests in flight. ``metadata``: the file's, if
+    the caller has read it already (``artifact_metadata``); else it is read here.
+    ``profile``: OpenVINO's per-layer counters (``layer_times``)."""
     path = Path(path)
     if metadata is None:  # a file without bgm-export's metadata is refused here
         metadata = artifact_metadata(path)
     if runtime == "onnxruntime":
         if path.suffix != ".onnx":
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
-        return _onnxruntime(path, metadata)
+        return OnnxRuntimeRunner(path, metadata)
     if runtime == "openvino":
-        return _openvino(path, metadata, device, f32, throughput)
+        return OpenVINORunner(path, metadata, device, inference_precision, throughput, profile)
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 
-def runners_for(path: Path, metadata: dict[str, str] | None = None) -> list[Runner]:
-    """``.onnx``: ONNX Runtime and OpenVINO; ``.xml``: OpenVINO. The file is read once."""
+def runners_for(
+    path: Path, metadata: dict[str, str] | None = None, inference_precisions: Sequence[str] = ("f32",)
+) -> list[Runner]:
+    """``.onnx``: ONNX Runtime (f32; where f32 is asked for) and OpenVINO; ``.xml``: OpenVINO;
+    OpenVINO once per arithmetic in ``inference_precisions``. The file is read once."""
     path = Path(path)
     if metadata is None:
         metadata = artifact_metadata(path)
-    runtimes = ("onnxruntime", "openvino") if path.suffix == ".onnx" else ("openvino",)
-    return [load_runner(path, runtime, metadata=metadata) for runtime in runtimes]
+    runners: list[Runner] = []
+    if path.suffix == ".onnx" and "f32" in inference_precisions:
+        runners.append(load_runner(path, "onnxruntime", metadata=metadata))
+    for precision in inference_precisions:
+        runners.append(load_runner(path, "openvino", metadata=metadata, inference_precision=precision))
+    return runners

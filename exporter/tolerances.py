@@ -21,6 +21,7 @@ __all__ = [
     "FP32_PATCH_SHARE",
     "GOLDEN_ATOL",
     "OFF_BY_ONE_LEVEL",
+    "REDUCED_FGR_MEAN_ATOL",
 ]
 
 # Our eager model against the original's golden outputs (float32, same weights and
@@ -74,3 +75,13 @@ INT8_SYNTHETIC_METRIC_RISE = (("alpha MAD", 0.1), ("alpha GRAD", 0.15), ("foregr
 # the quantization time. Validation (held-out) frames for accuracy control: 8.
 INT8_CALIBRATION_FRAMES = 16
 INT8_VALIDATION_FRAMES = 8
+
+# Reduced arithmetic (OpenVINO computing an FP32 or FP16 IR in bf16 or f16, the CPU's
+# default where it has AVX-512 bf16 or AMX): judged by the FP16 bars and the accuracy table
+# (INT8's metric rises: it must trade no more accuracy than INT8 does). Measured on
+# trained_v1.pth at 720p, IR FP32 in bf16 against the eager model, 4 synthetic composites:
+# pha mean |d| 6.0e-4 (max 0.33), 0.55% of patches off by > 0.05, fgr mean |d| 3.0e-3 — at
+# the FP16 bar, and as in INT8 mostly where alpha is 0 and the colour is never seen, so fgr
+# gets INT8's 1e-2. Synthetic (random) weights amplify it as they do 8 bits (pha mean |d|
+# 1.3e-2, 2.3% of patches at 192x320): judged by the synthetic INT8 bars, with a warning.
+REDUCED_FGR_MEAN_ATOL = 1e-2

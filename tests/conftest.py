@@ -1,49 +1,65 @@
-"""Shared fixtures: the reference goldens, synthetic weights, and small exports."""
+"""Shared fixtures: the reference goldens, synthetic weights, small exports, and the command
+line. Constants needed at collection time are in ``helpers.py``."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import Result
 
 from exporter.checkpoint import Weights, synthetic_weights
 from exporter.config import ExportConfig
 from exporter.images import to_eager_input, to_model_input
-
-DATA = Path(__file__).parent / "data"
-BACKBONES = ("mobilenetv2", "resnet50", "resnet101")
-
-# The goldens' setting: 192x320, backbone scale 1/4, 16,000 sampled pixels, threshold 0.3.
-GOLDEN_CONFIG = ExportConfig(height=192, width=320, sample_pixels=16_000, threshold=0.3)
-
-
-@functools.cache
-def load_golden(backbone: str) -> dict[str, np.ndarray]:
-    with np.load(DATA / f"golden_{backbone}.npz") as data:
-        return {key: data[key] for key in data.files}
-
-
-def golden_config(backbone: str) -> ExportConfig:
-    """The MobileNetV2 golden's setting, or the refine settings stored in a ResNet golden."""
-    if backbone == "mobilenetv2":
-        return GOLDEN_CONFIG
-    golden = load_golden(backbone)
-    return GOLDEN_CONFIG.replace(
-        backbone=backbone, sample_pixels=int(golden["sample_pixels"]), threshold=float(golden["threshold"])
-    )
-
-
-@functools.cache
-def recipe_weights(backbone: str, seed: int = 0) -> Weights:
-    """The synthetic recipe, built once per session (ResNet-101's takes seconds)."""
-    return synthetic_weights(seed, backbone)
+from helpers import DATA, GOLDEN_CONFIG
 
 
 @pytest.fixture(scope="session")
-def golden() -> dict[str, np.ndarray]:
+def load_golden() -> Callable[[str], dict[str, np.ndarray]]:
+    """``load_golden(backbone)``: the reference outputs of the original for one backbone, read once."""
+
+    @functools.cache
+    def load(backbone: str) -> dict[str, np.ndarray]:
+        with np.load(DATA / f"golden_{backbone}.npz") as data:
+            return {key: data[key] for key in data.files}
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def golden_config(load_golden) -> Callable[[str], ExportConfig]:
+    """``golden_config(backbone)``: the MobileNetV2 golden's setting, or the refine settings
+    stored in a ResNet golden."""
+
+    def config(backbone: str) -> ExportConfig:
+        if backbone == "mobilenetv2":
+            return GOLDEN_CONFIG
+        golden = load_golden(backbone)
+        return GOLDEN_CONFIG.replace(
+            backbone=backbone, sample_pixels=int(golden["sample_pixels"]), threshold=float(golden["threshold"])
+        )
+
+    return config
+
+
+@pytest.fixture(scope="session")
+def recipe_weights() -> Callable[..., Weights]:
+    """``recipe_weights(backbone, seed=0)``: the synthetic recipe, built once per session
+    (ResNet-101's takes seconds)."""
+
+    @functools.cache
+    def recipe(backbone: str, seed: int = 0) -> Weights:
+        return synthetic_weights(seed, backbone)
+
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def golden(load_golden) -> dict[str, np.ndarray]:
     return load_golden("mobilenetv2")
 
 
@@ -57,13 +73,13 @@ def golden_rgb(golden) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
-def golden_bgr255(golden) -> tuple[np.ndarray, np.ndarray]:
+def golden_feeds(golden) -> dict[str, np.ndarray]:
     """The same inputs as the exported model takes them: BGR, NCHW, 0..255."""
-    return to_model_input(golden["src_rgb_u8"]), to_model_input(golden["bgr_rgb_u8"])
+    return {"src": to_model_input(golden["src_rgb_u8"]), "bgr": to_model_input(golden["bgr_rgb_u8"])}
 
 
 @pytest.fixture(scope="session")
-def weights():
+def weights(recipe_weights) -> Weights:
     return recipe_weights("mobilenetv2")
 
 
@@ -82,3 +98,46 @@ def golden_irs(tmp_path_factory, golden_onnx) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("golden-ir")
     return {p: export_ir(golden_onnx, root / p / "golden.xml", p).xml for p in ("FP32", "FP16")}
+
+
+@pytest.fixture(scope="session")
+def int8_ir(tmp_path_factory, golden_onnx) -> Path:
+    """The golden ONNX quantized with the default options (an NNCF run: tests using it are slow)."""
+    from exporter.export.openvino import export_ir
+
+    return export_ir(golden_onnx, tmp_path_factory.mktemp("int8") / "INT8" / "golden.xml", "INT8").xml
+
+
+@pytest.fixture()
+def bench_without_pauses(monkeypatch) -> None:
+    """bench's pauses that let a runtime's threads settle between measurements: timings are
+    never asserted, so the tests do without them (a minute of sleeping per full suite)."""
+    from exporter import bench
+
+    monkeypatch.setattr(bench, "SETTLE_SECONDS", 0.0)
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., Result]:
+    """``cli("info", path, ...)``: ``bgm-export`` run in this process, its stdout and stderr
+    apart; arguments may be paths."""
+    from typer.testing import CliRunner
+
+    from exporter.cli import app
+
+    runner = CliRunner()
+    return lambda *argv: runner.invoke(app, [str(arg) for arg in argv])
+
+
+@pytest.fixture(scope="session")
+def one_error() -> Callable[..., None]:
+    """``one_error(result, message, code=2)``: the run exited ``code``, and its last stderr
+    line is its one ``error:`` line, holding ``message``; no traceback."""
+
+    def check(result: Result, message: str, code: int = 2) -> None:
+        assert result.exit_code == code, result.output
+        *_, last = result.stderr.splitlines() or [""]
+        assert last.startswith("error: ") and message in last, result.stderr
+        assert result.stderr.count("error:") == 1 and "Traceback" not in result.output, result.stderr
+
+    return check

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import recipe_weights
 from exporter.checkpoint import (
     build_model,
     default_checkpoint,
@@ -76,14 +75,14 @@ def test_default_path_is_used_when_present(official, tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def resnet50_file(tmp_path_factory) -> Path:
+def resnet50_file(tmp_path_factory, recipe_weights) -> Path:
     """A file laid out like the official pytorch_resnet50.pth."""
     path = tmp_path_factory.mktemp("ckpt") / "pytorch_resnet50.pth"
     torch.save(recipe_weights("resnet50").state_dict, path)
     return path
 
 
-def test_backbone_is_read_from_the_checkpoint(resnet50_file):
+def test_backbone_is_read_from_the_checkpoint(resnet50_file, recipe_weights):
     resolved = resolve_weights(resnet50_file)
     assert resolved.backbone == "resnet50" and not resolved.synthetic
     model = build_model(ExportConfig(backbone="resnet50"), resolved)
@@ -91,7 +90,7 @@ def test_backbone_is_read_from_the_checkpoint(resnet50_file):
 
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50", "resnet101"])
-def test_detect_backbone(backbone):
+def test_detect_backbone(backbone, recipe_weights):
     # ResNet-50's keys are a subset of ResNet-101's: detection must not take one for the other.
     assert detect_backbone(recipe_weights(backbone).state_dict) == backbone
 
@@ -296,16 +295,11 @@ def test_bad_checkpoint_is_a_clear_error(kind, tmp_path, official, weights):
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_checkpoint_cli_exit_code_two(kind, tmp_path, official, weights):
-    from typer.testing import CliRunner
-
-    from exporter.cli import app
-
+def test_bad_checkpoint_cli_exit_code_two(kind, tmp_path, official, weights, cli, one_error):
     path, fragment = make_bad(kind, tmp_path, official, weights)
-    result = CliRunner().invoke(app, ["onnx", "--checkpoint", str(path), "--output", str(tmp_path / "m.onnx")])
-    assert result.exit_code == 2, result.output
-    assert result.stderr.startswith("error: checkpoint") and fragment in result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    result = cli("onnx", "--checkpoint", path, "--output", tmp_path / "m.onnx")
+    one_error(result, fragment)
+    assert result.stderr.startswith("error: checkpoint") and result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "m.onnx").exists()
 
 

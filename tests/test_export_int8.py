@@ -5,64 +5,82 @@ control, verification bars that catch a broken INT8 model, and every bad input."
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from exporter import tolerances as tol
 from exporter.artifact import read_ir_metadata
-from exporter.cli import app
-from exporter.errors import ConfigError, InputError
-from exporter.export.int8 import INT8_FP_LAYERS, Int8Options, agreement_score, int8_options
+from exporter.data import synthetic_case
+from exporter.errors import ArtifactError, ConfigError, InputError
+from exporter.export.int8 import (
+    INT8_FP_LAYERS,
+    TARGET_FP32,
+    TARGET_TRUTH,
+    Int8Options,
+    agreement_score,
+    calibration_frames,
+    int8_options,
+)
 from exporter.export.openvino import export_ir
-from exporter.info import artifact_info
+from exporter.info import artifact_info, format_info
+from exporter.runtime import default_inference_precision
 from exporter.verify import verify
 from exporter.verify.compare import BARS, SYNTHETIC_INT8_BARS
-from exporter.verify.data import synthetic_case
+from helpers import GOLDEN_CONFIG, huge_png
 
-runner = CliRunner()
 H, W = 192, 320  # the golden ONNX's size
 
 
-def frames_folder(root: Path, count: int, size: tuple[int, int] = (H, W), black: bool = False) -> Path:
-    """``count`` frames in the Open Model Zoo layout, ``size`` (H, W)."""
-    for sub in ("com", "bgr"):
+def frames_folder(root: Path, count: int, size: tuple[int, int] = (H, W), black: bool = False, pha: int = 0) -> Path:
+    """``count`` frames in the Open Model Zoo layout, ``size`` (H, W); the last ``pha`` of
+    them with their true alpha in ``pha/``."""
+    for sub in ("com", "bgr", "pha") if pha else ("com", "bgr"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for i in range(count):
         case = synthetic_case(*size, seed=500 + i)
         src, bgr = (np.zeros_like(case.src), np.zeros_like(case.bgr)) if black else (case.src, case.bgr)
         Image.fromarray(src).save(root / "com" / f"{i:03d}.png")
         Image.fromarray(bgr).save(root / "bgr" / f"{i:03d}.png")
+        if i >= count - pha:
+            Image.fromarray((case.pha * 255).astype(np.uint8)).save(root / "pha" / f"{i:03d}.png")
     return root
 
 
-@pytest.fixture(scope="module")
-def int8_ir(tmp_path_factory, golden_onnx) -> Path:
-    return export_ir(golden_onnx, tmp_path_factory.mktemp("int8") / "INT8" / "golden.xml", "INT8").xml
+# Every test that quantizes (``int8_ir`` included, made once a session) is slow: NNCF takes
+# seconds per run. The checks of options, frames and bad input that stop before NNCF are not.
 
 
-def test_metadata_says_how_it_was_made(int8_ir):
+@pytest.mark.slow
+def test_metadata_says_how_it_was_made(int8_ir, golden_onnx):
     metadata = read_ir_metadata(int8_ir)
     assert metadata["precision"] == "INT8"
     assert metadata["int8_calibration"] == "synthetic"
     assert metadata["int8_calibration_frames"] == str(tol.INT8_CALIBRATION_FRAMES)
     assert metadata["int8_max_drop"] == "none"
+    assert metadata["int8_validation_target"] == "none"
     assert metadata["int8_fp_layers"] == "/refiner/conv4/Conv"
     assert metadata["nncf_version"].startswith("3.")
     assert metadata["backbone"] == "mobilenetv2"
     assert artifact_info(int8_ir).metadata["int8_fp_layers"] == metadata["int8_fp_layers"]
-    assert INT8_FP_LAYERS == (r"/refiner/conv4/.*",)
+    # The layers INT8_FP_LAYERS names in the FP32 graph are the ones that stayed in floating point.
+    convolutions = [node.name for node in onnx.load(str(golden_onnx)).graph.node if node.op_type == "Conv"]
+    named = [name for name in convolutions if any(re.fullmatch(pattern, name) for pattern in INT8_FP_LAYERS)]
+    assert metadata["int8_fp_layers"].split(",") == named
 
 
+@pytest.mark.slow
 def test_weights_are_eight_bit(int8_ir, golden_irs):
     fp32_bin = golden_irs["FP32"].with_suffix(".bin").stat().st_size
     assert int8_ir.with_suffix(".bin").stat().st_size < 0.3 * fp32_bin
     assert artifact_info(int8_ir).ops["FakeQuantize"] > 50
 
 
+@pytest.mark.slow
 def test_refiner_conv1_runs_in_eight_bits(int8_ir):
     """The quantizer barrier keeps refiner.conv1's input quantizer below the zero padding,
     so the CPU plugin runs the costliest layer with 8-bit arithmetic."""
@@ -79,24 +97,29 @@ def test_refiner_conv1_runs_in_eight_bits(int8_ir):
     assert not kernels["/refiner/conv4/Conv/WithoutBiases"].endswith("I8")
 
 
+@pytest.mark.slow
 def test_deterministic_bytes(int8_ir, golden_onnx, tmp_path):
     again = export_ir(golden_onnx, tmp_path / "again.xml", "INT8")
     assert again.xml.read_bytes() == int8_ir.read_bytes()
     assert again.bin.read_bytes() == int8_ir.with_suffix(".bin").read_bytes()
 
 
+@pytest.mark.slow
 def test_good_int8_verifies_with_the_synthetic_bars(int8_ir, weights):
     report = verify([int8_ir], weights, cases=2)
     assert report.passed, [c for a in report.artifacts for o in a.outputs.values() for c in o.checks]
-    (result,) = report.artifacts
+    # In f32 and in the device's default arithmetic (what matte and users run), both judged.
+    assert [a.arithmetic for a in report.artifacts] == list(dict.fromkeys(["f32", default_inference_precision()]))
+    result = report.artifacts[0]
     assert result.precision == "INT8" and result.accuracy  # metric rises are judged
     assert result.outputs["pha"].mean_abs <= SYNTHETIC_INT8_BARS.mean_abs
     assert any("synthetic INT8 bars" in w for w in report.warnings)
     # The trained-weights bars are tighter: synthetic weights' INT8 does not meet them.
-    strict = verify([int8_ir], weights, cases=2, bars={"INT8": BARS["INT8"]})
+    strict = verify([int8_ir], weights, cases=2, bars={"INT8": BARS["INT8"]}, inference_precision="f32")
     assert not strict.passed
 
 
+@pytest.mark.slow
 def test_black_frame_calibration_is_caught(golden_onnx, weights, tmp_path):
     """Calibrated on black frames, the activation ranges are wrong: the INT8 bars fail."""
     folder = frames_folder(tmp_path / "black", 4, black=True)
@@ -109,6 +132,7 @@ def test_black_frame_calibration_is_caught(golden_onnx, weights, tmp_path):
     assert failed, "a broken INT8 model passed every bar"
 
 
+@pytest.mark.slow
 def test_calibration_folder_and_accuracy_control(golden_onnx, tmp_path):
     folder = frames_folder(tmp_path / "frames", 6)
     options = Int8Options(calibration=folder, frames=4, max_drop=50.0, validation_frames=2)
@@ -116,7 +140,33 @@ def test_calibration_folder_and_accuracy_control(golden_onnx, tmp_path):
     metadata = read_ir_metadata(result.xml)
     assert metadata["int8_calibration"].startswith("folder sha256:") and str(folder) not in metadata["int8_calibration"]
     assert metadata["int8_calibration_frames"] == "4" and metadata["int8_max_drop"] == "50.0"
+    # No pha/: the agreement is with the FP32 model, and the IR says so, as does info.
+    assert metadata["int8_validation_target"] == TARGET_FP32 == "fp32"
+    assert "int8_validation_target = fp32" in format_info(artifact_info(result.xml))
     assert "quantize with accuracy control" in result.durations
+
+
+@pytest.mark.parametrize(
+    "pha, max_drop, target",
+    [(0, 1.0, TARGET_FP32), (6, 1.0, TARGET_TRUTH), (2, 1.0, TARGET_TRUTH), (0, None, None), (6, None, None)],
+)
+def test_one_validation_target_for_every_frame(pha, max_drop, target, tmp_path):
+    """The truth when every validation frame (the last two of six) has pha/, the FP32 model
+    when none has; without accuracy control, none is needed."""
+    folder = frames_folder(tmp_path / "frames", 6, pha=pha)
+    frames = calibration_frames(
+        GOLDEN_CONFIG, Int8Options(calibration=folder, frames=4, max_drop=max_drop, validation_frames=2)
+    )
+    assert frames.target == target
+    assert len(frames.calibration) == 4 and len(frames.validation) == (2 if max_drop is not None else 0)
+
+
+def test_synthetic_validation_is_against_fp32():
+    frames = calibration_frames(GOLDEN_CONFIG, Int8Options(frames=2, max_drop=1.0, validation_frames=2))
+    assert frames.target == TARGET_FP32 and frames.source == "synthetic"
+    # Calibration and validation frames are the named uses' seeds, never verify's (0..).
+    assert [case.name for case in frames.calibration] == ["synthetic-1000", "synthetic-1001"]
+    assert [case.name for case in frames.validation] == ["synthetic-2000", "synthetic-2001"]
 
 
 def test_agreement_score_is_never_zero_for_a_perfect_model():
@@ -134,10 +184,26 @@ def test_int8_options_only_for_int8():
     assert int8_options("INT8", None, None, None).frames == tol.INT8_CALIBRATION_FRAMES
 
 
-@pytest.mark.parametrize("drop", [-1.0, math.nan, math.inf])
+@pytest.mark.parametrize("drop", [-1.0, math.nan, math.inf, True])
 def test_bad_max_drop(drop):
     with pytest.raises(ConfigError, match="max drop"):
-        Int8Options(max_drop=drop).validate()
+        Int8Options(max_drop=drop)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"frames": 0}, "calibration frames 0 is not a positive whole number"),
+        ({"frames": 2.5}, "calibration frames 2.5 is not"),
+        ({"frames": True}, "calibration frames True is not"),
+        ({"validation_frames": 0}, "validation frames 0 is not"),
+    ],
+)
+def test_int8_options_check_themselves_on_construction(changes, message):
+    """As ExportConfig: an Int8Options that exists is a valid one, no .validate() to forget."""
+    with pytest.raises(ConfigError, match=message):
+        Int8Options(**changes)
+    assert not hasattr(Int8Options, "validate")
 
 
 def bad_input(kind: str, root: Path) -> tuple[list[str], str]:
@@ -164,6 +230,24 @@ def bad_input(kind: str, root: Path) -> tuple[list[str], str]:
     if kind == "other-aspect":
         frames_folder(folder, 2, size=(200, 200))
         return ["--calibration", str(folder), "--calibration-frames", "2"], "an aspect other than the model's"
+    if kind == "other-aspect-bgr":  # com/ is right, its background would be stretched
+        frames_folder(folder, 2)
+        Image.fromarray(synthetic_case(200, 200, 1).bgr).save(folder / "bgr" / "001.png")
+        return ["--calibration", str(folder), "--calibration-frames", "2"], "bgr/001.png is 200x200, an aspect other"
+    if kind == "decompression-bomb":
+        frames_folder(folder, 2)
+        huge_png(folder / "com" / "000.png", 20_000, 12_000)
+        return ["--calibration", str(folder), "--calibration-frames", "2"], "com/000.png is larger than the"
+    if kind == "frames-beyond-memory":
+        return ["--calibration-frames", "100000000"], "100,000,000 calibration frames at 192x320 need about"
+    if kind == "pha-for-some-frames":
+        frames_folder(folder, 12, pha=1)  # 4 calibration + 8 validation frames, the last with pha/
+        return (
+            ["--calibration", str(folder), "--calibration-frames", "4", "--max-drop", "1"],
+            "holds the true alpha of 1 of the 8 validation frames",
+        )
+    if kind == "bin-is-a-folder":
+        return [], "m.bin is a directory"
     if kind == "missing-folder":
         return ["--calibration", str(root / "nope")], "does not exist or is not a folder"
     if kind == "negative-drop":
@@ -181,6 +265,11 @@ BAD = [
     "unreadable-image",
     "too-few-frames",
     "other-aspect",
+    "other-aspect-bgr",
+    "decompression-bomb",
+    "frames-beyond-memory",
+    "pha-for-some-frames",
+    "bin-is-a-folder",
     "missing-folder",
     "negative-drop",
     "nan-drop",
@@ -189,39 +278,81 @@ BAD = [
 
 
 @pytest.mark.parametrize("kind", BAD)
-def test_bad_int8_input_is_one_line_exit_two_and_writes_nothing(kind, golden_onnx, tmp_path):
+def test_bad_int8_input_is_one_line_exit_two_and_writes_nothing(kind, golden_onnx, tmp_path, cli, one_error):
     args, message = bad_input(kind, tmp_path)
     out = tmp_path / "out" / "INT8" / "m.xml"
-    result = runner.invoke(
-        app, ["ir", "--onnx", str(golden_onnx), "--precision", "INT8", "--output", str(out), "--quiet", *args]
-    )
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.output
-    assert not (tmp_path / "out").exists()
+    if kind == "bin-is-a-folder":
+        out.with_suffix(".bin").mkdir(parents=True)
+    # Not quiet: no stage may have started before the error.
+    result = cli("ir", "--onnx", golden_onnx, "--precision", "INT8", "--output", out, *args)
+    one_error(result, message)
+    assert "quantize" not in result.stdout and "convert" not in result.stdout
+    if kind == "bin-is-a-folder":
+        assert [p.name for p in out.parent.iterdir()] == ["m.bin"]
+    else:
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("precision, message", [("int4", "Invalid value for '--precision': Value error, 'int4'")])
-def test_unknown_precision(precision, message, golden_onnx, tmp_path):
-    result = runner.invoke(
-        app, ["ir", "--onnx", str(golden_onnx), "--precision", precision, "--output", str(tmp_path / "m.xml")]
-    )
-    assert result.exit_code == 2 and message in result.stderr
+def test_unknown_precision(precision, message, golden_onnx, tmp_path, cli, one_error):
+    one_error(cli("ir", "--onnx", golden_onnx, "--precision", precision, "--output", tmp_path / "m.xml"), message)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_int8_prints_what_stayed_in_floating_point(golden_onnx, tmp_path):
+def test_frames_beyond_memory_are_refused_before_the_onnx_export(weights, tmp_path, monkeypatch):
+    from exporter.export import openvino
+
+    def never(*args, **kwargs):
+        raise AssertionError("the ONNX export started")
+
+    monkeypatch.setattr(openvino, "export_onnx", never)
+    options = Int8Options(frames=100_000_000, max_drop=1.0)
+    with pytest.raises(ConfigError, match=r"100,000,008 calibration and validation frames at 192x320 need about "):
+        openvino.export_ir_from_weights(GOLDEN_CONFIG, weights, tmp_path / "m.xml", "INT8", int8=options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_int8_prints_what_stayed_in_floating_point(golden_onnx, tmp_path, cli):
     out = tmp_path / "INT8" / "m.xml"
-    result = runner.invoke(app, ["ir", "--onnx", str(golden_onnx), "--precision", "INT8", "--output", str(out)])
+    result = cli("ir", "--onnx", golden_onnx, "--precision", "INT8", "--output", out)
     assert result.exit_code == 0, result.output
     assert "kept in floating point: /refiner/conv4/Conv" in result.stdout
     assert "calibrated on synthetic composites" in result.stderr
     assert "quantize" in result.stdout and out.is_file()
+    assert "Statistics collection" in result.stdout  # NNCF's progress bars, when not quiet
+
+
+@pytest.mark.slow
+def test_quiet_int8_draws_no_progress_bars(golden_onnx, tmp_path, cli):
+    out = tmp_path / "INT8" / "m.xml"
+    result = cli("ir", "--onnx", golden_onnx, "--precision", "INT8", "--output", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and out.is_file()
+    assert "Statistics collection" not in result.output and "Applying" not in result.output
+
+
+@pytest.mark.slow
+def test_info_counts_every_weight_of_an_int8_ir(int8_ir, golden_irs):
+    """8-bit weights are weights: the INT8 IR has the FP32 IR's 4,989,244 parameters, not
+    the 64,563 floating-point constants left beside them."""
+    fp32, int8 = artifact_info(golden_irs["FP32"]), artifact_info(int8_ir)
+    assert int8.graph_parameters == fp32.graph_parameters == 4_989_244
+    assert artifact_info(golden_irs["FP16"]).graph_parameters == 4_989_244
+
+
+@pytest.mark.slow
+def test_an_int8_xml_beside_an_fp32_bin_is_named(int8_ir, golden_irs, tmp_path, cli, one_error):
+    xml = tmp_path / "m.xml"
+    xml.write_bytes(int8_ir.read_bytes())
+    xml.with_suffix(".bin").write_bytes(golden_irs["FP32"].with_suffix(".bin").read_bytes())
+    with pytest.raises(ArtifactError, match=r"larger than the 5,153,578 its .xml expects: the .bin does not belong"):
+        artifact_info(xml)
+    one_error(cli("info", xml), "the .bin does not belong to this .xml")
 
 
 def test_input_error_for_a_folder_that_is_a_file(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")
     with pytest.raises(InputError, match="is not a folder"):
-        Int8Options(calibration=path).validate()
+        Int8Options(calibration=path)

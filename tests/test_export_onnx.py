@@ -12,24 +12,24 @@ import onnx
 import pytest
 import torch
 
-from conftest import GOLDEN_CONFIG
 from exporter.checkpoint import build_model
 from exporter.config import ExportConfig
+from exporter.data import synthetic_case
 from exporter.errors import ExportError, OutputError
 from exporter.export import onnx as onnx_export
 from exporter.export.onnx import BANNED_OPS, check_graph, export_onnx
 from exporter.images import to_model_input
 from exporter.runtime import load_runner
 from exporter.tolerances import FP32_ATOL
-from exporter.verify.data import synthetic_case
+from helpers import GOLDEN_CONFIG
 
 RUNTIMES = ("onnxruntime", "openvino")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_golden_inputs_reproduce_original_outputs(runtime, golden_onnx, golden, golden_bgr255):
+def test_golden_inputs_reproduce_original_outputs(runtime, golden_onnx, golden, golden_feeds):
     """BGR 0..255 into the file gives what the original gave on RGB/255."""
-    outputs = load_runner(golden_onnx, runtime).run(*golden_bgr255)
+    outputs = load_runner(golden_onnx, runtime).infer(golden_feeds)
     np.testing.assert_allclose(outputs["pha"], golden["sampling_pha"], rtol=0, atol=FP32_ATOL)
     np.testing.assert_allclose(outputs["fgr"], golden["sampling_fgr"], rtol=0, atol=FP32_ATOL)
 
@@ -45,17 +45,22 @@ def eager(config: ExportConfig, weights, src_bgr255: np.ndarray, bgr_bgr255: np.
     return {"pha": pha.numpy(), "fgr": fgr.numpy()}
 
 
-@pytest.mark.parametrize("mode", ["sampling", "thresholding", "full"])
-def test_each_refine_mode_matches_eager(mode, weights, tmp_path):
-    config = ExportConfig(height=128, width=192, refine_mode=mode, sample_pixels=8_000, threshold=0.2)
-    path = export_onnx(config, weights, tmp_path / "m.onnx").path
+@pytest.fixture(scope="module", params=["sampling", "thresholding", "full"])
+def refine_mode_export(request, weights, tmp_path_factory) -> tuple[Path, dict, dict]:
+    """One refine mode exported at 128x192, a frame, and the eager model's outputs on it."""
+    config = ExportConfig(height=128, width=192, refine_mode=request.param, sample_pixels=8_000, threshold=0.2)
+    path = export_onnx(config, weights, tmp_path_factory.mktemp(request.param) / "m.onnx").path
     case = synthetic_case(128, 192, seed=3)
-    src, bgr = to_model_input(case.src), to_model_input(case.bgr)
-    expected = eager(config, weights, src, bgr)
-    for runtime in RUNTIMES:
-        got = load_runner(path, runtime).run(src, bgr)
-        for name in ("pha", "fgr"):
-            np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=FP32_ATOL, err_msg=f"{runtime} {name}")
+    feeds = {"src": to_model_input(case.src), "bgr": to_model_input(case.bgr)}
+    return path, feeds, eager(config, weights, feeds["src"], feeds["bgr"])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_each_refine_mode_matches_eager(refine_mode_export, runtime):
+    path, feeds, expected = refine_mode_export
+    got = load_runner(path, runtime).infer(feeds)
+    for name in ("pha", "fgr"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=FP32_ATOL, err_msg=name)
 
 
 def test_graph_is_static_and_deployable(golden_onnx):
@@ -73,11 +78,13 @@ def test_graph_is_static_and_deployable(golden_onnx):
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in inferred.graph.input)
 
 
-def test_preprocessing_is_in_the_graph(golden_onnx, golden_bgr255, golden):
+def test_preprocessing_is_in_the_graph(golden_onnx, golden_feeds, golden):
     """Feeding RGB 0..1 (what the original wanted) must not work: swap and scale are inside."""
     runner = load_runner(golden_onnx, "onnxruntime")
-    src, bgr = golden_bgr255
-    wrong = runner.run(np.ascontiguousarray(src[:, ::-1]) / 255, np.ascontiguousarray(bgr[:, ::-1]) / 255)
+    src, bgr = golden_feeds["src"], golden_feeds["bgr"]
+    wrong = runner.infer(
+        {"src": np.ascontiguousarray(src[:, ::-1]) / 255, "bgr": np.ascontiguousarray(bgr[:, ::-1]) / 255}
+    )
     assert np.abs(wrong["pha"] - golden["sampling_pha"]).max() > 0.05
 
 
@@ -94,7 +101,8 @@ def test_check_graph_catches_banned_and_dynamic():
 
 
 def test_metadata(golden_onnx):
-    metadata = {p.key: p.value for p in onnx.load(str(golden_onnx)).metadata_props}
+    model = onnx.load(str(golden_onnx))
+    metadata = {p.key: p.value for p in model.metadata_props}
     assert metadata == {
         "model_name": "background-matting-mobilenetv2",
         "backbone": "mobilenetv2",
@@ -113,7 +121,8 @@ def test_metadata(golden_onnx):
         "tool": "bgm-export 0.1.0",
         "nodes_before_simplify": metadata["nodes_before_simplify"],
     }
-    assert int(metadata["nodes_before_simplify"]) > 400
+    # The count before onnxsim, recorded beside the graph it simplified: larger than what is left.
+    assert int(metadata["nodes_before_simplify"]) > len(model.graph.node) > 0
 
 
 def test_deterministic_bytes(golden_onnx, weights, tmp_path):
@@ -131,6 +140,7 @@ def test_failed_export_leaves_existing_file_untouched(weights, tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+@pytest.mark.slow
 def test_interrupted_export_leaves_no_partial_file(tmp_path):
     """SIGINT while the file is being written: nothing at the output path, no litter."""
     target = tmp_path / "m.onnx"
@@ -181,25 +191,46 @@ def test_output_that_is_a_directory_is_a_clear_error(weights, tmp_path):
         export_onnx(GOLDEN_CONFIG, weights, tmp_path)
 
 
-@pytest.mark.slow
-def test_720p_matches_eager_in_every_runtime_and_precision(weights, tmp_path_factory):
+@pytest.fixture(scope="module")
+def export_720p(weights, tmp_path_factory) -> dict:
+    """The 720p preset's ONNX (its export result), IR FP32 and FP16, a frame, and the eager
+    model's outputs on it: made once for the 720p tests (all slow)."""
     from exporter.export.openvino import export_ir
-    from exporter.tolerances import FP16_MEAN_ATOL
 
     config = ExportConfig()
     root = tmp_path_factory.mktemp("720p")
     result = export_onnx(config, weights, root / "m.onnx")
-    assert result.nodes_after < result.nodes_before
-    ir32 = export_ir(result.path, root / "FP32" / "m.xml", "FP32").xml
-    ir16 = export_ir(result.path, root / "FP16" / "m.xml", "FP16").xml
     case = synthetic_case(720, 1280, seed=0)
-    src, bgr = to_model_input(case.src), to_model_input(case.bgr)
-    expected = eager(config, weights, src, bgr)
-    for path, runtime in ((result.path, "onnxruntime"), (result.path, "openvino"), (ir32, "openvino")):
-        got = load_runner(path, runtime).run(src, bgr)
-        assert got["pha"].shape == (1, 1, 720, 1280) and got["fgr"].shape == (1, 3, 720, 1280)
-        for name in ("pha", "fgr"):
-            np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=FP32_ATOL, err_msg=f"{runtime} {name}")
-    got = load_runner(ir16, "openvino").run(src, bgr)
+    feeds = {"src": to_model_input(case.src), "bgr": to_model_input(case.bgr)}
+    return {
+        "result": result,
+        "onnx": result.path,
+        **{p: export_ir(result.path, root / p / "m.xml", p).xml for p in ("FP32", "FP16")},
+        "feeds": feeds,
+        "expected": eager(config, weights, feeds["src"], feeds["bgr"]),
+    }
+
+
+@pytest.mark.slow
+def test_720p_is_simplified(export_720p):
+    result = export_720p["result"]
+    assert result.nodes_after < result.nodes_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("artifact, runtime", [("onnx", "onnxruntime"), ("onnx", "openvino"), ("FP32", "openvino")])
+def test_720p_matches_eager(export_720p, artifact, runtime):
+    got = load_runner(export_720p[artifact], runtime).infer(export_720p["feeds"])
+    assert got["pha"].shape == (1, 1, 720, 1280) and got["fgr"].shape == (1, 3, 720, 1280)
     for name in ("pha", "fgr"):
-        assert np.abs(got[name] - expected[name]).mean() <= FP16_MEAN_ATOL
+        np.testing.assert_allclose(got[name], export_720p["expected"][name], rtol=0, atol=FP32_ATOL, err_msg=name)
+
+
+@pytest.mark.slow
+def test_720p_fp16_is_close_on_average(export_720p):
+    from exporter.tolerances import FP16_MEAN_ATOL
+
+    got = load_runner(export_720p["FP16"], "openvino").infer(export_720p["feeds"])
+    for name in ("pha", "fgr"):
+        error = np.abs(got[name] - export_720p["expected"][name]).mean()
+        assert error <= FP16_MEAN_ATOL, f"{name}: mean |d| {error}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.artifact import artifact_files
 from exporter.errors import OutputError
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, write_json
 
@@ -32,6 +33,21 @@ def test_check_not_input_follows_links(tmp_path):
         check_not_input(tmp_path / "link.onnx", source)
     check_not_input(tmp_path / "other.json", source, "synthetic bgmv2-synthetic-v1", None)
     check_not_input(None, source)
+
+
+def test_check_not_input_guards_every_file_of_an_artifact(tmp_path):
+    """An IR is its .xml and its .bin; an .onnx (or any other file) is itself alone."""
+    xml, bin_ = tmp_path / "m.xml", tmp_path / "m.bin"
+    xml.write_text("xml")
+    bin_.write_text("bin")
+    assert artifact_files(xml) == [xml, bin_] and artifact_files(tmp_path / "m.onnx") == [tmp_path / "m.onnx"]
+    with pytest.raises(OutputError, match=f"output {bin_} is {bin_}, the weights of the input {xml}; refusing"):
+        check_not_input(bin_, xml)
+    with pytest.raises(OutputError, match=f"output {xml} is the input {xml}; refusing"):
+        check_not_input(xml, xml)
+    check_not_input(tmp_path / "m.bin", tmp_path / "m.onnx")  # an .onnx has no .bin
+    bin_.unlink()
+    check_not_input(bin_, xml)  # nothing there to lose: the missing .bin is the reader's to name
 
 
 def test_check_writable_creates_nothing(tmp_path):

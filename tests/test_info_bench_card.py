@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
-from typer.testing import CliRunner
 
-from conftest import GOLDEN_CONFIG
-from exporter.bench import bench
-from exporter.cli import app
+from exporter.bench import ORIGINAL, BenchReport, BenchRow, bench, format_bench
 from exporter.config import ExportConfig
 from exporter.info import artifact_info, checkpoint_info
+from exporter.runtime import default_inference_precision, load_runner
+from helpers import GOLDEN_CONFIG
 
-runner = CliRunner()
+SMALL = ExportConfig(height=128, width=192, sample_pixels=8_000)
+SMALL_ARGS = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
 
 
 def conv_gflops(config: ExportConfig) -> dict[str, float]:
@@ -28,17 +30,18 @@ def test_onnx_info(golden_onnx):
     assert info.gflops_by_block["refiner"] == pytest.approx(conv_gflops(GOLDEN_CONFIG)["refiner"], rel=1e-9)
     assert set(info.gflops_by_block) == {"backbone", "aspp", "decoder", "refiner"}
     assert info.nodes < info.nodes_before_simplify
-    assert 4.9e6 < info.graph_parameters < 5.1e6
+    assert info.graph_parameters == 4_989_243  # the 5,006,839 trainable ones, batch norms folded
     assert info.ops["Conv"] == 65 and "NonZero" not in info.ops
     assert info.metadata["color_order"] == "BGR"
 
 
-def test_ir_info_counts_the_same_flops(golden_onnx, golden_irs):
-    onnx_flops = artifact_info(golden_onnx).gflops
-    for xml in golden_irs.values():
-        info = artifact_info(xml)
-        assert info.gflops == pytest.approx(onnx_flops, rel=1e-6)
-        assert len(info.files) == 2 and info.metadata["resolution"] == "192x320"
+@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+def test_ir_info_counts_the_same_flops(precision, golden_onnx, golden_irs):
+    xml = golden_irs[precision]
+    info = artifact_info(xml)
+    assert info.gflops == pytest.approx(artifact_info(golden_onnx).gflops, rel=1e-6)
+    assert info.files == {str(p): p.stat().st_size for p in (xml, xml.with_suffix(".bin"))}
+    assert info.metadata["resolution"] == "192x320" and info.metadata["precision"] == precision
 
 
 @pytest.mark.slow
@@ -52,50 +55,107 @@ def test_checkpoint_info_at_720p(weights):
     assert info.gflops_by_block["refiner"] == pytest.approx(conv_gflops(ExportConfig())["refiner"], rel=1e-9)
 
 
-def test_info_cli(golden_onnx, tmp_path):
-    result = runner.invoke(app, ["info", str(golden_onnx), "--json", str(tmp_path / "i.json")])
+def test_info_cli(golden_onnx, tmp_path, cli, one_error):
+    result = cli("info", golden_onnx, "--json", tmp_path / "i.json")
     assert result.exit_code == 0, result.output
     assert "GFLOPs" in result.stdout and "Conv 65" in result.stdout
     assert json.loads((tmp_path / "i.json").read_text())["format"] == "onnx"
-    missing = runner.invoke(app, ["info", str(tmp_path / "none.onnx")])
-    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    one_error(cli("info", tmp_path / "none.onnx"), "does not exist")
+
+
+def bench_rows(golden_irs) -> list[tuple[str, str, str, str]]:
+    """bench's rows in order (name, runtime, weights, arithmetic): eager PyTorch and ONNX
+    Runtime in f32, then each IR in f32 and in the arithmetic this machine's CPU computes in
+    when not told (bf16 where it has it)."""
+    auto = load_runner(golden_irs["FP32"], "openvino", inference_precision="auto").inference_precision
+    irs = [("IR FP32", "FP32"), ("IR FP16", "FP16"), ("IR INT8", "INT8"), (ORIGINAL, "FP32")]
+    return [("eager PyTorch", "torch", "FP32", "f32"), ("ONNX", "onnxruntime", "FP32", "f32")] + [
+        (name, "openvino", weights, arithmetic) for name, weights in irs for arithmetic in ("f32", auto)
+    ]
+
+
+def check_ratios(ratios: list[dict], rows: list[dict]) -> None:
+    """Every IR against the original recipe's IR in its own arithmetic, each ratio from the two
+    rows' own numbers."""
+    irs = [r for r in rows if r["runtime"] == "openvino" and r["name"] != ORIGINAL]
+    assert [(ratio["row"], ratio["against"]) for ratio in ratios] == [
+        (f"{r['name']} ({r['inference']})", f"{ORIGINAL} ({r['inference']})") for r in irs
+    ]
+    for ratio, row in zip(ratios, irs, strict=True):
+        # Where the device's default is f32, two original-recipe rows carry the label: either may be the peer.
+        peers = [r for r in rows if r["name"] == ORIGINAL and r["inference"] == row["inference"]]
+        assert any(
+            ratio["latency"] == pytest.approx(peer["median_ms"] / row["median_ms"])
+            and ratio["throughput"] == pytest.approx(row["throughput_fps"] / peer["throughput_fps"])
+            for peer in peers
+        ), (ratio, row, peers)
 
 
 @pytest.mark.slow
-def test_bench_small(weights):
-    report = bench(ExportConfig(height=128, width=192, sample_pixels=8_000), weights, runs=1, profile=True)
-    names = [(r.name, r.inference) for r in report.rows]
-    assert names[:2] == [("eager PyTorch", "f32"), ("ONNX", "f32")]
-    assert {name for name, _ in names} == {
-        "eager PyTorch",
-        "ONNX",
-        "IR FP32",
-        "IR FP16",
-        "IR INT8",
-        "original recipe IR FP32",
-    }
-    assert [r.inference for r in report.rows if r.name == "IR INT8"] == ["f32", names[-1][1]]
-    assert all(r.median_ms > 0 and r.throughput_fps > 0 for r in report.rows)
-    assert all(len(r.profile) == 10 for r in report.rows if r.runtime == "openvino")
+def test_bench_small(weights, golden_irs, bench_without_pauses):
+    """Which rows, in which arithmetic, and each row's numbers derived from its own timings."""
+    report = bench(SMALL, weights, runs=1, profile=True)
+    rows = report.rows
+    assert [(r.name, r.runtime, r.precision, r.inference) for r in rows] == bench_rows(golden_irs)
+    eager = rows[0]
+    assert (eager.speedup_latency, eager.speedup_throughput) == (1.0, 1.0)
+    for r in rows:
+        assert r.p90_ms == r.median_ms, r.label  # one timed run: its own 90th percentile
+        assert r.speedup_latency == pytest.approx(eager.median_ms / r.median_ms), r.label
+        assert r.speedup_throughput == pytest.approx(r.throughput_fps / eager.throughput_fps), r.label
+        if r.runtime != "openvino":  # one request at a time: throughput is the latency's inverse
+            assert r.throughput_fps == pytest.approx(1000 / r.median_ms), r.label
+    # One model counted once: every row does the FLOPs of the ONNX export at this setting.
+    assert {r.gflops for r in rows} == {eager.gflops}
+    assert eager.gflops == pytest.approx(checkpoint_info(SMALL, weights).gflops, rel=1e-9)
+    # The ten costliest layers of one request, costliest first, and the convolutions' share of
+    # it: OpenVINO's counters, so for the IRs only.
+    for r in rows:
+        if r.runtime == "openvino":
+            times = [layer.milliseconds for layer in r.profile]
+            assert len(times) == 10 and times == sorted(times, reverse=True), r.label
+            assert len({layer.name for layer in r.profile}) == 10 and 0 < r.conv_share <= 1, r.label
+        else:
+            assert r.profile == [] and r.conv_share is None, r.label
+    check_ratios(report.to_dict()["ratios"], report.to_dict()["rows"])
+    text = format_bench(report)
+    assert f"{eager.gflops:.2f} GFLOP a frame" in text
+    assert text.count("Top layers, ") == 8
+
+
+RATIO = re.compile(r"^(.+ \(\w+\)) vs (.+ \(\w+\)): latency x([\d.]+), throughput x([\d.]+)$", re.M)
 
 
 @pytest.mark.slow
-def test_bench_cli(tmp_path):
-    args = ["bench", "--height", "128", "--width", "192", "--sample-pixels", "8000", "--runs", "1"]
-    result = runner.invoke(app, [*args, "--json", str(tmp_path / "b.json")])
+def test_bench_cli(tmp_path, golden_irs, cli, one_error, bench_without_pauses):
+    result = cli("bench", *SMALL_ARGS, "--runs", "1", "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.output
-    assert "IR FP32 (f32) vs original recipe IR FP32 (f32): latency x" in result.stdout
-    assert "IR INT8 (f32) vs IR FP32 (f32): latency x" in result.stdout
-    assert "IR INT8 (f32) vs original recipe IR FP32 (f32): latency x" in result.stdout
-    assert len(json.loads((tmp_path / "b.json").read_text())["rows"]) == 9
-    assert runner.invoke(app, ["bench", "--runs", "0"]).exit_code == 2
+    data = json.loads((tmp_path / "b.json").read_text())
+    # Every field of the report (its config as resolution and sample pixels) and of each row.
+    report_fields = {f.name for f in dataclasses.fields(BenchReport)} - {"config"}
+    assert set(data) == report_fields | {"resolution", "sample_pixels", "ratios"}
+    assert (data["resolution"], data["sample_pixels"]) == ([128, 192], 8000)
+    assert data["checkpoint"] == "synthetic bgmv2-synthetic-v1 seed 0"
+    row_fields = {f.name for f in dataclasses.fields(BenchRow)} | {"gflops_per_second"}
+    assert all(set(row) == row_fields for row in data["rows"])
+    rows = data["rows"]
+    assert [(r["name"], r["runtime"], r["precision"], r["inference"]) for r in rows] == bench_rows(golden_irs)
+    for r in rows:
+        assert r["gflops_per_second"] == pytest.approx(r["gflops"] * r["throughput_fps"]), r["name"]
+        assert r["profile"] == []  # without --profile
+    check_ratios(data["ratios"], rows)
+    # The lines printed are the JSON's ratios, rounded.
+    printed = RATIO.findall(result.stdout)
+    assert printed == [
+        (ratio["row"], ratio["against"], f"{ratio['latency']:.2f}", f"{ratio['throughput']:.2f}")
+        for ratio in data["ratios"]
+    ]
+    one_error(cli("bench", "--runs", "0"), "Invalid value for '--runs'")
 
 
-def test_card(golden_onnx, golden_irs, tmp_path):
+def test_card(golden_onnx, golden_irs, tmp_path, cli):
     target = tmp_path / "card.md"
-    result = runner.invoke(
-        app, ["card", str(golden_onnx), str(golden_irs["FP16"]), "--cases", "1", "--output", str(target)]
-    )
+    result = cli("card", golden_onnx, golden_irs["FP16"], "--cases", "1", "--output", target)
     assert result.exit_code == 0, result.output
     text = target.read_text()
     info = artifact_info(golden_onnx)
@@ -105,30 +165,57 @@ def test_card(golden_onnx, golden_irs, tmp_path):
     assert "Expected color order: `BGR`" in text and "Made from synthetic weights" in text
     assert "shape: `1, 3, 192, 320`" in text
     assert "Precisions (changes against the original model on the same cases):" in text
-    assert "| ms per frame (verify, f32 arithmetic) |" in text
-    assert text.count("| PASSED |") == 3
+    assert "| ms per frame (verify, one request, that arithmetic) |" in text
+    assert "| Arithmetic | f32 |" in text  # every accuracy and speed figure says its arithmetic
+    # ONNX Runtime, OpenVINO on the .onnx and on the FP16 IR: in f32, and in the device's
+    # default arithmetic (OpenVINO's) where it differs.
+    reduced = 0 if default_inference_precision() == "f32" else 2
+    assert text.count("| PASSED |") == 3 + reduced
 
 
-def test_card_refuses_artifacts_of_different_models(golden_onnx, weights, tmp_path):
+@pytest.mark.slow
+def test_card_specification_does_not_depend_on_the_order_of_its_artifacts(int8_ir, golden_irs, weights):
+    """MParams and GFlops come from the most exact artifact given, and an INT8 IR counts its
+    8-bit weights: 4.989 MParams whichever artifact comes first (0.065 when INT8 came first)."""
+    from exporter.card import model_card
+    from exporter.verify import verify
+
+    paths = [int8_ir, golden_irs["FP32"]]
+    report = verify(paths, weights, cases=1)
+    infos = [artifact_info(path) for path in paths]
+    assert infos[0].graph_parameters == infos[1].graph_parameters == 4_989_244
+    cards = [model_card(report, infos), model_card(report, infos[::-1])]
+    specification = [
+        [line for line in card.splitlines() if line.startswith(("| MParams", "| GFlops"))] for card in cards
+    ]
+    assert specification[0] == specification[1]
+    assert "| MParams | 4.989 |" in specification[0]
+
+
+def test_card_refuses_artifacts_of_different_models(golden_onnx, weights, tmp_path, cli, one_error):
     from exporter.export.onnx import export_onnx
 
     other = export_onnx(ExportConfig(height=128, width=192, sample_pixels=4000), weights, tmp_path / "s.onnx").path
     target = tmp_path / "card.md"
-    result = runner.invoke(app, ["card", str(golden_onnx), str(other), "--cases", "1", "--output", str(target)])
-    assert result.exit_code == 2
-    assert "describes one model at one resolution; these artifacts are mobilenetv2 128x192, mobilenetv2 192x320" in (
-        result.stderr
+    one_error(
+        cli("card", golden_onnx, other, "--cases", "1", "--output", target),
+        "describes one model at one resolution; these artifacts are mobilenetv2 128x192, mobilenetv2 192x320",
     )
     assert not target.exists()
 
 
-def test_outputs_are_checked_before_the_work(golden_onnx, tmp_path):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "--height", "128", "--width", "192", "--json", "FILE/b.json"],
+        ["verify", "ONNX", "--json", "FILE/v.json"],
+        ["card", "ONNX", "--output", "FILE/card.md"],
+    ],
+    ids=["bench", "verify", "card"],
+)
+def test_outputs_are_checked_before_the_work(argv, golden_onnx, tmp_path, cli, one_error):
     (tmp_path / "file").write_text("x")
-    for argv in (
-        ["bench", "--height", "128", "--width", "192", "--json", str(tmp_path / "file" / "b.json")],
-        ["verify", str(golden_onnx), "--json", str(tmp_path / "file" / "v.json")],
-        ["card", str(golden_onnx), "--output", str(tmp_path / "file" / "card.md")],
-    ):
-        result = runner.invoke(app, argv)
-        assert result.exit_code == 2 and "is not a folder" in result.stderr, (argv, result.output)
-        assert "exporting" not in result.stderr and "reference" not in result.stderr
+    places = {"ONNX": str(golden_onnx), "FILE": str(tmp_path / "file")}
+    result = cli(*(re.sub("ONNX|FILE", lambda m: places[m[0]], arg) for arg in argv))
+    one_error(result, "is not a folder")
+    assert "exporting" not in result.stderr and "reference" not in result.stderr

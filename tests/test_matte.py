@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -9,17 +18,15 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from exporter.align import estimate_alignment
-from exporter.cli import app
+from exporter.data import room_case, synthetic_case
 from exporter.errors import InputError, OutputError
-from exporter.matte import Matter, letterbox, matte
+from exporter.matte import FirstFrames, matte
+from exporter.pipeline.prepare import Composite, Prepare, letterbox
+from exporter.pipeline.sources import Frame, Pipe, Stream
 from exporter.runtime import load_runner
 from exporter.tolerances import OFF_BY_ONE_LEVEL
-from exporter.verify.data import room_case, synthetic_case
-
-runner = CliRunner()
 
 
 def save(image: np.ndarray, path: Path) -> Path:
@@ -41,12 +48,12 @@ def model(golden_irs) -> Path:
 def test_image_at_model_size(model, tmp_path):
     case = synthetic_case(192, 320, 11)
     src, bgr = save(case.src, tmp_path / "in/src.png"), save(case.bgr, tmp_path / "in/bgr.png")
-    summary = matte(model, src, bgr, target="0,255,0", out=tmp_path / "out")
+    summary = matte(model, src, bgr, target=(0, 255, 0), out=tmp_path / "out")
     assert summary.frames == 1 and not summary.warnings
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["src_alpha.png", "src_composite.png", "src_fgr.png"]
 
-    matter = Matter(load_runner(model, "openvino", f32=False), case.bgr)
-    expected = matter.model_outputs(case.src)
+    runner = load_runner(model, "openvino", inference_precision="auto")
+    expected = runner.infer(Prepare(192, 320, case.bgr)(Frame(0, "src", case.src, 0.0)))
     alpha = read(tmp_path / "out/src_alpha.png")
     assert alpha.shape == (192, 320) and alpha.dtype == np.uint8
     assert np.abs(alpha / 255 - expected["pha"][0, 0]).max() <= OFF_BY_ONE_LEVEL
@@ -55,7 +62,7 @@ def test_image_at_model_size(model, tmp_path):
     assert rgba.shape == (192, 320, 4) and np.array_equal(rgba[..., 3], alpha)
     green = np.zeros((192, 320, 3), np.uint8)
     green[..., 1] = 255
-    result = matter(case.src, green)
+    result = Composite((192, 320), 192, 320)(expected, green)
     composite = read(tmp_path / "out/src_composite.png")
     pha = result.pha[..., None]
     reference = pha * result.fgr + (1 - pha) * green / 255
@@ -70,7 +77,7 @@ def test_other_size_is_letterboxed_and_mapped_back(model, tmp_path):
     src = save(case.src, tmp_path / "src.png")
     bgr = save(np.array(Image.fromarray(case.bgr).resize((400, 300))), tmp_path / "bgr.png")
     target = save(synthetic_case(90, 90, 13).bgr, tmp_path / "beach.png")
-    summary = matte(model, src, bgr, target=str(target), out=tmp_path / "out")
+    summary = matte(model, src, bgr, target=target, out=tmp_path / "out")
     assert summary.warnings == ["background 400x300 resized to the source's 200x150"]
     for name in ("src_alpha.png", "src_fgr.png", "src_composite.png"):
         assert read(tmp_path / "out" / name).shape[:2] == (150, 200)
@@ -101,15 +108,12 @@ def write_video(path: Path, frames: list[np.ndarray]) -> Path:
     return path
 
 
-def test_video_in_video_out(model, tmp_path):
+def test_video_in_video_out(model, tmp_path, cli):
     cases = [synthetic_case(96, 160, 20 + i) for i in range(5)]
     video = write_video(tmp_path / "in.mp4", [c.src for c in cases])
     target = write_video(tmp_path / "target.mp4", [c.bgr for c in cases[:2]])
     bgr = save(cases[0].bgr, tmp_path / "bgr.png")
-    result = runner.invoke(
-        app, ["matte", "--model", str(model), "--src", str(video), "--bgr", str(bgr), "--target", str(target),
-              "--out", str(tmp_path / "out")],
-    )  # fmt: skip
+    result = cli("matte", "--model", model, "--src", video, "--bgr", bgr, "--target", target, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert "5 frames in" in result.stdout and "frames per second" in result.stdout
     capture = cv2.VideoCapture(str(tmp_path / "out/composite.mp4"))
@@ -126,21 +130,21 @@ def test_video_outputs_chosen(model, tmp_path):
     cases = [synthetic_case(96, 160, 30 + i) for i in range(3)]
     video = write_video(tmp_path / "in.mp4", [c.src for c in cases])
     bgr = save(cases[0].bgr, tmp_path / "bgr.png")
-    summary = matte(model, video, bgr, out=tmp_path / "out", outputs="alpha,composite-png")
+    summary = matte(model, video, bgr, out=tmp_path / "out", outputs=("alpha", "composite-png"))
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == [f"frame_{i:06d}_{kind}.png" for i in range(3) for kind in ("alpha", "composite")]
     assert summary.frames == 3 and set(summary.timings) == {"decode", "prepare", "model", "write"}
-    assert 0 < summary.model_share <= 1
+    assert 0 < summary.model_share <= 1  # the model's busy time is a part of the wall time
 
 
 def test_folder_outputs_chosen(model, tmp_path):
     for i in range(2):
         save(synthetic_case(96, 160, i).src, tmp_path / "frames" / f"f{i}.png")
     bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
-    matte(model, tmp_path / "frames", bgr, out=tmp_path / "out", outputs="composite")
+    matte(model, tmp_path / "frames", bgr, out=tmp_path / "out", outputs=("composite",))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0_composite.png", "f1_composite.png"]
     # For images, composite and composite-png name the same file: written once.
-    matte(model, tmp_path / "frames", bgr, out=tmp_path / "both", outputs="composite-png,composite")
+    matte(model, tmp_path / "frames", bgr, out=tmp_path / "both", outputs=("composite-png", "composite"))
     assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["f0_composite.png", "f1_composite.png"]
 
 
@@ -173,7 +177,7 @@ def identity_model(path: Path) -> Path:
         ("bgr-of-another-view", "is 96x96, another aspect than the frames' 160x96: it cannot be the same view"),
     ],
 )
-def test_bad_input_is_one_line_exit_two_and_writes_nothing(case, message, model, tmp_path):
+def test_bad_input_is_one_line_exit_two_and_writes_nothing(case, message, model, tmp_path, cli, one_error):
     good = save(synthetic_case(96, 160, 1).src, tmp_path / "good.png")
     args = {"--model": model, "--src": good, "--bgr": good, "--out": tmp_path / "out"}
     extra: list[str] = []
@@ -209,14 +213,12 @@ def test_bad_input_is_one_line_exit_two_and_writes_nothing(case, message, model,
         (tmp_path / "out").write_text("x")
     elif case == "bgr-of-another-view":
         args["--bgr"] = save(synthetic_case(96, 96, 1).bgr, tmp_path / "square.png")
-    argv = ["matte", *[str(v) for pair in args.items() for v in pair], *extra]
-    result = runner.invoke(app, argv)
-    assert result.exit_code == 2, result.output
-    # The one error line (a progress bar's label may stand before it when stderr is no terminal).
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.output, result.stderr
-    out = tmp_path / "out"
-    assert not out.is_dir() or list(out.iterdir()) == []
+    # The one error line, last (a progress bar's label may stand before it when stderr is no terminal).
+    one_error(cli("matte", *[v for pair in args.items() for v in pair], *extra), message)
+    if case == "out-is-a-file":
+        assert (tmp_path / "out").read_text() == "x"
+    else:
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -243,7 +245,7 @@ def test_align_brings_a_moved_capture_close_to_the_exact_background(model, tmp_p
     runs = {}
     for label, background, align in (("exact", room, False), ("moved", case.bgr, False), ("aligned", case.bgr, True)):
         bgr = save(background, tmp_path / f"{label}.png")
-        summary = matte(model, src, bgr, out=tmp_path / label, align=align, outputs="alpha")
+        summary = matte(model, src, bgr, out=tmp_path / label, align=align, outputs=("alpha",))
         runs[label] = read(tmp_path / label / "src_alpha.png").astype(float) / 255
         if align:
             assert summary.alignment.startswith("frame 0: shift (") and "inliers" in summary.alignment
@@ -265,30 +267,24 @@ def test_estimated_homography_undoes_the_hand_movement(size):
     assert abs(abs(alignment.rotation) - 1.0) < 0.1
 
 
-def test_align_on_a_textureless_background_is_refused(model, tmp_path):
+def test_align_on_a_textureless_background_is_refused(model, tmp_path, cli, one_error):
     case, _ = room_case(96, 160, 4)
     src = save(case.src, tmp_path / "src.png")
     flat = save(np.full((96, 160, 3), 128, np.uint8), tmp_path / "flat.png")
-    result = runner.invoke(
-        app, ["matte", "--model", str(model), "--src", str(src), "--bgr", str(flat), "--align",
-              "--out", str(tmp_path / "out")],
-    )  # fmt: skip
-    assert result.exit_code == 2
-    assert result.stderr.startswith("error: cannot align the background: 0 features found")
+    result = cli("matte", "--model", model, "--src", src, "--bgr", flat, "--align", "--out", tmp_path / "out")
+    one_error(result, "cannot align the background: 0 features found")
+    assert result.stderr.startswith("error: cannot align the background")
     assert not (tmp_path / "out").exists()  # the folder matte created is gone too
 
 
-def test_unknown_output_kind_is_refused(model, tmp_path):
+def test_unknown_output_kind_is_refused(model, tmp_path, cli, one_error):
     good = save(synthetic_case(96, 160, 1).src, tmp_path / "good.png")
-    result = runner.invoke(
-        app, ["matte", "--model", str(model), "--src", str(good), "--bgr", str(good), "--outputs", "alpha,depth",
-              "--out", str(tmp_path / "out")],
-    )  # fmt: skip
-    assert result.exit_code == 2
-    assert "--outputs 'alpha,depth': depth is not one of composite, alpha, foreground, composite-png" in result.stderr
+    result = cli("matte", "--model", model, "--src", good, "--bgr", good, "--outputs", "alpha,depth",
+                 "--out", tmp_path / "out")  # fmt: skip
+    one_error(result, "--outputs 'alpha,depth': depth is not one of composite, alpha, foreground, composite-png")
 
 
-def test_video_that_stops_decoding_midway_is_an_error(model, tmp_path):
+def test_video_that_stops_decoding_midway_is_an_error(model, tmp_path, cli, one_error):
     path = tmp_path / "in.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 96))
     for i in range(20):
@@ -296,12 +292,8 @@ def test_video_that_stops_decoding_midway_is_an_error(model, tmp_path):
     writer.release()
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the index says 20 frames
     bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
-    result = runner.invoke(
-        app, ["matte", "--model", str(model), "--src", str(path), "--bgr", str(bgr), "--out", str(tmp_path / "out")]
-    )
-    assert result.exit_code == 2, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "stopped decoding at frame 10 of 20" in errors[0], result.stderr
+    result = cli("matte", "--model", model, "--src", path, "--bgr", bgr, "--out", tmp_path / "out")
+    one_error(result, "stopped decoding at frame 10 of 20")
     assert not (tmp_path / "out").exists()  # the folder matte created is gone too
 
 
@@ -310,7 +302,7 @@ def test_target_video_is_streamed_in_a_loop(model, tmp_path):
     video = write_video(tmp_path / "in.mp4", [c.src for c in cases])
     target = write_video(tmp_path / "target.mp4", [np.full((96, 160, 3), v, np.uint8) for v in (0, 255)])
     bgr = save(cases[0].bgr, tmp_path / "bgr.png")
-    matte(model, video, bgr, target=str(target), out=tmp_path / "out", outputs="alpha,foreground,composite-png")
+    matte(model, video, bgr, target=target, out=tmp_path / "out", outputs=("alpha", "foreground", "composite-png"))
     capture = cv2.VideoCapture(str(target))
     decoded = [cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB) / 255 for _ in range(2)]
     # The target behind frames 0..4 is its frames 0, 1, 0, 1, 0 (black, white, ...).
@@ -332,29 +324,37 @@ def test_interrupt_mid_video_leaves_nothing(model, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        matte(model, video, bgr, out=tmp_path / "out", outputs="composite,alpha", on_frame=interrupt)
+        matte(model, video, bgr, out=tmp_path / "out", outputs=("composite", "alpha"), on_frame=interrupt)
     assert not (tmp_path / "out").exists()  # the folder matte created is gone too
 
 
 @pytest.mark.slow
-def test_bench_matte_measures_both_sides(model):
-    from exporter.bench import bench_matte, format_matte_bench
+def test_bench_matte_measures_both_sides(model, bench_without_pauses):
+    """What is timed, at which size, and the report's numbers from the result's own."""
+    import dataclasses
+
+    from exporter.bench import MatteBench, bench_matte, format_matte_bench
 
     result = bench_matte(model, frames=6)
-    assert result.frames == 6 and result.resolution == (192, 320)
-    assert result.model_fps > 0 and result.matte_fps > 0 and 0 < result.model_share <= 1
-    assert "of the model's" in format_matte_bench(result)
+    assert (result.model, result.frames, result.resolution) == (str(model), 6, (192, 320))
+    assert set(result.timings) == {"decode", "prepare", "model", "write"}
+    assert 0 < result.model_share <= 1  # the model's busy time is a part of matte's wall time
+    assert set(result.to_dict()) == {f.name for f in dataclasses.fields(MatteBench)} | {"ratio"}
+    text = format_matte_bench(result)
+    assert f"model alone (THROUGHPUT hint)   {result.model_fps:.2f} frames/s" in text
+    assert f"{result.matte_fps:.2f} frames/s ({result.matte_fps / result.model_fps:.0%} of the model's)" in text
+    assert f"model busy {result.model_share:.0%} of matte's time" in text
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_nothing(model, tmp_path, monkeypatch):
     import errno
 
-    import exporter.matte as matte_module
+    import exporter.pipeline.sinks as sinks
 
     def full(image, path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(matte_module, "_save_png", full)
+    monkeypatch.setattr(sinks, "save_png", full)
     for i in range(3):
         save(synthetic_case(96, 160, i).src, tmp_path / "frames" / f"f{i}.png")
     bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
@@ -378,3 +378,213 @@ def test_sixteen_bit_grey_and_oversized_images(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(InputError, match="is larger than the 100 pixels Pillow opens safely"):
         read_image(path)
+
+
+# ---- live sources, pipes, and promises kept under hostile input ----
+
+
+def bgm_export(*args: object, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The command line in a process of its own: real standard streams, signals, and C
+    libraries' own output on file descriptor 2."""
+    command = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
+    return subprocess.run([*command, *map(str, args)], input=stdin, capture_output=True, timeout=timeout)
+
+
+def raw_bgr(frames: list[np.ndarray]) -> bytes:
+    return b"".join(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR).tobytes() for frame in frames)
+
+
+def test_raw_frames_through_pipes_match_the_folder_path(model, tmp_path):
+    """``ffmpeg ... -f rawvideo - | bgm-export matte --src - --out - | ffmpeg ...``: every
+    frame comes back, composited as the folder path composites it."""
+    cases = [synthetic_case(96, 160, 60 + i) for i in range(4)]
+    for i, case in enumerate(cases):
+        save(case.src, tmp_path / "frames" / f"f{i}.png")
+    bgr = save(cases[0].bgr, tmp_path / "bgr.png")
+    matte(model, tmp_path / "frames", bgr, out=tmp_path / "out", outputs=("composite",))
+    result = bgm_export("matte", "--model", model, "--src", "-", "--size", "160x96", "--bgr", bgr, "--out", "-",
+                        stdin=raw_bgr([case.src for case in cases]))  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    piped = np.frombuffer(result.stdout, np.uint8).reshape(4, 96, 160, 3)
+    for i in range(4):
+        folder = read(tmp_path / "out" / f"f{i}_composite.png")
+        assert np.abs(cv2.cvtColor(piped[i], cv2.COLOR_BGR2RGB) / 255 - folder / 255).max() <= OFF_BY_ONE_LEVEL, i
+    assert b"4 frames in" in result.stderr  # the summary goes to stderr: stdout carries frames
+
+
+@contextlib.contextmanager
+def mjpeg_stream(frames: list[np.ndarray], fps: float) -> Iterator[str]:
+    """An MJPEG stream over HTTP on a free loopback port, as IP cameras serve it; it ends
+    after ``frames``."""
+
+    class Camera(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for frame in frames:
+                jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+                head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                self.wfile.write(head + jpeg.tobytes() + b"\r\n")
+                time.sleep(1 / fps)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/video.mjpg"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_network_stream_runs_in_latency_mode(model, tmp_path):
+    """A stream faster than the model: frames are dropped, not queued; every frame is
+    accounted for."""
+    cases = [synthetic_case(96, 160, 70 + i) for i in range(4)]
+    bgr = save(cases[0].bgr, tmp_path / "bgr.png")
+    frames = [cases[i % 4].src for i in range(300)]
+    with mjpeg_stream(frames, fps=500) as url:
+        summary = matte(model, Stream(url), bgr, out=tmp_path / "out")
+    assert summary.live and summary.frames >= 1
+    assert summary.frames + summary.dropped == len(frames)
+    assert summary.dropped > 0  # 500 frames/s is faster than the model and the writer
+    assert set(summary.latency_ms) == {"p50", "p95"} and 0 < summary.latency_ms["p50"] <= summary.latency_ms["p95"]
+    assert any("dropped" in line and "p95" in line for line in summary.lines(tmp_path / "out"))
+    capture = cv2.VideoCapture(str(tmp_path / "out/composite.mp4"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == summary.frames
+
+
+def test_background_from_the_first_frames(model, tmp_path):
+    """``--bgr first:N``: the median of the empty scene's first frames; they are not matted."""
+    scene = synthetic_case(96, 160, 5)
+    frames = [scene.bgr] * 3 + [scene.src] * 2
+    stream = io.BytesIO(raw_bgr(frames))
+    summary = matte(model, Pipe(160, 96, stream), FirstFrames(3), out=tmp_path / "out", outputs=("alpha",))
+    assert summary.frames == 2 and "background: the median of the first 3 frames" in summary.warnings
+    # Frames keep the source's numbers: the first matted one is the fourth.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame_000003_alpha.png", "frame_000004_alpha.png"]
+    with_image = matte(model, save(scene.src, tmp_path / "src.png"), save(scene.bgr, tmp_path / "bgr.png"),
+                       out=tmp_path / "image", outputs=("alpha",))  # fmt: skip
+    assert with_image.frames == 1
+    assert np.array_equal(read(tmp_path / "out/frame_000003_alpha.png"), read(tmp_path / "image/src_alpha.png"))
+    with pytest.raises(InputError, match="first:9: the source has only 5 frames"):
+        matte(model, Pipe(160, 96, io.BytesIO(raw_bgr(frames))), FirstFrames(9), out=tmp_path / "short")
+
+
+def test_sigterm_stops_a_live_pipe_cleanly(model, tmp_path):
+    """An endless pipe: SIGTERM ends the run, every frame taken is in a finished video, exit 0."""
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    command = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
+    process = subprocess.Popen(
+        [*command, "matte", "--model", str(model), "--src", "-", "--size", "160x96", "--bgr", str(bgr),
+         "--out", str(tmp_path / "out")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        process.stdin.write(raw_bgr([synthetic_case(96, 160, 80 + i).src for i in range(3)]))
+        process.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "out").glob(".matte-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the model is loaded and frames are running
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)  # closes stdin: a reader blocked on it returns
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr.decode()
+    assert b"stopped by SIGTERM" in stdout and b"3 frames in" in stdout and b"Traceback" not in stderr
+    capture = cv2.VideoCapture(str(tmp_path / "out/composite.mp4"))
+    count = 0
+    while capture.read()[0]:
+        count += 1
+    assert count == 3
+
+
+@pytest.mark.slow
+def test_sigterm_mid_video_is_one_line_and_leaves_nothing(model, tmp_path):
+    video = write_video(tmp_path / "in.mp4", [synthetic_case(360, 640, 90 + i % 3).src for i in range(60)])
+    bgr = save(synthetic_case(360, 640, 90).bgr, tmp_path / "bgr.png")
+    command = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
+    process = subprocess.Popen(
+        [*command, "matte", "--model", str(model), "--src", str(video), "--bgr", str(bgr),
+         "--outputs", "composite,alpha", "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "out").glob(".matte-*/*")) and time.monotonic() < deadline:
+            time.sleep(0.01)  # frames are being written
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    lines = stderr.decode().strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert process.returncode == 143 and errors == ["error: terminated; no partial output was left"], lines
+    assert "Traceback" not in stderr.decode() and "CancelledError" not in stderr.decode()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_video_gets_our_line_only(model, tmp_path):
+    (tmp_path / "v.mp4").write_bytes(b"nope")
+    good = save(synthetic_case(96, 160, 1).src, tmp_path / "good.png")
+    result = bgm_export("matte", "--model", model, "--src", tmp_path / "v.mp4", "--bgr", good,
+                        "--out", tmp_path / "out")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines() == [f"error: cannot read video {tmp_path / 'v.mp4'}"]
+
+
+@pytest.mark.parametrize("case", ["target", "bgr", "source-video", "out-is-the-source-folder"])
+def test_matte_never_overwrites_its_inputs(case, model, tmp_path):
+    out = tmp_path / "out"
+    frame = synthetic_case(96, 160, 1)
+    src = save(frame.src, tmp_path / "src.png")
+    bgr = save(frame.bgr, tmp_path / "bgr.png")
+    kwargs: dict = {}
+    if case == "target":  # the target is the composite this run writes
+        kwargs["target"] = save(frame.bgr, out / "src_composite.png")
+    elif case == "bgr":  # the background is the alpha this run writes
+        bgr = save(frame.bgr, out / "src_alpha.png")
+    elif case == "source-video":  # last run's composite, matted again into the same folder
+        out.mkdir()
+        src = write_video(out / "composite.mp4", [frame.src] * 2)
+    elif case == "out-is-the-source-folder":
+        src = tmp_path / "frames"
+        save(frame.src, src / "a.png")
+        out = src
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match="would overwrite the input|is the source folder"):
+        matte(model, src, bgr, out=out, **kwargs)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_target_without_a_composite_is_refused(model, tmp_path):
+    good = save(synthetic_case(96, 160, 1).src, tmp_path / "good.png")
+    with pytest.raises(InputError, match="--target applies to the composite, which is not written"):
+        matte(model, good, good, target=(0, 0, 255), outputs=("alpha",), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--matte", "MODEL", "--runs", "3"], "--runs cannot apply with --matte"),
+        (["--matte", "MODEL", "--profile", "--preset", "1080p"], "--preset, --profile cannot apply with --matte"),
+        (["--matte", "MODEL", "--checkpoint", "c.pth", "--height", "96"], "--checkpoint, --height cannot apply"),
+        (["--frames", "3"], "--frames applies with --matte only"),
+        (["--matte", "MODEL", "--json", "MODEL"], "refusing to overwrite it"),
+        (["--matte", "MODEL", "--json", "BIN"], "the weights of the input"),
+    ],
+)
+def test_bench_refuses_options_that_do_not_apply(model, args, message, cli, one_error):
+    argv = [{"MODEL": str(model), "BIN": str(model.with_suffix(".bin"))}.get(a, a) for a in args]
+    before = model.with_suffix(".bin").read_bytes()
+    one_error(cli("bench", *argv), message)
+    assert model.with_suffix(".bin").read_bytes() == before

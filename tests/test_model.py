@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BACKBONES, DATA, golden_config, load_golden, recipe_weights
 from exporter.checkpoint import build_model
 from exporter.images import to_eager_input
 from exporter.model import MattingBase, MattingRefine
 from exporter.tolerances import GOLDEN_ATOL
+from helpers import BACKBONES, DATA
 
 MODES = ("sampling", "thresholding", "full")
 
@@ -54,7 +54,7 @@ def test_base_is_refine_without_refiner(backbone):
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_base_matches_golden(backbone):
+def test_base_matches_golden(backbone, load_golden, recipe_weights):
     golden, weights = load_golden(backbone), recipe_weights(backbone)
     model = MattingBase(backbone).eval()
     model.load_state_dict({k: v for k, v in weights.state_dict.items() if not k.startswith("refiner.")})
@@ -67,7 +67,7 @@ def test_base_matches_golden(backbone):
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("mode", MODES)
-def test_refine_matches_golden(mode, backbone):
+def test_refine_matches_golden(mode, backbone, load_golden, golden_config, recipe_weights):
     golden, weights = load_golden(backbone), recipe_weights(backbone)
     model = build_model(golden_config(backbone).replace(refine_mode=mode), weights)
     with torch.no_grad():
@@ -81,7 +81,7 @@ def test_refine_matches_golden(mode, backbone):
 @pytest.mark.parametrize(
     "backbone, sampled, thresholded", [("mobilenetv2", 1000, 222), ("resnet50", 800, 27), ("resnet101", 800, 7)]
 )
-def test_golden_patch_counts(backbone, sampled, thresholded):
+def test_golden_patch_counts(backbone, sampled, thresholded, load_golden):
     # The reference README's counts; if these move, the goldens are not the ones documented.
     golden = load_golden(backbone)
     assert golden["sampling_ref"].sum() == sampled

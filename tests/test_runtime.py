@@ -15,11 +15,12 @@ def test_runners_follow_the_suffix(golden_onnx, golden_irs):
     assert [r.runtime for r in runners_for(golden_irs["FP32"])] == ["openvino"]
 
 
-def test_a_runner_knows_its_shape_and_both_runtimes_agree(golden_onnx, golden_bgr255):
+def test_a_runner_knows_its_shape_and_both_runtimes_agree(golden_onnx, golden_feeds):
     ort, ov = runners_for(golden_onnx)
     assert ort.input_shape == ov.input_shape == (1, 3, 192, 320)
-    assert ort.name == f"{golden_onnx.name} [onnxruntime]" and ov.compiled is not None
-    a, b = ort.run(*golden_bgr255), ov.run(*golden_bgr255)
+    assert ort.name == f"{golden_onnx.name} [onnxruntime]" and ov.name == f"{golden_onnx.name} [openvino]"
+    assert ort.inference_precision == ov.inference_precision == "f32"
+    a, b = ort.infer(golden_feeds), ov.infer(golden_feeds)
     assert a["pha"].shape == (1, 1, 192, 320) and a["fgr"].shape == (1, 3, 192, 320)
     for name in ("pha", "fgr"):
         np.testing.assert_allclose(a[name], b[name], rtol=0, atol=FP32_ATOL)
@@ -30,7 +31,8 @@ def test_a_runner_knows_its_shape_and_both_runtimes_agree(golden_onnx, golden_bg
     [
         ("FP32", "onnxruntime", "CPU", "ONNX Runtime runs .onnx files"),
         ("onnx", "tensorrt", "CPU", "runtime 'tensorrt' is not one of onnxruntime, openvino"),
-        ("onnx", "openvino", "TPU", "OpenVINO device TPU is not available here"),
+        ("onnx", "openvino", "TPU", "device 'TPU' is not one of CPU, GPU, NPU, AUTO"),
+        ("onnx", "openvino", "NPU", "OpenVINO device NPU is not available here"),
         ("missing", "openvino", "CPU", "does not exist"),
     ],
 )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import BACKBONES, recipe_weights
+from exporter import backbones
 from exporter.synthetic import SYNTHETIC_SEED0_SHA256, content_sha256, synthetic_state_dict
+from helpers import BACKBONES
 
 
 @pytest.mark.parametrize(
@@ -18,9 +19,8 @@ from exporter.synthetic import SYNTHETIC_SEED0_SHA256, content_sha256, synthetic
         ("resnet101", "e2baa08a99f5a79cdbdc30e967fd2f1f8fa328de383d610159450518604dbc39"),
     ],
 )
-def test_seed0_reproduces_reference_hash(backbone, digest):
-    assert SYNTHETIC_SEED0_SHA256[backbone] == digest
-    assert content_sha256(recipe_weights(backbone).state_dict) == digest
+def test_seed0_reproduces_reference_hash(backbone, digest, recipe_weights):
+    assert content_sha256(recipe_weights(backbone).state_dict) == SYNTHETIC_SEED0_SHA256[backbone] == digest
 
 
 def test_other_seeds_differ_and_repeat():
@@ -28,11 +28,16 @@ def test_other_seeds_differ_and_repeat():
     assert content_sha256(one) == content_sha256(again) != SYNTHETIC_SEED0_SHA256["mobilenetv2"]
 
 
-def test_resnet_rule_damps_only_the_last_batch_norm_of_each_bottleneck():
+def test_resnet_rule_damps_only_the_last_batch_norm_of_each_bottleneck(recipe_weights):
     state = recipe_weights("resnet50").state_dict
     assert state["backbone.layer1.0.bn3.weight"].max() <= 0.25  # rand * 0.5 + 0.75, then x 0.2
     assert state["backbone.layer1.0.bn2.weight"].min() >= 0.75
-    assert len(BACKBONES) == len(SYNTHETIC_SEED0_SHA256)
+
+
+def test_every_backbone_has_its_hash_and_its_goldens():
+    """A backbone added to the package's table needs its reference hash here and its goldens
+    and manifest in tests/data (BACKBONES)."""
+    assert list(SYNTHETIC_SEED0_SHA256) == list(backbones.BACKBONES) == list(BACKBONES)
 
 
 def test_recipe_fixups():

@@ -12,39 +12,37 @@ composites; validation frames for accuracy control are never calibration frames.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from exporter import tolerances as tol
 from exporter.config import ExportConfig
+from exporter.data import Case, image_cases, synthetic_cases
 from exporter.errors import ConfigError, InputError
-
-if TYPE_CHECKING:
-    from exporter.verify.data import Case
+from exporter.resources import require_frame_memory
 
 __all__ = [
-    "CALIBRATION_SEED",
     "INT8_FP_LAYERS",
     "INT8_QUANTIZER_BARRIERS",
+    "TARGET_FP32",
+    "TARGET_TRUTH",
     "Frames",
     "Int8Options",
     "Int8Result",
     "agreement_score",
     "calibration_frames",
+    "check_frame_memory",
     "int8_options",
     "quantize_model",
 ]
 
-# Synthetic calibration and validation frames start at seeds no verification uses (verify
-# runs seeds 0..cases-1), so the frames INT8 is judged on are never those it was fitted to.
-CALIBRATION_SEED = 1_000
-VALIDATION_SEED = 2_000
 # OpenVINO names (regex patterns) of the layers kept in floating point by default:
 # refiner.conv4, which emits the final alpha and foreground of every refined patch (0.2% of
 # the FLOPs). Measured on trained_v1.pth at 720p, 16 held-out composites, against FP32,
@@ -75,8 +73,10 @@ class Int8Options:
         frames: calibration frames to use (the first ones, sorted by name).
         max_drop: None for plain post-training quantization; else accuracy control, with at
             most this drop of the agreement score (100 - alpha MAD x1e3 against FP32, or
-            against the true alpha when the folder has ``pha/``).
+            against the true alpha when the folder has ``pha/`` for every validation frame).
         validation_frames: held-out frames for accuracy control.
+
+    Checked on construction, as ``ExportConfig`` is: an ``Int8Options`` that exists is valid.
     """
 
     calibration: Path | None = None
@@ -84,16 +84,23 @@ class Int8Options:
     max_drop: float | None = None
     validation_frames: int = tol.INT8_VALIDATION_FRAMES
 
-    def validate(self) -> Int8Options:
-        if not isinstance(self.frames, int) or self.frames < 1:
-            raise ConfigError(f"calibration frames {self.frames} is not a positive whole number")
-        if self.max_drop is not None and not (np.isfinite(self.max_drop) and self.max_drop >= 0):
+    def __post_init__(self) -> None:
+        for name, value in (("calibration frames", self.frames), ("validation frames", self.validation_frames)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} {value!r} is not a positive whole number")
+        if self.max_drop is not None and (
+            isinstance(self.max_drop, bool)
+            or not isinstance(self.max_drop, (int, float))
+            or not (np.isfinite(self.max_drop) and self.max_drop >= 0)
+        ):
             raise ConfigError(f"max drop {self.max_drop} is not a number >= 0")
-        if self.validation_frames < 1:
-            raise ConfigError(f"validation frames {self.validation_frames} is not a positive whole number")
         if self.calibration is not None and not Path(self.calibration).is_dir():
             raise InputError(f"calibration folder {self.calibration} does not exist or is not a folder")
-        return self
+
+    @property
+    def frames_needed(self) -> int:
+        """Frames read or made: the calibration frames, and the validation frames with accuracy control."""
+        return self.frames + (self.validation_frames if self.max_drop is not None else 0)
 
 
 @dataclass
@@ -123,7 +130,7 @@ def int8_options(
         calibration=calibration,
         frames=defaults.frames if frames is None else frames,
         max_drop=max_drop,
-    ).validate()
+    )
 
 
 def _folder_label(folder: Path) -> str:
@@ -132,29 +139,44 @@ def _folder_label(folder: Path) -> str:
     return f"folder sha256:{digest}"
 
 
+# The target of accuracy control's agreement score, as recorded in the IR's rt_info.
+TARGET_TRUTH = "truth"  # the validation frames' true alpha (pha/)
+TARGET_FP32 = "fp32"  # the FP32 model's alpha on them
+
+
 @dataclass
 class Frames:
-    """Calibration frames, held-out validation frames, and the calibration source's label."""
+    """Calibration frames, held-out validation frames, the calibration source's label, and
+    what the validation frames' alpha is compared with (``TARGET_TRUTH`` or ``TARGET_FP32``;
+    None without validation frames)."""
 
     calibration: list[Case]
     validation: list[Case]
     source: str
+    target: str | None = None
+
+
+def check_frame_memory(config: ExportConfig, options: Int8Options) -> None:
+    """``ConfigError`` if the frames ``options`` asks for cannot be held in memory at ``config``:
+    checked before one is read or made, and before any other work."""
+    what = "calibration" if options.max_drop is None else "calibration and validation"
+    require_frame_memory(config, options.frames_needed, what)
 
 
 def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
-    """Read (or make) the frames before any output is touched, so bad frames leave nothing."""
-    from exporter.verify.data import image_cases, synthetic_cases
-
+    """Read (or make) the frames before any output is touched, so bad frames leave nothing;
+    first, that they fit in memory."""
     accuracy_control = options.max_drop is not None
+    check_frame_memory(config, options)
     if options.calibration is None:
-        calibration = synthetic_cases(config.height, config.width, options.frames, CALIBRATION_SEED)
-        validation = (
-            synthetic_cases(config.height, config.width, options.validation_frames, VALIDATION_SEED)
-            if accuracy_control
-            else []
-        )
-        return Frames(calibration, validation, "synthetic")
-    wanted = options.frames + (options.validation_frames if accuracy_control else 0)
+        calibration = synthetic_cases(config.height, config.width, options.frames, "calibration")
+        if not accuracy_control:
+            return Frames(calibration, [], "synthetic")
+        # Against the FP32 model, as for a folder without pha/: a synthetic composite's true
+        # alpha is not what synthetic (random) weights compute, so scores against it are noise.
+        validation = synthetic_cases(config.height, config.width, options.validation_frames, "validation")
+        return Frames(calibration, validation, "synthetic", TARGET_FP32)
+    wanted = options.frames_needed
     cases = image_cases(Path(options.calibration), config.height, config.width, same_aspect=True, limit=wanted)
     if len(cases) < wanted:
         what = (
@@ -164,13 +186,27 @@ def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
         )
         raise InputError(f"calibration folder {options.calibration} has {len(cases)} frames; {what} were asked for")
     # Validation frames follow the calibration frames: the two never share one.
-    return Frames(cases[: options.frames], cases[options.frames :], _folder_label(options.calibration))
+    calibration, validation = cases[: options.frames], cases[options.frames :]
+    return Frames(calibration, validation, _folder_label(options.calibration), _target(options.calibration, validation))
 
 
-def _inputs(case: Case) -> dict[str, np.ndarray]:
-    from exporter.images import to_model_input
-
-    return {"src": to_model_input(case.src), "bgr": to_model_input(case.bgr)}
+def _target(folder: Path, validation: list[Case]) -> str | None:
+    """The one target of the agreement score: the true alpha when every validation frame has
+    it, the FP32 model's when none has; ``InputError`` for a mix, whose two kinds of score
+    NNCF would average into a number that is neither."""
+    if not validation:
+        return None
+    with_truth = [case.name for case in validation if case.pha is not None]
+    if not with_truth:
+        return TARGET_FP32
+    if len(with_truth) == len(validation):
+        return TARGET_TRUTH
+    missing = [case.name for case in validation if case.pha is None]
+    raise InputError(
+        f"{folder / 'pha'} holds the true alpha of {len(with_truth)} of the {len(validation)} validation frames "
+        f"(none for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): accuracy control compares "
+        "every frame with one target, so give pha/ for every validation frame or for none"
+    )
 
 
 def agreement_score(pha: np.ndarray, target: np.ndarray) -> float:
@@ -179,16 +215,19 @@ def agreement_score(pha: np.ndarray, target: np.ndarray) -> float:
     return 100.0 - float(np.abs(pha - target).mean()) * 1e3
 
 
-def _validation_items(model: object, cases: list[Case]) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Each held-out frame with its target alpha: the truth when known, else the FP32 model's."""
+def _validation_items(
+    model: object, cases: list[Case], target: str | None
+) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Each held-out frame with its target alpha: the truth (``TARGET_TRUTH``) or the FP32
+    model's (``TARGET_FP32``), the same for every frame."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     items = []
     for case in cases:
-        inputs = _inputs(case)
-        target = case.pha[None, None] if case.pha is not None else compiled(inputs)[compiled.output("pha")]
-        items.append((inputs, np.asarray(target, dtype=np.float32)))
+        inputs = case.feeds()
+        expected = case.pha[None, None] if target == TARGET_TRUTH else compiled(inputs)[compiled.output("pha")]
+        items.append((inputs, np.asarray(expected, dtype=np.float32)))
     return items
 
 
@@ -212,36 +251,56 @@ def _kept_in_fp(model: object) -> list[str]:
     return kept
 
 
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """NNCF draws its progress bars on rich's global console and has no switch for them
+    (``nncf.set_log_level`` governs its log lines only): when they are not wanted, that
+    console writes to ``os.devnull`` meanwhile. Not a terminal, so rich also leaves
+    ``sys.stdout`` and ``sys.stderr`` alone, and warnings still reach the user."""
+    if shown:
+        yield
+        return
+    import rich
+
+    console = rich.get_console()
+    with open(os.devnull, "w") as devnull:
+        console.file = devnull
+        try:
+            yield
+        finally:
+            console.file = None  # back to following sys.stdout, rich's default
+
+
 def quantize_model(
     model: object,
     frames: Frames,
     options: Int8Options,
     *,
     stage: Callable[[str], object] | None = None,
+    progress: bool = True,
 ) -> Int8Result:
-    """INT8 of the FP32 ``openvino.Model`` ``model``, calibrated on ``frames``."""
-    import contextlib
-
+    """INT8 of the FP32 ``openvino.Model`` ``model``, calibrated on ``frames``; ``progress``:
+    whether NNCF draws its progress bars (on stdout)."""
     import nncf
 
     stage = stage or (lambda name: contextlib.nullcontext())
     calibration, validation = frames.calibration, frames.validation
-    dataset = nncf.Dataset([_inputs(case) for case in calibration])
+    dataset = nncf.Dataset([case.feeds() for case in calibration])
     ignored = nncf.IgnoredScope(patterns=[*INT8_FP_LAYERS, *INT8_QUANTIZER_BARRIERS], validate=False)
     common = {
         "preset": nncf.QuantizationPreset.PERFORMANCE,
         "subset_size": len(calibration),
         "ignored_scope": ignored,
     }
-    # NNCF logs every step at INFO; its progress bars stay, the log lines go.
+    # NNCF logs every step at INFO; the log lines go, the progress bars are ``progress``'s.
     logging.getLogger("nncf").setLevel(logging.WARNING)
     if options.max_drop is None:
-        with stage("quantize"):
+        with stage("quantize"), _progress_bars(progress):
             quantized = nncf.quantize(model, dataset, **common)
     else:
         with stage("validation data"):
-            items = _validation_items(model, validation)
-        with stage("quantize with accuracy control"):
+            items = _validation_items(model, validation, frames.target)
+        with stage("quantize with accuracy control"), _progress_bars(progress):
             quantized = nncf.quantize_with_accuracy_control(
                 model,
                 dataset,
@@ -256,6 +315,8 @@ def quantize_model(
         "int8_calibration": frames.source,
         "int8_calibration_frames": str(len(calibration)),
         "int8_max_drop": "none" if options.max_drop is None else repr(options.max_drop),
+        # What the accuracy control's score compared the INT8 model's alpha with.
+        "int8_validation_target": frames.target or "none",
         "int8_fp_layers": ",".join(fp_layers),
         "nncf_version": nncf.__version__,
     }

@@ -17,7 +17,7 @@ from exporter.artifact import RT_INFO_SECTION, artifact_kind, artifact_metadata
 from exporter.checkpoint import Weights
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError, OutputError
-from exporter.export.int8 import Int8Options, calibration_frames, quantize_model
+from exporter.export.int8 import Int8Options, calibration_frames, check_frame_memory, quantize_model
 from exporter.export.onnx import export_onnx
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, write_failure
 from exporter.stages import Stages
@@ -60,10 +60,13 @@ def export_ir(
     *,
     int8: Int8Options | None = None,
     on_stage: Callable[[str, float], None] | None = None,
+    progress: bool | None = None,
 ) -> IRExport:
     """Convert ``onnx_path`` to IR at ``output`` (``.xml``; the ``.bin`` beside it), atomically.
     Without ``output``: ``models/<PRECISION>/<model name>.xml``. ``int8``: how to calibrate
-    and quantize, for ``INT8`` only (default: synthetic frames, no accuracy control)."""
+    and quantize, for ``INT8`` only (default: synthetic frames, no accuracy control).
+    ``progress``: show NNCF's progress bars while quantizing; by default, when stages are
+    reported (``on_stage``; a quiet command passes none)."""
     import openvino as ov
 
     if int8 is not None and precision != "INT8":
@@ -75,19 +78,24 @@ def export_ir(
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
-    check_not_input(output.with_suffix(".bin"), onnx_path)
+    bin_path = output.with_suffix(".bin")
+    check_not_input(bin_path, onnx_path)
+    # Both files before any work: a .bin path that is a folder would otherwise be found by
+    # the save, after minutes of quantization.
+    check_writable(output)
+    check_writable(bin_path)
     stages = Stages(on_stage)
     if precision == "INT8":
-        int8 = (int8 or Int8Options()).validate()
+        int8 = int8 or Int8Options()
         with stages("calibration data"):
             frames = calibration_frames(config, int8)
-    check_writable(output)
     metadata["precision"] = precision
     with stages("convert"):
         model = ov.convert_model(str(onnx_path))
     int8_metadata: dict[str, str] = {}
     if precision == "INT8":
-        quantized = quantize_model(model, frames, int8, stage=stages)
+        shown = on_stage is not None if progress is None else progress
+        quantized = quantize_model(model, frames, int8, stage=stages, progress=shown)
         model = quantized.model
         int8_metadata = quantized.metadata
         metadata.update(int8_metadata)
@@ -95,7 +103,6 @@ def export_ir(
         _stable_names(model)
         for key, value in metadata.items():
             model.set_rt_info(value, [RT_INFO_SECTION, key])
-    bin_path = output.with_suffix(".bin")
     with stages("save IR"), atomic_outputs(output, bin_path) as (xml_tmp, _):
         try:
             ov.save_model(model, str(xml_tmp), compress_to_fp16=precision == "FP16")
@@ -123,6 +130,7 @@ def export_ir_from_weights(
     *,
     int8: Int8Options | None = None,
     on_stage: Callable[[str, float], None] | None = None,
+    progress: bool | None = None,
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
     config = config.replace(precision=precision)  # a bad precision fails before the export
@@ -130,8 +138,11 @@ def export_ir_from_weights(
     check_not_input(output, weights.source)
     check_not_input(output.with_suffix(".bin"), weights.source)
     check_writable(output)
+    check_writable(output.with_suffix(".bin"))
+    if precision == "INT8":  # not after minutes of ONNX export
+        check_frame_memory(config, int8 or Int8Options())
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
         onnx_file = export_onnx(config, weights, Path(scratch) / f"{config.model_name}.onnx", on_stage=on_stage)
-        result = export_ir(onnx_file.path, output, precision, int8=int8, on_stage=on_stage)
+        result = export_ir(onnx_file.path, output, precision, int8=int8, on_stage=on_stage, progress=progress)
     result.durations = {**onnx_file.durations, **result.durations}
     return result

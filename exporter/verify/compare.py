@@ -19,8 +19,10 @@ from exporter.errors import ConfigError
 __all__ = [
     "BARS",
     "Bars",
+    "REDUCED_ARITHMETIC_BARS",
     "SYNTHETIC_INT8_BARS",
     "Check",
+    "bars_for",
     "OutputComparison",
     "compare_metrics",
     "compare_output",
@@ -77,6 +79,29 @@ SYNTHETIC_INT8_BARS = Bars(
     patch_share=tol.INT8_SYNTHETIC_PATCH_SHARE,
     metric_rise=tol.INT8_SYNTHETIC_METRIC_RISE,
 )
+
+# An FP32 or FP16 IR computed in bf16 or f16: see REDUCED_FGR_MEAN_ATOL in exporter.tolerances.
+REDUCED_ARITHMETIC_BARS = Bars(
+    max_abs=None,
+    mean_abs=tol.FP16_MEAN_ATOL,
+    patch_delta=tol.FP16_PATCH_DELTA,
+    patch_share=tol.FP16_PATCH_SHARE,
+    metric_rise=tol.INT8_METRIC_RISE,
+    output_mean_abs=(("fgr", tol.REDUCED_FGR_MEAN_ATOL),),
+)
+
+
+def bars_for(precision: str, arithmetic: str, synthetic: bool, bars: dict[str, Bars], overridden: set[str]) -> Bars:
+    """The bars an artifact of ``precision`` run in ``arithmetic`` meets: its precision's in
+    f32; in bf16 or f16, ``REDUCED_ARITHMETIC_BARS`` (INT8's own bars already allow 8-bit
+    error). Synthetic weights amplify 8-bit and bf16 rounding alike: ``SYNTHETIC_INT8_BARS``
+    then (for INT8, unless the user set INT8's bars; a user's FP32 and FP16 bars judge f32
+    arithmetic only)."""
+    reduced = arithmetic != "f32" and precision != "INT8"
+    if synthetic and (reduced or (precision == "INT8" and "INT8" not in overridden)):
+        return SYNTHETIC_INT8_BARS
+    return REDUCED_ARITHMETIC_BARS if reduced else bars[precision]
+
 
 # The bars a user may override, by option name: (precision, Bars field).
 BAR_OPTIONS = {

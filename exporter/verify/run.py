@@ -15,29 +15,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from exporter.artifact import OUTPUT_NAMES, artifact_metadata
 from exporter.checkpoint import Weights, build_model, resolve_weights
 from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
-from exporter.errors import ArtifactError
-from exporter.images import to_eager_input, to_model_input
+from exporter.data import Case, image_cases, seeds_for, synthetic_cases
+from exporter.eager import EagerRunner
+from exporter.errors import ArtifactError, ConfigError
 from exporter.resources import require_memory
-from exporter.runtime import runners_for
+from exporter.runtime import INFERENCE_PRECISIONS, default_inference_precision, runners_for
 from exporter.verify.compare import (
+    BAR_OPTIONS,
     BARS,
     SYNTHETIC_INT8_BARS,
     Bars,
     Check,
     OutputComparison,
+    bars_for,
     compare_metrics,
     compare_output,
     differing_patches,
 )
-from exporter.verify.data import Case, image_cases, synthetic_cases
 from exporter.verify.metrics import METRICS, matting_metrics
 
-__all__ = ["ArtifactResult", "Reference", "VerifyReport", "default_artifacts", "verify"]
+__all__ = ["DEFAULT_CASES", "ArtifactResult", "Reference", "VerifyReport", "default_artifacts", "verify"]
+
+# Synthetic composites verified when no number is given (verify's and the card's default).
+DEFAULT_CASES = 4
 
 
 @dataclass
@@ -66,12 +70,14 @@ class ArtifactResult:
     metrics: dict[str, float]
     reference_metrics: dict[str, float]
     milliseconds: float
+    arithmetic: str = "f32"  # what the runtime computed in (OpenVINO's inference precision)
     accuracy: list[Check] = field(default_factory=list)  # metric rises, where the bars judge them
     preview: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
-        return f"{self.path} [{self.runtime}]"
+        arithmetic = "" if self.arithmetic == "f32" else f", {self.arithmetic}"
+        return f"{self.path} [{self.runtime}{arithmetic}]"
 
     @property
     def passed(self) -> bool:
@@ -116,6 +122,7 @@ class VerifyReport:
                 {
                     "path": str(a.path),
                     "runtime": a.runtime,
+                    "arithmetic": a.arithmetic,
                     "precision": a.precision,
                     "resolution": [a.config.height, a.config.width],
                     "checkpoint": a.checkpoint,
@@ -159,56 +166,98 @@ def _case_metrics(cases: list[Case], pha: np.ndarray, fgr: np.ndarray) -> dict[s
 
 
 def _reference(config: ExportConfig, weights: Weights, cases: list[Case]) -> Reference:
-    model = build_model(config, weights)
-    outputs: dict[str, list[np.ndarray]] = {"pha": [], "fgr": [], "ref": []}
-    with torch.no_grad():
-        for case in cases:
-            src = torch.from_numpy(to_eager_input(case.src))
-            bgr = torch.from_numpy(to_eager_input(case.bgr))
-            pha, fgr, *_, ref = model(src, bgr)
-            outputs["pha"].append(pha.numpy())
-            outputs["fgr"].append(fgr.numpy())
-            outputs["ref"].append(ref.numpy()[:, 0])
-    stacked = {k: np.concatenate(v) for k, v in outputs.items()}
-    return Reference(
-        config,
-        cases,
-        stacked["pha"],
-        stacked["fgr"],
-        stacked["ref"],
-        _case_metrics(cases, stacked["pha"], stacked["fgr"]),
-    )
+    """The eager model's outputs, run as every artifact is run (``EagerRunner``)."""
+    runner = EagerRunner(build_model(config, weights), config, weights.label)
+    outputs = [runner.infer(case.feeds()) for case in cases]
+    pha, fgr, ref = (np.concatenate([out[name] for out in outputs]) for name in ("pha", "fgr", "ref"))
+    return Reference(config, cases, pha, fgr, ref[:, 0], _case_metrics(cases, pha, fgr))
+
+
+def _arithmetics(inference_precision: str | None) -> tuple[str, ...]:
+    if inference_precision is None:
+        return tuple(dict.fromkeys(("f32", default_inference_precision())))
+    if inference_precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(
+            f"inference precision {inference_precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}"
+        )
+    return (default_inference_precision() if inference_precision == "auto" else inference_precision,)
+
+
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _check_overrides(overrides: dict[str, Bars], precisions: set[str]) -> None:
+    """``ConfigError`` for a bar given for a precision no artifact has: it would be ignored."""
+    for precision, bar in overrides.items():
+        if precision in precisions:
+            continue
+        # The options that changed the bars, when they can be told (a value equal to the
+        # default changes nothing to tell); else the precision's bars as a whole.
+        options = [
+            _option(name) for name, (p, field_name) in BAR_OPTIONS.items()
+            if p == precision and getattr(bar, field_name) != getattr(BARS[precision], field_name)
+        ]  # fmt: skip
+        subject = ", ".join(options) if options else f"the {precision} bars"
+        verb = "applies" if len(options) == 1 else "apply"
+        raise ConfigError(
+            f"{subject} {verb} to {precision} artifacts, and none is verified "
+            f"(the artifacts are {', '.join(sorted(precisions))})"
+        )
 
 
 def verify(
     artifacts: Sequence[Path],
     weights: Weights | None = None,
     *,
-    cases: int = 4,
-    seed: int = 0,
+    cases: int | None = None,
+    seed: int | None = None,
     images: Path | None = None,
     bars: dict[str, Bars] | None = None,
+    inference_precision: str | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Verify each artifact (``.onnx`` in ONNX Runtime and OpenVINO, ``.xml`` in OpenVINO).
 
+    OpenVINO runs each in f32 arithmetic and, where the device's default differs (bf16 on
+    CPUs that have it), in that too: what users' ``compile_model`` and ``matte`` run is
+    checked, by ``bars_for``. ``inference_precision`` (``auto`` = the device's default, or
+    ``f32``, ``bf16``, ``f16``) checks that arithmetic only.
+
     ``weights``: the checkpoint the artifacts were made from; without it, each artifact's
     backbone gets its default checkpoint, else the synthetic recipe (with a warning).
+    ``cases`` synthetic composites (default ``DEFAULT_CASES``) from the ``seed``-th of
+    verify's (default 0), or the frames of the ``images`` folder: None means not given, and
+    giving ``cases`` or ``seed`` with ``images`` is an error, not silently ignored. ``bars``
+    overrides the bars of some precisions; each must be a precision of an artifact.
     """
-    overridden = set(bars or {})
-    bars = {**BARS, **(bars or {})}
+    if images is not None:
+        given = [_option(name) for name, value in (("cases", cases), ("seed", seed)) if value is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ConfigError(f"{', '.join(given)} {verb} to synthetic composites, not to --images {images}")
+    cases = DEFAULT_CASES if cases is None else cases
+    seed = 0 if seed is None else seed
+    overrides = dict(bars or {})
+    bars = {**BARS, **overrides}
     if not artifacts:
         raise ArtifactError("no artifacts to verify: give .onnx / .xml files, or run `make export` first")
-    if cases < 1 and images is None:
+    if cases < 1:
         raise ArtifactError(f"--cases {cases}: at least one case is needed")
     if seed < 0:
         raise ArtifactError(f"--seed {seed}: seeds are whole numbers from 0")
+    # Every artifact's metadata first: a mistake in any of them, or a bar for a precision
+    # none has, is found before minutes of work.
+    paths = [Path(path) for path in artifacts]
+    metadatas = [artifact_metadata(path) for path in paths]
+    _check_overrides(overrides, {ExportConfig.from_metadata(metadata).precision for metadata in metadatas})
+    if images is None:  # seeds that are another use's (INT8 calibration) are refused now, not later
+        seeds_for("verify", cases, seed)
+    arithmetics = _arithmetics(inference_precision)
     report = VerifyReport(checkpoint="", case_names=[], artifacts=[])
     resolved: dict[str, Weights] = {} if weights is None else {weights.backbone: weights}
     references: dict[ExportConfig, Reference] = {}
-    for path in artifacts:
-        path = Path(path)
-        metadata = artifact_metadata(path)
+    for path, metadata in zip(paths, metadatas, strict=True):
         config = ExportConfig.from_metadata(metadata)
         precision = config.precision
         key = config.replace(precision="FP32")
@@ -234,7 +283,7 @@ def verify(
             data = (
                 image_cases(images, config.height, config.width)
                 if images is not None
-                else synthetic_cases(config.height, config.width, cases, seed)
+                else synthetic_cases(config.height, config.width, cases, "verify", seed)
             )
             references[key] = _reference(key, artifact_weights, data)
             # A constant alpha (fgr then just echoes the frame) mattes nothing.
@@ -246,23 +295,24 @@ def verify(
             # Artifacts of several resolutions each get their own cases: list them all, once.
             report.case_names += [case.name for case in data if case.name not in report.case_names]
         reference = references[key]
-        for runner in runners_for(path, metadata):
+        for runner in runners_for(path, metadata, arithmetics):
             if on_progress:
                 on_progress(f"running {runner.name}")
             actual: dict[str, list[np.ndarray]] = {"pha": [], "fgr": []}
             first = reference.cases[0]
-            runner.run(to_model_input(first.src), to_model_input(first.bgr))  # warm-up, not timed
+            runner.infer(first.feeds())  # warm-up, not timed
             start = time.perf_counter()
             for case in reference.cases:
-                result = runner.run(to_model_input(case.src), to_model_input(case.bgr))
+                result = runner.infer(case.feeds())
                 for name in OUTPUT_NAMES:
                     actual[name].append(result[name])
             milliseconds = (time.perf_counter() - start) * 1000 / len(reference.cases)
             got = {name: np.concatenate(v) for name, v in actual.items()}
-            bar = bars[precision]
-            if precision == "INT8" and artifact_weights.synthetic and "INT8" not in overridden:
-                bar = SYNTHETIC_INT8_BARS
-                note = f"{path}: INT8 of synthetic weights is judged by the looser synthetic INT8 bars"
+            arithmetic = runner.inference_precision
+            bar = bars_for(precision, arithmetic, artifact_weights.synthetic, bars, set(overrides))
+            if bar is SYNTHETIC_INT8_BARS:
+                what = "INT8" if precision == "INT8" else f"{arithmetic} arithmetic"
+                note = f"{path}: {what} of synthetic weights is judged by the looser synthetic INT8 bars"
                 if note not in report.warnings:
                     report.warnings.append(note)
             comparisons = {
@@ -284,6 +334,7 @@ def verify(
                     metrics=metrics,
                     reference_metrics=reference.metrics,
                     milliseconds=milliseconds,
+                    arithmetic=arithmetic,
                     accuracy=compare_metrics(reference.metrics, metrics, bar),
                     preview={
                         "pha_error": np.abs(got["pha"][0, 0] - reference.pha[0, 0]),

@@ -1,4 +1,7 @@
-"""Inputs for verification: deterministic synthetic composites, or real images on disk.
+"""The frames every part of bgm-export runs models on: deterministic synthetic composites,
+or real images on disk (the Open Model Zoo HumanMatting layout). One module serves
+verification, INT8 calibration and validation, and the benchmarks (STYLE.md, "Runners").
+Torch-free: NumPy, Pillow and OpenCV only.
 
 A synthetic case is what a video call looks like to the model: a background, a person-like
 foreground with soft edges and thin strands (hair) composited over it, and a "captured"
@@ -13,10 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import InputError
-from exporter.images import IMAGE_SUFFIXES, read_image, same_aspect
+from exporter.errors import ConfigError, InputError
+from exporter.images import IMAGE_SUFFIXES, image_size, read_image, same_aspect, to_model_input
 
-__all__ = ["Case", "image_cases", "room_case", "synthetic_case", "synthetic_cases"]
+__all__ = ["SEEDS", "SEED_SPAN", "Case", "image_cases", "room_case", "seeds_for", "synthetic_case", "synthetic_cases"]
+
+# Where each use's synthetic frames start: its frames are seeds SEEDS[use], SEEDS[use] + 1, ...
+# Uses lie SEED_SPAN apart and may not run into one another, so INT8 is never validated or
+# verified on a frame it was calibrated on. verify (0), calibration (1,000) and validation
+# (2,000) keep the seeds they always had, so numbers recorded with them still hold.
+SEED_SPAN = 1_000
+SEEDS: dict[str, int] = {
+    "verify": 0,
+    "calibration": 1_000,
+    "validation": 2_000,
+    "bench": 3_000,
+    "bench-matte": 4_000,
+}
 
 
 @dataclass
@@ -28,6 +44,10 @@ class Case:
     bgr: np.ndarray
     pha: np.ndarray | None = None  # (H, W)
     fgr: np.ndarray | None = None  # (H, W, 3)
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """What every runner takes: ``src`` and ``bgr``, BGR 0..255 NCHW float32."""
+        return {"src": to_model_input(self.src), "bgr": to_model_input(self.bgr)}
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int, channels: int) -> np.ndarray:
@@ -45,6 +65,8 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int,
 
 
 def synthetic_case(height: int, width: int, seed: int) -> Case:
+    """The synthetic frame of ``seed``, the same on every machine; a named use's frames come
+    from ``synthetic_cases``."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     background = 0.15 + 0.7 * _smooth_noise(rng, height, width, 6, 3)
@@ -86,18 +108,31 @@ def synthetic_case(height: int, width: int, seed: int) -> Case:
     )
 
 
-def synthetic_cases(height: int, width: int, count: int, seed: int = 0) -> list[Case]:
-    return [synthetic_case(height, width, seed + i) for i in range(count)]
+def seeds_for(use: str, count: int, start: int = 0) -> range:
+    """The seeds of ``count`` synthetic frames for ``use`` (a key of ``SEEDS``), from its
+    ``start``-th; ``ConfigError`` if they would reach into another use's seeds."""
+    if use not in SEEDS:
+        raise ValueError(f"use {use!r} is not one of {', '.join(SEEDS)}")
+    seeds = range(SEEDS[use] + start, SEEDS[use] + start + count)
+    for other, first in SEEDS.items():
+        taken = range(first, first + SEED_SPAN)
+        if other != use and seeds and max(seeds.start, taken.start) < min(seeds.stop, taken.stop):
+            raise ConfigError(
+                f"{count} synthetic {use} frames from seed {seeds.start} would reuse the {other} frames' "
+                f"seeds ({taken.start}..{taken.stop - 1}); {use} frames are seeds {SEEDS[use]}.."
+                f"{SEEDS[use] + SEED_SPAN - 1} (or beyond every use's, from {max(SEEDS.values()) + SEED_SPAN})"
+            )
+    return seeds
+
+
+def synthetic_cases(height: int, width: int, count: int, use: str = "verify", start: int = 0) -> list[Case]:
+    """``count`` synthetic frames for ``use`` (``seeds_for``): the same frames every time, and
+    never another use's."""
+    return [synthetic_case(height, width, seed) for seed in seeds_for(use, count, start)]
 
 
 def _check_aspect(path: Path, height: int, width: int) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            frame_width, frame_height = image.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"cannot read image {path}: {str(exc).splitlines()[0]}") from None
+    frame_height, frame_width = image_size(path)
     if not same_aspect((frame_height, frame_width), (height, width)):
         raise InputError(
             f"{path} is {frame_width}x{frame_height}, an aspect other than the model's {width}x{height}: "
@@ -109,8 +144,9 @@ def image_cases(
     folder: Path, height: int, width: int, same_aspect: bool = False, limit: int | None = None
 ) -> list[Case]:
     """Open Model Zoo HumanMatting layout: ``com/``, ``bgr/`` and optional ``pha/``, ``fgr/``.
-    ``same_aspect``: refuse frames whose aspect differs from ``width / height``; ``limit``:
-    read only the first frames (sorted by name)."""
+    ``same_aspect``: refuse frames, and their backgrounds, whose aspect differs from
+    ``width / height`` (resizing would stretch them); ``limit``: read only the first frames
+    (sorted by name)."""
     folder = Path(folder)
     com, bgr = folder / "com", folder / "bgr"
     if not folder.is_dir():
@@ -127,6 +163,7 @@ def image_cases(
         size = (height, width)
         if same_aspect:
             _check_aspect(com / name, height, width)
+            _check_aspect(bgr / name, height, width)
         pha = folder / "pha" / name
         fgr = folder / "fgr" / name
         cases.append(

@@ -1,0 +1,92 @@
+"""The infer stage: requests kept in flight over a runner, results handed on in order.
+
+Used by ``matte`` (files, pipes, live sources), by ``bench --matte`` for the model alone,
+and by serving. ``depth`` is how many requests are in flight: the runner's ``parallel`` for
+throughput, two for live video, where a deeper queue only adds latency.
+
+The caller's thread takes items and submits them; a collector thread waits for the oldest
+request and hands its outputs on, so a result never waits for the next frame to arrive (a
+pipe or a camera sends frames at its own pace). No runtime callback is used: a Python
+callback would stall OpenVINO's threads on the GIL while this process decodes and encodes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import numpy as np
+
+from exporter.pipeline.timings import Timings
+from exporter.runtime import Feeds, Runner
+
+__all__ = ["LATENCY_DEPTH", "InferStage"]
+
+T = TypeVar("T")
+
+# Live video: one request computing while the next frame's is queued behind it.
+LATENCY_DEPTH = 2
+
+_DONE = object()
+
+
+class InferStage:
+    """``run(items, on_result)`` submits ``(tag, feeds)`` pairs, at most ``depth`` in flight,
+    and calls ``on_result(tag, outputs)`` in submission order. An item is taken from
+    ``items`` only when a request is free, so a live source is asked for its newest frame as
+    late as possible."""
+
+    def __init__(self, runner: Runner, depth: int | None = None, timings: Timings | None = None) -> None:
+        self.runner = runner
+        self.depth = max(1, depth or runner.parallel)
+        self.timings = timings or Timings()
+        self.completed = 0
+        self._model_seconds = 0.0
+
+    def run(self, items: Iterable[tuple[T, Feeds]], on_result: Callable[[T, dict[str, np.ndarray]], None]) -> None:
+        """Until ``items`` ends; an error of ``on_result`` (or of a request) is raised here, and
+        an error here (or an interrupt) still waits for the requests in flight."""
+        free = threading.Semaphore(self.depth)
+        in_flight: queue.SimpleQueue = queue.SimpleQueue()
+        failures: list[BaseException] = []
+
+        def collect() -> None:
+            while (entry := in_flight.get()) is not _DONE:
+                tag, pending = entry
+                try:
+                    outputs = pending.result()
+                    if not failures:
+                        self._model_seconds += pending.seconds
+                        self.completed += 1
+                        on_result(tag, outputs)
+                except BaseException as exc:  # raised in the caller's thread
+                    failures.append(exc)
+                finally:
+                    free.release()
+
+        collector = threading.Thread(target=collect, name="bgm-collector", daemon=True)
+        collector.start()
+        try:
+            iterator = iter(items)
+            while True:
+                free.acquire()
+                if failures:
+                    raise failures[0]
+                item = next(iterator, _DONE)
+                if item is _DONE:
+                    break
+                tag, feeds = item
+                in_flight.put((tag, self.runner.submit(feeds)))
+        finally:
+            in_flight.put(_DONE)
+            collector.join()
+        if failures:
+            raise failures[0]
+
+    @property
+    def model_seconds(self) -> float:
+        """The model's working time: the requests' summed time over the number that ran side
+        by side (equal to the wall time when every request was always busy)."""
+        return self._model_seconds / max(1, min(self.depth, self.completed))

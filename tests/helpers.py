@@ -1,0 +1,32 @@
+"""Constants and pure helpers the tests share where a fixture cannot reach: parametrize
+lists (collection time) and plain functions that build inputs. State lives in fixtures
+(``conftest.py``)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+from exporter.config import ExportConfig
+
+DATA = Path(__file__).parent / "data"
+# The backbones with goldens and manifests in DATA (test_synthetic checks that every
+# backbone of the package has them).
+BACKBONES = ("mobilenetv2", "resnet50", "resnet101")
+
+# The goldens' setting: 192x320, backbone scale 1/4, 16,000 sampled pixels, threshold 0.3.
+GOLDEN_CONFIG = ExportConfig(height=192, width=320, sample_pixels=16_000, threshold=0.3)
+
+
+def huge_png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says ``width`` x ``height``: all Pillow reads on opening (the pixels
+    are never decoded), without the gigabytes of a real one."""
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])  # size, then depth, colour, ...
+    data[12:33] = header + struct.pack(">I", zlib.crc32(header))
+    path.write_bytes(bytes(data))
+    return path

@@ -1,0 +1,354 @@
+"""The pipeline's stages, each without a model: sources, infer ordering, write-behind, sinks,
+timings, and the command line's strings turned into typed values."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from exporter.data import synthetic_case
+from exporter.errors import InputError, OutputError
+from exporter.matte import FirstFrames, parse_background, parse_outputs, parse_source, parse_target
+from exporter.pipeline.infer import InferStage
+from exporter.pipeline.prepare import Backdrop, Composite, Prepare, median_background
+from exporter.pipeline.sinks import PipeSink, PngSink
+from exporter.pipeline.sources import Camera, Frame, Pipe, Stream, open_source, read_ahead
+from exporter.pipeline.timings import Timings
+from exporter.pipeline.writebehind import WriteBehind
+from exporter.runtime import Pending, Runner
+
+
+class FakeRunner(Runner):
+    """Outputs that name their input (``pha`` is the frame's index), finishing out of order
+    when asked: a later request may be done before an earlier one."""
+
+    runtime = "fake"
+    parallel = 3
+
+    def __init__(self) -> None:
+        super().__init__("fake.xml", {}, (1, 3, 8, 8))
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    def infer(self, feeds):
+        return {"pha": feeds["src"].copy()}
+
+    def submit(self, feeds):
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        runner = self
+
+        class Later(Pending):
+            def result(self):
+                runner.in_flight -= 1
+                return runner.infer(feeds)
+
+        return Later(seconds=0.5)
+
+
+def run(stage: InferStage, items) -> list:
+    results = []
+    stage.run(items, lambda tag, outputs: results.append((tag, outputs)))
+    return results
+
+
+def test_infer_keeps_order_and_depth():
+    runner = FakeRunner()
+    stage = InferStage(runner)
+    results = run(stage, ((i, {"src": np.full(1, i)}) for i in range(10)))
+    assert [tag for tag, _ in results] == list(range(10))
+    assert [int(out["pha"][0]) for _, out in results] == list(range(10))
+    assert runner.most_in_flight <= 3 == stage.depth and stage.completed == 10
+    # 10 requests of 0.5 s, 3 side by side.
+    assert stage.model_seconds == pytest.approx(10 * 0.5 / 3)
+
+
+def test_a_result_does_not_wait_for_the_next_frame():
+    """A pipe or a camera sends frames at its own pace: a frame's result is handed on while
+    the source is still waiting for the next one."""
+    runner, results = FakeRunner(), []
+    stage = InferStage(runner)
+    handed = threading.Event()
+
+    def items():
+        yield 0, {"src": np.full(1, 0)}
+        assert handed.wait(5), "frame 0's result waited for frame 1"
+        yield 1, {"src": np.full(1, 1)}
+
+    def on_result(tag, outputs):
+        results.append(tag)
+        handed.set()
+
+    stage.run(items(), on_result)
+    assert results == [0, 1]
+
+
+def test_infer_takes_an_item_only_when_there_is_room():
+    """A live source is asked for its next frame only when a request is free."""
+    runner, taken, results = FakeRunner(), [], []
+    gate = threading.Semaphore(0)
+
+    def items():
+        for i in range(6):
+            taken.append(i)
+            yield i, {"src": np.full(1, i)}
+
+    def on_result(tag, outputs):
+        gate.acquire(timeout=5)  # the consumer is slow
+        results.append(tag)
+        assert len(taken) <= tag + 1 + 2  # this one, and at most two in flight behind it
+
+    thread = threading.Thread(target=lambda: InferStage(runner, depth=2).run(items(), on_result))
+    thread.start()
+    for _ in range(6):
+        time.sleep(0.02)
+        gate.release()
+    thread.join(10)
+    assert results == list(range(6)) and runner.most_in_flight <= 2
+
+
+def test_infer_raises_a_consumers_error_and_drains():
+    runner = FakeRunner()
+
+    def on_result(tag, outputs):
+        if tag == 2:
+            raise OutputError("disk full")
+
+    with pytest.raises(OutputError, match="disk full"):
+        InferStage(runner).run(((i, {"src": np.full(1, i)}) for i in range(10)), on_result)
+    assert runner.in_flight == 0
+
+
+def test_write_behind_keeps_order_bounds_frames_and_raises_failures():
+    written, lock = [], threading.Lock()
+    behind = WriteBehind(depth=2, workers=2)
+    gate = threading.Event()
+
+    def work(i):
+        def ordered():
+            gate.wait(5)
+            written.append(i)
+            return [lambda: time.sleep(0.01)] * 2
+
+        return ordered
+
+    behind.put(work(0))
+    behind.put(work(1))
+    start = time.perf_counter()
+    threading.Timer(0.2, gate.set).start()
+    behind.put(work(2))  # waits: two frames are waiting already
+    assert time.perf_counter() - start >= 0.15
+    for i in range(3, 8):
+        behind.put(work(i))
+    behind.close()
+    assert written == list(range(8))
+
+    failing = WriteBehind(depth=2, workers=2)
+
+    def broken():
+        def job():
+            with lock:
+                raise OutputError("disk full")
+
+        return [job]
+
+    failing.put(broken)
+    with pytest.raises(OutputError, match="disk full"):
+        for _ in range(50):  # the failure surfaces at a later put, never lost
+            failing.put(lambda: [])
+            time.sleep(0.01)
+    failing.close(finished=False)
+
+
+def test_write_behind_failure_in_ordered_work_frees_its_slot():
+    behind = WriteBehind(depth=1, workers=1)
+
+    def broken():
+        raise OutputError("cannot write video")
+
+    behind.put(broken)
+    with pytest.raises(OutputError, match="cannot write video"):
+        behind.close()
+
+
+def test_timings_add_from_many_threads():
+    timings = Timings("write")
+    threads = [threading.Thread(target=lambda: [timings.add("write", 0.001) for _ in range(1000)]) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert timings.seconds()["write"] == pytest.approx(8.0)
+    for value in (0.01, 0.02, 0.03, 0.04, 0.1):
+        timings.latency(value)
+    assert timings.latency_percentiles(50) == {50: pytest.approx(0.03)}
+
+
+def raw(frames: list[np.ndarray]) -> bytes:
+    return b"".join(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR).tobytes() for frame in frames)
+
+
+def test_pipe_source_reads_every_frame_and_refuses_a_short_one():
+    frames = [synthetic_case(12, 20, i).src for i in range(3)]
+    source = open_source(Pipe(20, 12, io.BytesIO(raw(frames))))
+    assert source.size == (12, 20) and source.video and not source.live and source.total is None
+    got = [frame.image for frame in source.frames()]
+    assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, frames, strict=True))
+
+    short = open_source(Pipe(20, 12, io.BytesIO(raw(frames)[:-10])))
+    with pytest.raises(InputError, match="ended inside frame 3: 710 of its 720 bytes"):
+        list(short.frames())
+
+
+def test_live_source_drops_what_a_slow_consumer_cannot_take(tmp_path):
+    """A source faster than its consumer: the newest frame wins, the others are counted."""
+    path = tmp_path / "fast.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (32, 16))
+    for i in range(60):
+        writer.write(np.full((16, 32, 3), i * 4, np.uint8))
+    writer.release()
+    source = open_source(Stream(str(path)))  # a file read as fast as it decodes: faster than us
+    assert source.live
+    taken = []
+    for frame in source.frames():
+        taken.append(frame.index)
+        time.sleep(0.02)
+    source.close()
+    assert taken == sorted(taken) and len(taken) < 60
+    assert len(taken) + source.dropped == 60  # the first frame, read on opening, only tells the size
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (Camera(97), "cannot read camera 97"),
+        (Stream("rtsp://127.0.0.1:9/none"), "cannot read stream rtsp://127.0.0.1:9/none"),
+    ],
+)
+def test_a_live_source_that_does_not_open_is_named(spec, message):
+    with pytest.raises(InputError, match=message):
+        open_source(spec)
+
+
+def test_read_ahead_raises_the_producers_error_in_order():
+    def items():
+        yield 1
+        yield 2
+        raise InputError("frame 3 is broken")
+
+    got = []
+    with pytest.raises(InputError, match="frame 3"):
+        for item in read_ahead(items()):
+            got.append(item)
+    assert got == [1, 2]
+
+
+def test_prepare_and_composite_round_trip():
+    """Feeds are the letterboxed frame in BGR 0..255; outputs map back to the frame's size."""
+    frame = synthetic_case(30, 40, 1).src
+    prepare = Prepare(16, 32, synthetic_case(30, 40, 1).bgr)
+    feeds = prepare(Frame(0, "f", frame, 0.0))
+    assert feeds["src"].shape == (1, 3, 16, 32) and feeds["src"].dtype == np.float32
+    top, left, h, w = Composite((30, 40), 16, 32).box
+    assert (top, left, h, w) == (0, 5, 16, 21)
+    assert feeds["src"][0, :, :, :left].max() == 0  # the letterbox's bars
+    assert np.allclose(feeds["src"][0, 2, :, left : left + w].mean(), cv2.resize(frame, (w, h))[..., 0].mean())
+
+    outputs = {"pha": np.full((1, 1, 16, 32), 0.25, np.float32), "fgr": np.ones((1, 3, 16, 32), np.float32)}
+    black = np.zeros((30, 40, 3), np.uint8)
+    matted = Composite((30, 40), 16, 32)(outputs, black)
+    assert matted.pha.shape == (30, 40) and matted.fgr.shape == (30, 40, 3)
+    assert np.all(matted.composite == 64)  # 0.25 x 255 over black
+    assert Composite((30, 40), 16, 32)(outputs, None).composite is None
+
+    with pytest.raises(InputError, match="frames of one run must share a size"):
+        prepare(Frame(1, "g", np.zeros((31, 40, 3), np.uint8), 0.0))
+
+
+def test_median_background_removes_a_passer_by():
+    scene = np.full((8, 8, 3), 100, np.uint8)
+    frames = [scene.copy() for _ in range(5)]
+    frames[1][2:5, 2:5] = 255  # someone walks through two of five frames
+    frames[3][3:6, 3:6] = 0
+    assert np.array_equal(median_background(frames), scene)
+
+
+def test_backdrop_colour_image_and_bad_target(tmp_path):
+    assert np.all(Backdrop((1, 2, 3), (4, 5))() == [1, 2, 3])
+    with pytest.raises(InputError, match="needs three channels from 0 to 255"):
+        Backdrop((1, 2, 300), (4, 5))
+    with pytest.raises(InputError, match="is not an existing image or video"):
+        Backdrop(tmp_path / "beach.png", (4, 5))
+
+
+def test_sinks(tmp_path):
+    matted = Composite((6, 8), 6, 8)(
+        {"pha": np.full((1, 1, 6, 8), 0.25, np.float32), "fgr": np.ones((1, 3, 6, 8), np.float32)},
+        np.zeros((6, 8, 3), np.uint8),
+    )
+    stream = io.BytesIO()
+    PipeSink(stream).write(Frame(0, "f", np.zeros((6, 8, 3), np.uint8), 0.0), matted)
+    assert len(stream.getvalue()) == 6 * 8 * 3 and set(stream.getvalue()) == {64}
+
+    class Closed(io.RawIOBase):
+        def write(self, data):
+            raise BrokenPipeError
+
+    with pytest.raises(OutputError, match="closed it at frame 1"):
+        PipeSink(Closed()).write(Frame(0, "f", np.zeros((6, 8, 3), np.uint8), 0.0), matted)
+
+    sink = PngSink(tmp_path, ["alpha", "foreground"], tmp_path, Timings())
+    for job in sink.write(Frame(0, "f", np.zeros((6, 8, 3), np.uint8), 0.0), matted):
+        job()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f_alpha.png", "f_fgr.png"]
+
+
+@pytest.mark.parametrize(
+    "spec, size, expected",
+    [
+        ("camera:2", None, Camera(2)),
+        ("rtsp://127.0.0.1:8554/cam", None, Stream("rtsp://127.0.0.1:8554/cam")),
+        ("http://127.0.0.1:8080/video.mjpg", None, Stream("http://127.0.0.1:8080/video.mjpg")),
+        ("-", "1280x720", Pipe(1280, 720)),
+        ("frames/", None, Path("frames/")),
+    ],
+)
+def test_parse_source(spec, size, expected):
+    assert parse_source(spec, size) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, size, message",
+    [
+        ("-", None, "--src - needs --size WxH"),
+        ("-", "1280", "--size '1280' is not WIDTHxHEIGHT"),
+        ("-", "0x720", "is not WIDTHxHEIGHT"),
+        ("video.mp4", "1280x720", "--size applies to --src -"),
+        ("camera:front", None, "a camera is camera:N"),
+    ],
+)
+def test_parse_source_refusals(spec, size, message):
+    with pytest.raises(InputError, match=message):
+        parse_source(spec, size)
+
+
+def test_parse_background_outputs_and_target(tmp_path):
+    assert parse_background("first:10") == FirstFrames(10)
+    assert parse_background("bgr.png") == Path("bgr.png")
+    for bad in ("first:0", "first:x", "first:1000"):
+        with pytest.raises(InputError, match="first:N takes N from 1 to 100"):
+            parse_background(bad)
+    assert parse_outputs("alpha, composite,alpha") == ("alpha", "composite")
+    with pytest.raises(InputError, match="depth is not one of"):
+        parse_outputs("alpha,depth")
+    assert parse_target("0,255,0") == (0, 255, 0)
+    with pytest.raises(InputError, match="has a channel above 255"):
+        parse_target("0,256,0")
+    with pytest.raises(InputError, match="neither a colour R,G,B nor an existing image or video"):
+        parse_target(str(tmp_path / "beach.png"))
