@@ -8,6 +8,7 @@ export machinery (STYLE.md, "Dependency direction").
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -117,23 +118,46 @@ def read_ir(xml: Path) -> dict[str, str]:
 def io_shapes(config: ExportConfig) -> dict[str, tuple[int, ...]]:
     """The shape of every input and output of an artifact made at ``config``."""
     h, w = config.height, config.width
-    return {"src": (1, 3, h, w), "bgr": (1, 3, h, w), "pha": (1, 1, h, w), "fgr": (1, 3, h, w)}
+    small = (math.floor(h * config.backbone_scale), math.floor(w * config.backbone_scale))
+    shapes = {"src": (1, 3, h, w), "bgr": (1, 3, h, w), "pha": (1, 1, h, w), "fgr": (1, 3, h, w),
+              "err": (1, 1, h, w), "hid": (1, 32, h, w),  # MattingBase
+              "err_sm": (1, 1, *small), "ref_sm": (1, 1, h // 4, w // 4)}  # --extra-outputs  # fmt: skip
+    return {name: shapes[name] for name in (*INPUT_NAMES, *config.outputs)}
+
+
+def _fits(found: Sequence[int | str], expected: tuple[int, ...], dynamic: bool) -> bool:
+    """A declared shape is the expected one; in a dynamic graph, height and width may be
+    free (a name, or OpenVINO's unknown) instead."""
+    if len(found) != len(expected):
+        return False
+    return all(
+        f == e or (dynamic and i >= 2 and not (isinstance(f, int) and f > 0))
+        for i, (f, e) in enumerate(zip(found, expected, strict=True))
+    )
 
 
 def check_io(
-    path: Path, inputs: Mapping[str, Sequence[int]], outputs: Mapping[str, Sequence[int]], metadata: dict[str, str]
+    path: Path,
+    inputs: Mapping[str, Sequence[int]],
+    outputs: Mapping[str, Sequence[int]],
+    metadata: dict[str, str],
+    resolution: tuple[int, int] | None = None,
 ) -> None:
     """``ArtifactError`` unless the graph's inputs and outputs, by name and shape, are those its
-    ``metadata`` describes (metadata copied from another model is caught here)."""
-    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
+    ``metadata`` describes (metadata copied from another model is caught here); a dynamic
+    model's at ``resolution`` (default: the metadata's), or free."""
+    config = ExportConfig.from_metadata(metadata)
+    if resolution is not None:
+        config = config.replace(height=resolution[0], width=resolution[1])
+    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(config.outputs):
         raise ArtifactError(
             f"{path} has inputs {list(inputs)} and outputs {list(outputs)}; a matting model has "
-            f"{list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}"
+            f"{list(INPUT_NAMES)} and {list(config.outputs)} (as its metadata describes it)"
         )
-    expected = io_shapes(ExportConfig.from_metadata(metadata))
+    expected = io_shapes(config)
     for kind, found in (("takes inputs", inputs), ("gives outputs", outputs)):
         for name, shape in found.items():
-            if tuple(shape) != expected[name]:
+            if not _fits(tuple(shape), expected[name], config.dynamic):
                 raise ArtifactError(
                     f"{path} {kind} of shape {list(shape)} ({name}), but its metadata says "
                     f"{list(expected[name])}: the metadata was copied from another model"

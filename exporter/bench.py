@@ -24,6 +24,7 @@ from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig
 from exporter.data import synthetic_cases
 from exporter.eager import EagerRunner
+from exporter.errors import InputError
 from exporter.export.onnx import export_onnx
 from exporter.export.openvino import export_ir
 from exporter.export.upstream import export_upstream_onnx
@@ -31,11 +32,12 @@ from exporter.files import check_not_input, check_writable
 from exporter.images import to_model_input
 from exporter.info import count_flops
 from exporter.pipeline.infer import InferStage
+from exporter.remote import PROTOCOLS, Remote
 from exporter.resources import cpu_description
 from exporter.runtime import LayerTime, Runner, load_runner
 from exporter.table import format_table
 
-__all__ = ["BenchReport", "BenchRow", "bench", "format_bench"]
+__all__ = ["BenchReport", "BenchRow", "ServerBench", "bench", "bench_server", "format_bench", "format_server_bench"]
 
 WARMUP = 3
 SETTLE_SECONDS = 1.0
@@ -228,8 +230,10 @@ def bench(
         say("exporting ONNX, IR FP32, IR FP16, IR INT8 and the original recipe's IR")
         ours = export_onnx(config, weights, root / "ours.onnx").path
         irs = {p: export_ir(ours, root / p / "ours.xml", p, progress=False).xml for p in ("FP32", "FP16", "INT8")}
-        upstream_onnx = export_upstream_onnx(config, weights, root / "upstream.onnx").path
-        upstream = export_ir(upstream_onnx, root / "upstream" / "upstream.xml", "FP32").xml
+        upstream = None  # the original recipe is MattingRefine's (no --model-type base, no extra outputs)
+        if config.model_type == "refine" and not config.extra_outputs:
+            upstream_onnx = export_upstream_onnx(config, weights, root / "upstream.onnx").path
+            upstream = export_ir(upstream_onnx, root / "upstream" / "upstream.xml", "FP32").xml
         gflops = count_flops(onnx.load(str(ours)))[0]
 
         say("eager PyTorch")
@@ -241,7 +245,8 @@ def bench(
         rows.append(_row("ONNX", "onnxruntime", "FP32", "f32", _time(partial(session.infer, inputs), runs), gflops))
 
         variants = [_Variant(f"IR {p}", xml, p, a) for p, xml in irs.items() for a in arithmetics]
-        variants += [_Variant(ORIGINAL, upstream, "FP32", a) for a in arithmetics]
+        if upstream is not None:
+            variants += [_Variant(ORIGINAL, upstream, "FP32", a) for a in arithmetics]
         say(f"OpenVINO: {len(variants)} IR and arithmetic pairs, profiled")
         rows += _openvino_rows(variants, inputs, runs, gflops, say)
 
@@ -257,7 +262,8 @@ def bench(
 def format_bench(report: BenchReport) -> str:
     config = report.config
     lines = [
-        f"{config.model_name} at {config.height}x{config.width}, {config.patches:,} refined patches, "
+        f"{config.model_name} at {config.height}x{config.width}, "
+        f"{'no refiner' if config.model_type == 'base' else f'{config.patches:,} refined patches'}, "
         f"{report.rows[0].gflops:.2f} GFLOP a frame; torch threads {report.threads}; weights {report.checkpoint}",
         f"CPU: {report.cpu}",
         "",
@@ -376,3 +382,125 @@ def format_matte_bench(result: MatteBench) -> str:
             f"model busy {result.model_share:.0%} of matte's time; stages (overlapping): {split}",
         ]
     )
+
+
+@dataclass
+class ServerBench:
+    """A V2 server under ``clients`` concurrent clients (each one request at a time, on its own
+    connection), beside the same IR's local THROUGHPUT frames/s when it was given."""
+
+    server: str
+    protocol: str
+    resolution: tuple[int, int]
+    clients: int
+    frames: int
+    server_fps: float
+    latency_ms: dict[str, float]
+    local: str | None = None
+    local_fps: float | None = None
+    cpu: str = ""
+    rounds: int = 1
+
+    @property
+    def ratio(self) -> float | None:
+        return self.server_fps / self.local_fps if self.local_fps else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def _clients(runners: list[Runner], feeds: list[dict[str, np.ndarray]], frames: int) -> tuple[float, list[float]]:
+    """``frames`` requests shared by the runners, each its own client: the infer stage with one
+    request in flight, on a thread of its own. Frames per second and every request's latency."""
+    import threading
+
+    latencies: list[float] = []
+    failures: list[BaseException] = []
+
+    def client(index: int, runner: Runner) -> None:
+        share = range(index, frames, len(runners))
+        items = ((time.perf_counter(), feeds[i % len(feeds)]) for i in share)
+        try:
+            InferStage(runner, depth=1).run(items, lambda started, _: latencies.append(time.perf_counter() - started))
+        except BaseException as exc:  # raised in the caller's thread below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i, r), name=f"bgm-client-{i}") for i, r in enumerate(runners)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if failures:
+        raise failures[0]
+    return frames / seconds, latencies
+
+
+def bench_server(
+    remote: Remote,
+    clients: int = 4,
+    frames: int = 48,
+    *,
+    local: Path | None = None,
+    json_path: Path | None = None,
+    inference_precision: str = "auto",
+    on_progress: Callable[[str], None] | None = None,
+) -> ServerBench:
+    """Frames per second and latency percentiles (p50, p90, p99) of the model on a V2 server
+    under ``clients`` concurrent clients, ``frames`` requests a round (after one warm-up
+    request per client); with ``local``, the IR the server serves, timed here alone as
+    ``matte`` runs it (THROUGHPUT hint, ``inference_precision``) in rounds interleaved with
+    the server's, so that a neighbour's load on a shared machine falls on both alike. The
+    medians of ``THROUGHPUT_ROUNDS`` rounds are kept (one round without ``local``)."""
+    say = on_progress or (lambda message: None)
+    if json_path is not None:
+        check_not_input(json_path, *([local] if local else []))
+        check_writable(json_path)
+    runners, local_runner = [remote.connect() for _ in range(clients)], None
+    try:
+        _, _, height, width = runners[0].input_shape
+        if local is not None:
+            local_runner = load_runner(local, "openvino", inference_precision=inference_precision, throughput=True)
+            if local_runner.input_shape != (1, 3, height, width):
+                raise InputError(f"--local {local} takes {list(local_runner.input_shape)}; the server's model takes "
+                                 f"{[1, 3, height, width]}")  # fmt: skip
+        cases = synthetic_cases(height, width, _DISTINCT_FRAMES, use="bench")
+        feeds = [{"src": to_model_input(c.src), "bgr": to_model_input(cases[0].bgr)} for c in cases]
+        say(f"{remote}: {clients} clients, {frames} requests of {width}x{height} a round")
+        _clients(runners, feeds, clients)  # warm-up: one request each
+        server_fps, local_fps, latencies = [], [], []
+        for round_ in range(THROUGHPUT_ROUNDS if local_runner else 1):
+            fps, times = _clients(runners, feeds, frames)
+            server_fps.append(fps)
+            latencies += times
+            if local_runner is not None:
+                say(f"round {round_ + 1}: server {fps:.2f} frames/s; {local} here alone")
+                time.sleep(SETTLE_SECONDS)  # the other side's threads go to sleep
+                local_fps.append(_throughput(local_runner, feeds, frames))
+                time.sleep(SETTLE_SECONDS)
+    finally:
+        for runner in [*runners, *([local_runner] if local_runner else [])]:
+            runner.close()
+    percentiles = {f"p{p}": float(np.percentile(latencies, p)) * 1000 for p in (50, 90, 99)}
+    return ServerBench(
+        remote.url, PROTOCOLS[remote.protocol], (height, width), clients, frames, statistics.median(server_fps),
+        percentiles, str(local) if local else None, statistics.median(local_fps) if local_fps else None,
+        cpu_description(), len(server_fps),
+    )  # fmt: skip
+
+
+def format_server_bench(result: ServerBench) -> str:
+    height, width = result.resolution
+    latency = ", ".join(f"{name} {ms:.0f} ms" for name, ms in result.latency_ms.items())
+    lines = [
+        f"{result.server} ({result.protocol}) at {width}x{height}, {result.frames} requests a round, median of "
+        f"{result.rounds}; CPU: {result.cpu}",
+        f"server, {result.clients} concurrent clients   {result.server_fps:.2f} frames/s; latency {latency}",
+    ]
+    if result.local_fps is not None:
+        lines.append(
+            f"{result.local} here alone (THROUGHPUT hint)   {result.local_fps:.2f} frames/s; "
+            f"the server gives {result.ratio:.0%} of it"
+        )
+    return "\n".join(lines)

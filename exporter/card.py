@@ -4,10 +4,13 @@ parameters from the graph, accuracy from ``verify``, hashes from the files."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from exporter import __version__
+from exporter.artifact import artifact_metadata
 from exporter.backbones import BACKBONES
+from exporter.config import ExportConfig
 from exporter.errors import ArtifactError
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
 from exporter.info import ModelInfo, artifact_info
@@ -78,6 +81,15 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
         "values 0..1.",
         "",
     ]
+    from exporter.artifact import io_shapes
+
+    shapes = io_shapes(config)
+    described = {
+        "err": "Predicted error of the coarse result", "hid": "Hidden features (32 channels)",
+        "err_sm": "Coarse error map at the backbone scale", "ref_sm": "Refined 4x4 patches (1 = refined)",
+    }  # fmt: skip
+    for name in config.outputs[2:]:
+        outputs += [f"{described[name]}, name: `{name}`, shape: `{_shape(*shapes[name])}`, format: `B, C, H, W`.", ""]
     lines = [f"# {config.model_name}", ""]
     if report.synthetic:
         lines += [
@@ -91,10 +103,14 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
         "Real-time, high-resolution background replacement (video calls, streaming): BackgroundMattingV2 "
         f"(arXiv 2012.07810) with a {BACKBONES[config.backbone].title} backbone. Given a frame and a picture of "
         "the background without the subject, it predicts the alpha matte and the foreground colours. A base "
-        "network runs at "
-        f"{config.backbone_scale:g} of the input resolution; a refiner recomputes the "
-        f"{config.patches:,} 4x4 patches with the largest predicted error at full resolution "
-        f"(refine mode `{config.refine_mode}`).",
+        + (
+            "network runs at the input resolution (MattingBase: no refiner)."
+            if config.model_type == "base"
+            else f"network runs at {config.backbone_scale:g} of the input resolution; a refiner recomputes the "
+            f"{config.patches:,} 4x4 patches with the largest predicted error at full resolution "
+            f"(refine mode `{config.refine_mode}`)."
+        )
+        + (" Height and width are free (`--dynamic`); figures are at the size stated." if config.dynamic else ""),
         "",
         "## Specification",
         "",
@@ -188,6 +204,13 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
     return "\n".join(lines)
 
 
+def _second_size(result: object) -> bool:
+    """A run of a dynamic artifact at another size than the one its metadata states."""
+    config = result.config
+    stated = ExportConfig.from_metadata(artifact_metadata(result.path))
+    return config.dynamic and (config.height, config.width) != (stated.height, stated.width)
+
+
 def write_card(
     artifacts: list[Path] | None,
     output: Path,
@@ -204,7 +227,9 @@ def write_card(
     check_not_input(output, *paths, getattr(weights, "source", None))
     check_writable(output)
     report = verify(paths, weights, cases=cases, images=images)
-    card = model_card(report, [artifact_info(path) for path in paths])
+    # A --dynamic artifact is verified at two sizes; its card describes the size it states.
+    shown = dataclasses.replace(report, artifacts=[a for a in report.artifacts if not _second_size(a)])
+    card = model_card(shown, [artifact_info(path) for path in paths])
     with atomic_outputs(Path(output)) as (temporary,):
         temporary.write_text(card)
     return report

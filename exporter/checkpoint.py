@@ -14,7 +14,7 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,8 +22,9 @@ import torch
 from exporter.config import ExportConfig
 from exporter.errors import CheckpointError
 from exporter.files import sha256_of
-from exporter.model import BACKBONES, DEFAULT_BACKBONE, MattingRefine
+from exporter.model import BACKBONES, DEFAULT_BACKBONE, MattingBase, MattingRefine
 from exporter.synthetic import SYNTHETIC_NAME, synthetic_state_dict
+from exporter.weight_formats import Loaded
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -35,6 +36,7 @@ __all__ = [
     "detect_backbone",
     "filter_checkpoint",
     "read_checkpoint",
+    "read_weights",
     "resolve_weights",
     "synthetic_weights",
 ]
@@ -67,6 +69,11 @@ class Weights:
     synthetic: bool
     backbone: str = DEFAULT_BACKBONE
     warning: str | None = None
+    # ``state_dict``, ``torchscript`` or ``onnx`` (``weight_formats.FORMATS``); None: synthetic.
+    kind: str | None = None
+    # ExportConfig fields the file states (a TorchScript wrapper's attributes, an ONNX
+    # graph's constants): the export's defaults, which given options override.
+    settings: dict[str, object] = field(default_factory=dict)
 
 
 def default_checkpoint(backbone: str = DEFAULT_BACKBONE) -> Path:
@@ -91,9 +98,8 @@ def filter_checkpoint(checkpoint: object) -> OrderedDict[str, torch.Tensor]:
     return out
 
 
-def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
-    """Load a checkpoint file safely and return its state_dict (not yet checked)."""
-    path = Path(path)
+def _head(path: Path) -> bytes:
+    """The first bytes of ``path``, after checking that it is a readable, non-empty file."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
@@ -107,6 +113,27 @@ def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror}") from None
     if not head:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    return head
+
+
+def read_weights(path: Path) -> Loaded:
+    """Any published form of the weights, by its content: a PyTorch state_dict, a TorchScript
+    archive of the original, or an ONNX export of the original (not yet checked)."""
+    from exporter.weight_formats import is_torchscript, read_onnx_weights, read_torchscript
+
+    path = Path(path)
+    head = _head(path)
+    if head.startswith(b"\x08"):  # protobuf field 1 (ir_version): an ONNX model, whatever its name
+        return read_onnx_weights(path)
+    if head.startswith(b"PK") and is_torchscript(path):
+        return read_torchscript(path)
+    return Loaded(read_checkpoint(path), "state_dict")
+
+
+def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
+    """Load a checkpoint file safely and return its state_dict (not yet checked)."""
+    path = Path(path)
+    head = _head(path)
     is_zip = head.startswith(b"PK")
     is_legacy = head.startswith(b"\x80")  # a pickle, the pre-1.6 torch.save format
     if not (is_zip or is_legacy):
@@ -167,7 +194,9 @@ def detect_backbone(state_dict: dict[str, torch.Tensor]) -> str:
     return max(BACKBONES, key=overlap)
 
 
-def check_state_dict(state_dict: dict[str, torch.Tensor], backbone: str, source: str = "weights") -> None:
+def check_state_dict(
+    state_dict: dict[str, torch.Tensor], backbone: str, source: str = "weights", kind: str = "state_dict"
+) -> None:
     """Raise ``CheckpointError`` listing missing, unexpected and mis-shaped keys of ``source``
     against the ``backbone`` model."""
     expected = _expected(backbone)
@@ -197,7 +226,8 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], backbone: str, source:
     if mismatched:
         parts.append(shown(mismatched, "shape mismatch", "shape mismatches"))
     title = BACKBONES[backbone].title
-    raise CheckpointError(f"checkpoint {source} is not a BackgroundMattingV2 {title} state_dict: " + "; ".join(parts))
+    what = {"torchscript": "TorchScript archive", "onnx": "ONNX export"}.get(kind, "state_dict")
+    raise CheckpointError(f"checkpoint {source} is not a BackgroundMattingV2 {title} {what}: " + "; ".join(parts))
 
 
 def synthetic_weights(seed: int = 0, backbone: str = DEFAULT_BACKBONE) -> Weights:
@@ -223,9 +253,10 @@ def resolve_weights(checkpoint: Path | None = None, backbone: str | None = None)
     path = checkpoint if checkpoint is not None else (default if default.exists() else None)
     if path is None:
         return synthetic_weights(0, backbone or DEFAULT_BACKBONE)
-    state_dict = read_checkpoint(path)
+    loaded = read_weights(path)
+    state_dict = loaded.state_dict
     found = detect_backbone(state_dict)
-    check_state_dict(state_dict, found, str(path))
+    check_state_dict(state_dict, found, str(path), loaded.kind)
     if backbone is not None and found != backbone:
         raise CheckpointError(
             f"checkpoint {path} holds the {BACKBONES[found].title} model, but --backbone {backbone} was given "
@@ -233,9 +264,18 @@ def resolve_weights(checkpoint: Path | None = None, backbone: str | None = None)
         )
     state_dict, cast_from = check_values(state_dict, str(path))
     label = f"sha256:{sha256_of(Path(path))}"
+    notes = [*loaded.notes]
     if cast_from:  # the artifact says its weights were not float32 to begin with
-        label += f" ({', '.join(cast_from)} weights cast to float32)"
-    return Weights(state_dict, str(path), label, False, found)
+        notes.append(f"{', '.join(cast_from)} weights cast to float32")
+    if loaded.kind == "torchscript":
+        notes.insert(0, "torchscript")
+    if notes:
+        label += f" ({'; '.join(notes)})"
+    warning = None
+    if loaded.settings:
+        stated = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in loaded.settings.items())
+        warning = f"checkpoint {path} states {stated}: used as this export's defaults (options given override them)"
+    return Weights(state_dict, str(path), label, False, found, warning, loaded.kind, dict(loaded.settings))
 
 
 def check_values(state_dict: dict[str, torch.Tensor], source: str) -> tuple[OrderedDict[str, torch.Tensor], list[str]]:
@@ -272,14 +312,20 @@ def check_values(state_dict: dict[str, torch.Tensor], source: str) -> tuple[Orde
     return out, sorted(set(cast_from))
 
 
-def build_model(config: ExportConfig, weights: Weights) -> MattingRefine:
-    """``MattingRefine`` for ``config`` with ``weights`` loaded strictly, in eval mode."""
+def build_model(config: ExportConfig, weights: Weights) -> MattingRefine | MattingBase:
+    """``MattingRefine`` for ``config`` with ``weights`` loaded strictly, in eval mode;
+    ``MattingBase`` for ``model_type="base"``, with every weight but the refiner's."""
     if config.backbone != weights.backbone:
         raise CheckpointError(
             f"checkpoint {weights.source} holds the {BACKBONES[weights.backbone].title} model, "
             f"not the {BACKBONES[config.backbone].title} model this export is for"
         )
     check_state_dict(weights.state_dict, config.backbone, weights.source)
+    if config.model_type == "base":
+        base = MattingBase(config.backbone)
+        kept = {k: v for k, v in weights.state_dict.items() if not k.startswith("refiner.")}
+        base.load_state_dict(kept, strict=True)
+        return base.eval()
     model = MattingRefine(**config.model_kwargs())
     model.load_state_dict(weights.state_dict, strict=True)
     return model.eval()

@@ -24,10 +24,11 @@ from typer.core import TyperGroup
 
 from exporter import __version__
 from exporter.backbones import BACKBONES
-from exporter.config import PRECISIONS, PRESETS, REFINE_MODES, ExportConfig
+from exporter.config import MODEL_TYPES, PRECISIONS, PRESETS, REFINE_MODES, ExportConfig
 from exporter.errors import BgmExportError, ConfigError, Terminated
 from exporter.files import write_json
 from exporter.runtime import INFERENCE_PRECISIONS
+from exporter.serve import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MAX_REQUEST_MB
 
 if TYPE_CHECKING:
     from exporter.checkpoint import Weights
@@ -143,13 +144,15 @@ Backbone = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 RefineMode = Literal[REFINE_MODES]  # type: ignore[valid-type]
+ModelType = Literal[tuple(MODEL_TYPES)]  # type: ignore[valid-type]
 InferencePrecision = Literal[INFERENCE_PRECISIONS]  # type: ignore[valid-type]
 
 CheckpointOpt = Annotated[
     Optional[Path],
     typer.Option(
-        help="Official pytorch_mobilenetv2.pth, pytorch_resnet50.pth or pytorch_resnet101.pth; the model is read "
-        "from it (default: checkpoints/pytorch_<backbone>.pth, else synthetic weights)."
+        help="The original's weights: pytorch_<backbone>.pth (a state_dict), torchscript_<backbone>_fp32/fp16.pth "
+        "or an ONNX export of it (onnx_mobilenetv2_hd.onnx, bgm_mobilenetv2.onnx); the model is read from it "
+        "(default: checkpoints/pytorch_<backbone>.pth, else synthetic weights)."
     ),
 ]
 BackboneOpt = Annotated[
@@ -166,6 +169,29 @@ ModeOpt = Annotated[Optional[RefineMode], typer.Option(help="Refine mode (defaul
 PixelsOpt = Annotated[Optional[int], typer.Option(help="Pixels refined in sampling mode.")]
 ThresholdOpt = Annotated[Optional[float], typer.Option(help="Error threshold in thresholding mode.")]
 OpsetOpt = Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")]
+ExtraOutputsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Comma-separated diagnostic outputs of the refine model: err (err_sm, the coarse error map at the "
+        "backbone scale), ref (ref_sm, 1 where a 4x4 patch was refined, quarter resolution)."
+    ),
+]
+DynamicOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--dynamic",
+        is_flag=True,
+        help="One model for any height and width valid at the backbone scale (OpenVINO compiles it for one "
+        "shape); --height/--width (or the preset) are the size it is traced and verified at.",
+    ),
+]
+ModelTypeOpt = Annotated[
+    Optional[ModelType],
+    typer.Option(
+        help="refine (default): MattingRefine, outputs pha, fgr; base: MattingBase, the network without the "
+        "refiner at the input's resolution, outputs pha, fgr, err, hid (the original's --model-type mattingbase)."
+    ),
+]
 ArtifactsArg = Annotated[
     Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
 ]
@@ -201,10 +227,20 @@ def config_and_weights(
     fails before a large checkpoint loads); then the checkpoint decides the backbone."""
     from exporter.resources import require_memory
 
-    config = PRESETS[preset or "720p"].replace(**options)
-    require_memory(config)
+    try:
+        require_memory(PRESETS[preset or "720p"].replace(**options))
+        early = None
+    except ConfigError as exc:  # unless the checkpoint states the settings that make it valid
+        early = exc
     weights = load_weights(checkpoint, backbone)
-    return config.replace(backbone=weights.backbone), weights
+    # What the file states (a TorchScript wrapper's settings, an ONNX graph's) replaces the
+    # preset's values; the options given replace both.
+    stated = {name: value for name, value in weights.settings.items() if name not in options}
+    if early is not None and not stated:
+        raise early
+    config = PRESETS[preset or "720p"].replace(backbone=weights.backbone, **stated, **options)
+    require_memory(config)
+    return config, weights
 
 
 def size_line(label: str, path: Path, size: int, sha256: str) -> str:
@@ -224,9 +260,15 @@ EXPORT_OPTIONS: dict[str, object] = {
     "sample_pixels": PixelsOpt,
     "threshold": ThresholdOpt,
     "opset": OpsetOpt,
+    "model_type": ModelTypeOpt,
+    "extra_outputs": ExtraOutputsOpt,
+    "dynamic": DynamicOpt,
 }
 # Those of them that are ExportConfig fields (the others choose the weights and the preset).
-CONFIG_OPTIONS = ("height", "width", "backbone_scale", "refine_mode", "sample_pixels", "threshold", "opset")
+CONFIG_OPTIONS = (
+    "height", "width", "backbone_scale", "refine_mode", "sample_pixels", "threshold", "opset", "model_type",
+    "extra_outputs", "dynamic",
+)  # fmt: skip
 
 
 def export_options(command: F) -> F:
@@ -253,6 +295,8 @@ def export_options(command: F) -> F:
 
 def export_config(export: dict[str, object]) -> tuple[ExportConfig, Weights]:
     options = {name: value for name, value in export.items() if name in CONFIG_OPTIONS}
+    if "extra_outputs" in options:  # "err,ref" -> ("err", "ref"); ExportConfig checks the names
+        options["extra_outputs"] = tuple(n.strip() for n in str(options["extra_outputs"]).split(",") if n.strip())
     return config_and_weights(export.get("checkpoint"), export.get("backbone"), export.get("preset"), options)
 
 
@@ -437,6 +481,7 @@ def bench(
     height: HeightOpt = None,
     width: WidthOpt = None,
     sample_pixels: PixelsOpt = None,
+    model_type: ModelTypeOpt = None,
     runs: Annotated[Optional[int], typer.Option(min=1, help="Timed runs per model after warm-up (default 20).")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="Top ten layers from OpenVINO's counters.")] = False,
     matte: Annotated[
@@ -444,7 +489,22 @@ def bench(
         typer.Option(help="Instead: time `matte` on a synthetic video against this IR alone (THROUGHPUT hint)."),
     ] = None,
     frames: Annotated[
-        Optional[int], typer.Option(min=1, help="With --matte: frames in the synthetic video (default 48).")
+        Optional[int],
+        typer.Option(min=1, help="With --matte: frames in the synthetic video; with --server: requests (default 48)."),
+    ] = None,
+    server: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Instead: a V2 server (grpc://HOST:PORT or http://HOST:PORT) under --clients concurrent clients."
+        ),
+    ] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="With --server: the served model's name.")] = None,
+    clients: Annotated[
+        Optional[int], typer.Option(min=1, help="With --server: concurrent clients, one request each (default 4).")
+    ] = None,
+    local: Annotated[
+        Optional[Path],
+        typer.Option(help="With --server: the IR it serves, timed here too (THROUGHPUT hint) for comparison."),
     ] = None,
     inference_precision: ArithmeticOpt = None,
     json_path: JsonOpt = None,
@@ -455,8 +515,23 @@ def bench(
     from exporter.files import check_writable
 
     exporting = given(checkpoint=checkpoint, backbone=backbone, preset=preset, height=height, width=width,
-                      sample_pixels=sample_pixels, runs=runs, profile=profile or None)  # fmt: skip
-    if matte is not None:
+                      sample_pixels=sample_pixels, model_type=model_type, runs=runs,
+                      profile=profile or None)  # fmt: skip
+    serving = given(model_name=model_name, clients=clients, local=local)
+    if serving and server is None:
+        raise ConfigError(f"{option_names(serving)} apply with --server only")
+    if server is not None:
+        from exporter.bench import bench_server, format_server_bench
+        from exporter.remote import parse_remote
+
+        if exporting or matte is not None:
+            raise ConfigError(f"{option_names([*exporting, *given(matte=matte)])} cannot apply with --server")
+        result = bench_server(
+            parse_remote(server, model_name), clients or 4, frames or 48, local=local, json_path=json_path,
+            inference_precision=inference_precision or "auto", on_progress=progress,
+        )  # fmt: skip
+        typer.echo(format_server_bench(result))
+    elif matte is not None:
         if exporting:  # the IR fixes the model; these time the export's variants
             raise ConfigError(f"{option_names(exporting)} cannot apply with --matte: the IR fixes the model")
         result = bench_matte(
@@ -469,7 +544,7 @@ def bench(
             raise ConfigError("--frames applies with --matte only")
         if json_path is not None:  # before the minutes of timing it would hold
             check_writable(json_path)
-        options = given(height=height, width=width, sample_pixels=sample_pixels)
+        options = given(height=height, width=width, sample_pixels=sample_pixels, model_type=model_type)
         config, weights = config_and_weights(checkpoint, backbone, preset, options)
         result = run_bench(
             config, weights, runs=runs or 20, profile=profile, inference_precision=inference_precision,
@@ -504,6 +579,80 @@ def card(
     typer.echo(f"model card: {output}")
 
 
+@app.command()
+@user_errors
+def repository(
+    artifacts: Annotated[
+        list[Path], typer.Argument(help=".xml / .onnx files to add, each as its model's next version.")
+    ],
+    out: Annotated[Path, typer.Option(help="The repository folder (created if needed).")],
+    version: Annotated[
+        Optional[int], typer.Option(min=1, help="This version instead of the next (refused if it exists).")
+    ] = None,
+    name: Annotated[
+        Optional[str], typer.Option(help="The model name instead of the artifact's (another resolution, say).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="OpenVINO Model Server's target_device.")] = "CPU",
+    performance_hint: Annotated[
+        Literal["THROUGHPUT", "LATENCY"], typer.Option(help="OpenVINO's PERFORMANCE_HINT in both engines' config.")
+    ] = "THROUGHPUT",
+) -> None:
+    """Add artifacts to a model repository that OpenVINO Model Server and Triton both load.
+
+    Writes <model>/<version>/model.xml+.bin (or model.onnx), <model>/config.pbtxt (Triton) and
+    config.json (OpenVINO Model Server), each checked against the engine's own schema.
+    """
+    from exporter.repository import add_to_repository
+
+    result = add_to_repository(artifacts, out, device=device, hint=performance_hint, version=version, name=name)
+    typer.echo("\n".join(result.lines()))
+
+
+@app.command()
+@user_errors
+def serve(
+    target: Annotated[Path, typer.Argument(help="A repository folder (bgm-export repository) or one .xml / .onnx.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; another than loopback makes the server reachable from others.")
+    ] = DEFAULT_HOST,
+    http_port: Annotated[int, typer.Option(min=0, max=65535, help="REST port (0: any free one).")] = DEFAULT_HTTP_PORT,
+    grpc_port: Annotated[int, typer.Option(min=0, max=65535, help="gRPC port (0: any free one).")] = DEFAULT_GRPC_PORT,
+    device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
+    inference_precision: Annotated[
+        InferencePrecision, typer.Option(help="OpenVINO's arithmetic: auto (the device's default), f32, bf16, f16.")
+    ] = "auto",
+    max_request_mb: Annotated[
+        float, typer.Option(help="Largest request body (REST) or message (gRPC) taken, in MiB.")
+    ] = DEFAULT_MAX_REQUEST_MB,
+) -> None:
+    """Serve every model of a repository (or one artifact) over the Open Inference Protocol (KServe V2).
+
+    REST (JSON and binary tensors) and gRPC, as OpenVINO Model Server, Triton and KServe speak
+    it; health, model metadata and Prometheus metrics at /metrics. SIGTERM or Ctrl-C: the
+    requests in flight finish, then it exits 0.
+    """
+    from exporter.serve import Listening
+    from exporter.serve import serve as run_serve
+    from exporter.serve.server import is_loopback
+
+    def ready(listening: Listening) -> None:
+        for model in listening.models:
+            typer.echo(f"  {model.name} version {model.version}: {model.path}")
+        typer.echo(f"REST  {listening.rest}   (metrics: {listening.rest}/metrics)")
+        typer.echo(f"gRPC  {listening.grpc}")
+        typer.echo(f"inference on {device} in {listening.inference_precision} arithmetic; SIGTERM or Ctrl-C stops")
+        if not is_loopback(host):
+            warn(f"listening on {host}: reachable from other machines, with no authentication")
+        sys.stdout.flush()
+
+    summary = run_serve(
+        target, host=host, http_port=http_port, grpc_port=grpc_port, device=device,
+        inference_precision=inference_precision, max_request_mb=max_request_mb, on_ready=ready,
+    )  # fmt: skip
+    answered = ", ".join(f"{name} {count}" for name, count in summary.answered.items())
+    typer.echo(f"stopped by {summary.stopped_by}; every request in flight was answered (requests: {answered})")
+
+
 @contextlib.contextmanager
 def summary_stream(to_stderr: bool) -> Iterator[None]:
     """Where ``typer.echo`` goes: stderr while stdout carries frames."""
@@ -517,7 +666,21 @@ def summary_stream(to_stderr: bool) -> Iterator[None]:
 @app.command()
 @user_errors
 def matte(
-    model: Annotated[Path, typer.Option(help="The exported model, .xml or .onnx.")],
+    model: Annotated[
+        Optional[Path], typer.Option(help="The exported model, .xml or .onnx (or --server instead).")
+    ] = None,
+    server: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Instead of --model: a KServe V2 server (ours, OpenVINO Model Server, Triton), "
+            "grpc://HOST:PORT or http://HOST:PORT (REST, binary tensors); with --model-name."
+        ),
+    ] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="With --server: the served model's name.")] = None,
+    model_version: Annotated[
+        Optional[str], typer.Option(help="With --server: its version (default: the server's choice).")
+    ] = None,
+    *,
     src: Annotated[
         str,
         typer.Option(
@@ -545,7 +708,8 @@ def matte(
         Optional[str],
         typer.Option(
             help="Comma-separated: composite (a video for a video source, PNGs otherwise), alpha, foreground "
-            "(RGBA), composite-png. Default: composite for a video; alpha, foreground, composite otherwise."
+            "(RGBA), composite-png, err and ref (a model exported with --extra-outputs err,ref). Default: "
+            "composite for a video; alpha, foreground, composite otherwise."
         ),
     ] = None,
     align: Annotated[
@@ -553,18 +717,19 @@ def matte(
         typer.Option("--align", help="Warp the background onto each frame first (hand-held captures)."),
     ] = False,
 ) -> None:
-    """Replace the background of images, video, a camera, a stream or piped frames with an exported model.
+    """Replace the background of images, video, a camera, a stream or piped frames with an exported model
+    (or one on a model server: --server).
 
     Cameras and streams run in latency mode (the newest frame wins when the model falls
     behind); they and piped frames stop cleanly on Ctrl-C or SIGTERM.
     """
-    from exporter.matte import PipeOut, parse_background, parse_outputs, parse_source, parse_target
+    from exporter.matte import PipeOut, parse_background, parse_model, parse_outputs, parse_source, parse_target
     from exporter.matte import matte as run_matte
 
     destination = PipeOut(sys.stdout.buffer) if out == "-" else Path(out)  # before stdout is redirected
     with summary_stream(isinstance(destination, PipeOut)), frame_bar("matting") as on_frame:
         summary = run_matte(
-            model,
+            parse_model(model, server, model_name, model_version),
             parse_source(src, size),
             parse_background(bgr),
             target=None if target is None else parse_target(target),

@@ -18,7 +18,9 @@ from exporter.errors import ConfigError
 
 __all__ = [
     "DEFAULT_OPSET",
+    "EXTRA_OUTPUTS",
     "MODELS_DIR",
+    "MODEL_TYPES",
     "PRECISIONS",
     "PRESETS",
     "REFINE_MODES",
@@ -28,6 +30,14 @@ __all__ = [
 
 # How the refiner chooses its patches: the original's refine modes.
 REFINE_MODES = ("sampling", "thresholding", "full")
+# What is exported, as the original's ``--model-type``: ``refine`` (MattingRefine, the
+# default) or ``base`` (MattingBase: the network without the refiner, at the input's
+# resolution), and each one's outputs, named as the original names them.
+MODEL_TYPES = {"refine": ("pha", "fgr"), "base": ("pha", "fgr", "err", "hid")}
+# The refine model's diagnostic outputs (``--extra-outputs``), named as the original's ONNX
+# names them: the coarse error map at the backbone's scale, and the map of refined 4x4
+# patches at a quarter of the resolution (1 = refined).
+EXTRA_OUTPUTS = {"err": "err_sm", "ref": "ref_sm"}
 
 # Open Model Zoo's layout: models/<name>.onnx and models/<PRECISION>/<name>.xml.
 MODELS_DIR = Path("models")
@@ -52,6 +62,11 @@ class ExportConfig:
         threshold: error threshold in ``thresholding`` mode.
         opset: ONNX opset.
         precision: IR precision, ``FP32``, ``FP16`` or ``INT8`` (ONNX is always FP32).
+        model_type: ``refine`` (MattingRefine) or ``base`` (MattingBase, ``MODEL_TYPES``).
+        extra_outputs: keys of ``EXTRA_OUTPUTS`` the refine model also outputs, in that order.
+        dynamic: height and width are free in the graph (any size valid at the backbone scale
+            with at least ``patches`` patches); ``height`` x ``width`` is then the size it was
+            traced and is verified at (with a second one, ``second_resolution``).
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -63,6 +78,9 @@ class ExportConfig:
     threshold: float = 0.1
     opset: int = DEFAULT_OPSET
     precision: str = "FP32"
+    model_type: str = "refine"
+    extra_outputs: tuple[str, ...] = ()
+    dynamic: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -84,6 +102,15 @@ class ExportConfig:
             raise ConfigError(f"backbone scale {self.backbone_scale} is not in (0, 0.5]")
         if self.refine_mode not in REFINE_MODES:
             raise ConfigError(f"refine mode {self.refine_mode!r} is not one of {', '.join(REFINE_MODES)}")
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(f"model type {self.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+        extra = tuple(self.extra_outputs)
+        unknown = [name for name in extra if name not in EXTRA_OUTPUTS]
+        if unknown or len(set(extra)) != len(extra):
+            raise ConfigError(f"extra outputs {','.join(extra)}: each at most once, of {', '.join(EXTRA_OUTPUTS)}")
+        if extra and self.model_type != "refine":
+            raise ConfigError(f"extra outputs apply to the refine model; the {self.model_type} model has err already")
+        object.__setattr__(self, "extra_outputs", tuple(n for n in EXTRA_OUTPUTS if n in extra))  # canonical order
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.opset not in SUPPORTED_OPSETS:
@@ -103,7 +130,8 @@ class ExportConfig:
         # Both are recorded in the metadata whatever the mode, so both must be sensible in every
         # mode; only sampling needs the sample to fit the image.
         patches = (self.height // 4) * (self.width // 4)
-        top = patches * 16 if self.refine_mode == "sampling" else None
+        # (MattingBase refines nothing: its sample count is only recorded.)
+        top = patches * 16 if self.refine_mode == "sampling" and self.model_type == "refine" else None
         if self.sample_pixels < 16 or (top is not None and self.sample_pixels > top):
             raise ConfigError(
                 f"sample pixels {self.sample_pixels} is not in 16..{top}"
@@ -137,8 +165,29 @@ class ExportConfig:
 
     @property
     def model_name(self) -> str:
-        """``background-matting-<backbone>``, as Open Model Zoo names the MobileNetV2 model."""
-        return BACKBONES[self.backbone].model_name
+        """``background-matting-<backbone>``, as Open Model Zoo names the MobileNetV2 model;
+        ``...-base`` for MattingBase."""
+        name = BACKBONES[self.backbone].model_name
+        name = name if self.model_type == "refine" else f"{name}-{self.model_type}"
+        return f"{name}-dynamic" if self.dynamic else name
+
+    def second_resolution(self) -> tuple[int, int]:
+        """Another valid size, for verifying a dynamic export at two: three quarters of this
+        one (rounded down to the size step), else five quarters."""
+        step = self.size_step
+        for factor in (0.75, 1.25):
+            size = (int(self.height * factor) // step * step, int(self.width * factor) // step * step)
+            try:
+                self.replace(height=size[0], width=size[1])
+            except ConfigError:
+                continue
+            return size
+        raise ConfigError(f"no second resolution near {self.height}x{self.width} is valid for this export")
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The artifact's output names, in order."""
+        return MODEL_TYPES[self.model_type] + tuple(EXTRA_OUTPUTS[name] for name in self.extra_outputs)
 
     def replace(self, **changes: object) -> ExportConfig:
         return dataclasses.replace(self, **changes)
@@ -169,6 +218,10 @@ class ExportConfig:
             "threshold": repr(self.threshold),
             "opset": str(self.opset),
             "precision": self.precision,
+            "model_type": self.model_type,
+            "extra_outputs": ",".join(self.extra_outputs),
+            "outputs": ",".join(self.outputs),
+            "dynamic": "true" if self.dynamic else "false",
             "checkpoint": checkpoint,
             "tool": f"bgm-export {__version__}",
         }
@@ -189,6 +242,10 @@ class ExportConfig:
                 threshold=float(metadata["threshold"]),
                 opset=int(metadata["opset"]),
                 precision=metadata.get("precision", "FP32"),
+                # Artifacts made before MattingBase exports are MattingRefine.
+                model_type=metadata.get("model_type", "refine"),
+                extra_outputs=tuple(n for n in metadata.get("extra_outputs", "").split(",") if n),
+                dynamic=metadata.get("dynamic", "false") == "true",
             )
         except (KeyError, ValueError) as exc:
             raise ConfigError(

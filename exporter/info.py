@@ -67,6 +67,20 @@ def _block(node: onnx.NodeProto) -> str:
     return parts[0] if len(parts) > 1 and parts[0] in {"backbone", "aspp", "decoder", "refiner"} else "other"
 
 
+def _at_resolution(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A ``--dynamic`` model with its inputs fixed at the resolution its metadata states, so
+    that every shape (and so every FLOP) is known; any other model as it is."""
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if metadata.get("dynamic") != "true":
+        return model
+    import onnxsim
+
+    height, width = (int(v) for v in metadata["resolution"].split("x"))
+    shapes = {value.name: [1, 3, height, width] for value in model.graph.input}
+    fixed, _ = onnxsim.simplify(model, check_n=0, overwrite_input_shapes=shapes)
+    return fixed
+
+
 def count_flops(model: onnx.ModelProto) -> tuple[float, dict[str, float]]:
     """Total GFLOPs and GFLOPs per block (backbone, aspp, decoder, refiner, other)."""
     shapes = _shapes(model)
@@ -109,7 +123,7 @@ def onnx_info(path: Path, nodes_before: int | None = None, trainable: int | None
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
         raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
-    gflops, by_block = count_flops(model)
+    gflops, by_block = count_flops(_at_resolution(model))
     return ModelInfo(
         path=str(path),
         format="onnx",
@@ -200,6 +214,9 @@ def ir_info(xml: Path) -> ModelInfo:
         raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {str(exc).splitlines()[0]}") from None
     ops = collections.Counter(op.get_type_name() for op in model.get_ordered_ops())
     params = ir_parameters(model)
+    if metadata.get("dynamic") == "true":  # FLOPs at the resolution it states
+        height, width = (int(v) for v in metadata["resolution"].split("x"))
+        model.reshape({name: [1, 3, height, width] for name in ("src", "bgr")})
     gflops, by_block = _ir_flops(model)
     bin_path = xml.with_suffix(".bin")
     return ModelInfo(

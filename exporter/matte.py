@@ -25,8 +25,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from exporter.artifact import artifact_kind, artifact_metadata
-from exporter.errors import InputError, OutputError, Terminated
+from exporter.artifact import artifact_files, artifact_kind, artifact_metadata
+from exporter.errors import ConfigError, InputError, OutputError, Terminated
 from exporter.files import remove_empty
 from exporter.images import read_image, same_aspect
 from exporter.pipeline.infer import LATENCY_DEPTH, InferStage
@@ -45,6 +45,7 @@ from exporter.pipeline.sources import (
 )
 from exporter.pipeline.timings import Timings, timed
 from exporter.pipeline.writebehind import WriteBehind
+from exporter.remote import Remote, parse_remote
 from exporter.runtime import load_runner
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "PipeOut",
     "matte",
     "parse_background",
+    "parse_model",
     "parse_outputs",
     "parse_source",
     "parse_target",
@@ -61,7 +63,9 @@ __all__ = [
 
 # What can be written, as the original's --output-types: ``composite`` is a video for a video
 # source and PNGs otherwise; ``composite-png`` asks for PNGs of a video's frames too.
-OUTPUT_KINDS = ("composite", "alpha", "foreground", "composite-png")
+# ``err`` and ``ref``: the error map and the refined patches, from a model exported with
+# ``--extra-outputs err,ref``.
+OUTPUT_KINDS = ("composite", "alpha", "foreground", "composite-png", "err", "ref")
 VIDEO_DEFAULT_OUTPUTS = ("composite",)
 IMAGE_DEFAULT_OUTPUTS = ("alpha", "foreground", "composite")
 DEFAULT_TARGET = (0, 255, 0)
@@ -175,6 +179,19 @@ def parse_source(spec: str, size: str | None = None) -> SourceSpec:
     return Path(spec)
 
 
+def parse_model(
+    model: Path | None, server: str | None, model_name: str | None, version: str | None = None
+) -> Path | Remote:
+    """``--model PATH``, or ``--server URL --model-name NAME [--model-version V]``: one of the two."""
+    if (model is None) == (server is None):
+        raise InputError("give --model PATH (an exported model) or --server URL --model-name NAME, one of the two")
+    if model is not None:
+        if model_name is not None or version is not None:
+            raise InputError("--model-name and --model-version apply with --server only")
+        return Path(model)
+    return parse_remote(server, model_name, version)
+
+
 def parse_target(spec: str) -> Target:
     """``R,G,B`` -> a colour; anything else -> the path of an image or a video."""
     parts = spec.split(",")
@@ -234,7 +251,23 @@ def _png_kinds(kinds: set[str], video: bool) -> list[str]:
     pngs = [kind for kind in ("alpha", "foreground") if kind in kinds]
     if "composite-png" in kinds or (not video and "composite" in kinds):
         pngs.append("composite")
-    return pngs
+    return pngs + [kind for kind in ("err", "ref") if kind in kinds]
+
+
+def _check_maps(kinds: set[str], model: Path | Remote, metadata: dict[str, str] | None) -> None:
+    """``err``/``ref`` need a model that outputs ``err_sm``/``ref_sm`` (``--extra-outputs``)."""
+    asked = [kind for kind in ("err", "ref") if kind in kinds]
+    if not asked:
+        return
+    if metadata is None:
+        raise InputError(f"--outputs {','.join(asked)}: written from a local model file only")
+    outputs = metadata.get("outputs", "pha,fgr").split(",")
+    missing = [kind for kind in asked if f"{kind}_sm" not in outputs]
+    if missing:
+        raise InputError(
+            f"--outputs {','.join(missing)}: {model} has no {', '.join(f'{k}_sm' for k in missing)} output; "
+            f"export it with --extra-outputs {','.join(missing)}"
+        )
 
 
 def _planned_files(source: Source, kinds: set[str]) -> Callable[[str], bool]:
@@ -249,14 +282,14 @@ def _planned_files(source: Source, kinds: set[str]) -> Callable[[str], bool]:
 
 
 def _check_inputs_kept(
-    out: Path, source: Source, kinds: set[str], model: Path, bgr: Path | FirstFrames, target: Target | None
+    out: Path, source: Source, kinds: set[str], model: Path | None, bgr: Path | FirstFrames, target: Target | None
 ) -> None:
     """No file this run writes may be one it reads, nor may its outputs join a folder of frames."""
     folder = out.resolve()
     if any(path.is_dir() and path.resolve() == folder for path in source.files):
         raise OutputError(f"output folder {out} is the source folder: its outputs would be read as frames next time")
     planned = _planned_files(source, kinds)
-    inputs = [*source.files, model, *([model.with_suffix(".bin")] if model.suffix == ".xml" else [])]
+    inputs = [*source.files, *(artifact_files(model) if model is not None else [])]
     inputs += [item for item in (bgr, target) if isinstance(item, Path)]
     for path in inputs:
         if path.is_file() and path.resolve().parent == folder and planned(path.name):
@@ -356,7 +389,7 @@ def _frames(source: Source, timings: Timings) -> Iterator[Frame]:
 
 
 def matte(
-    model: Path,
+    model: Path | Remote,
     src: SourceSpec,
     bgr: Path | FirstFrames,
     *,
@@ -372,17 +405,26 @@ def matte(
     (``OUTPUT_KINDS``; default: the composite video for a sequence, alpha, foreground and
     composite PNGs for images) into ``out``, composited over ``target`` (default green).
     ``align``: warp the background onto each frame first (``exporter.align``). A live source
-    (camera, stream) or a pipe stopped by Ctrl-C or SIGTERM ends the run cleanly."""
-    model = Path(model)
-    artifact_kind(model)  # a missing or wrong model file is named before any frame is read
-    metadata = artifact_metadata(model)
+    (camera, stream) or a pipe stopped by Ctrl-C or SIGTERM ends the run cleanly. ``model``:
+    an exported model, or a ``Remote`` one on a V2 server (which chooses device and arithmetic)."""
+    remote = model if isinstance(model, Remote) else None
+    if remote is None:
+        model = Path(model)
+        artifact_kind(model)  # a missing or wrong model file is named before any frame is read
+        metadata = artifact_metadata(model)
+    elif (device, inference_precision) != ("CPU", "auto"):
+        raise ConfigError("--device and --inference-precision are the server's: give them to the server")
     with contextlib.ExitStack() as stack:
         source = open_source(src)
         stack.callback(source.close)
         kinds = _kinds(outputs, source, out, target)
+        _check_maps(kinds, model, None if remote else metadata)
         if isinstance(out, Path):
-            _check_inputs_kept(out, source, kinds, model, bgr, target)
-        runner = load_runner(model, "openvino", device, inference_precision, throughput=True, metadata=metadata)
+            _check_inputs_kept(out, source, kinds, None if remote else model, bgr, target)
+        if remote:
+            runner = remote.connect()
+        else:
+            runner = load_runner(model, "openvino", device, inference_precision, throughput=True, metadata=metadata)
         stack.callback(runner.close)  # released here, not at interpreter exit (OpenVINO's threads abort then)
         arithmetic = runner.inference_precision
         timings = Timings("decode", "prepare", "model", "write")
@@ -404,7 +446,8 @@ def matte(
     return MatteSummary(
         frames=infer.completed, seconds=time.perf_counter() - start, files=written, warnings=warnings,
         timings=timings.seconds(), alignment="; ".join(prepare.aligner.fits) if prepare.aligner else None,
-        inference_precision=arithmetic, device=device, live=source.live, dropped=source.dropped,
+        inference_precision=arithmetic, device=remote.url if remote else device, live=source.live,
+        dropped=source.dropped,
         latency_ms={f"p{p}": s * 1000 for p, s in latency.items()}, stopped=stopped,
     )  # fmt: skip
 

@@ -3,7 +3,8 @@
 A runner holds one model loaded in one runtime (``.onnx`` in ONNX Runtime or OpenVINO,
 ``.xml`` in OpenVINO; the eager PyTorch model is ``exporter.eager.EagerRunner``, a remote
 server will be another). Every runner takes the model's feeds — ``src`` and ``bgr``,
-``(1, 3, H, W)`` float32, BGR, 0..255 — and returns ``{"pha": ..., "fgr": ...}``:
+``(1, 3, H, W)`` float32, BGR, 0..255 — and returns ``{"pha": ..., "fgr": ...}`` and every
+further output the artifact has (a base model's ``err``, ``hid``):
 
 - ``infer(feeds)``: one synchronous inference;
 - ``submit(feeds)``: start one and return a ``Pending`` whose ``result()`` waits for it;
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import OUTPUT_NAMES, artifact_metadata, check_io
+from exporter.artifact import artifact_metadata, check_io
 from exporter.errors import ArtifactError
 
 __all__ = [
@@ -114,7 +115,7 @@ class Runner(ABC):
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, metadata: dict[str, str]) -> None:
+    def __init__(self, path: Path, metadata: dict[str, str], resolution: tuple[int, int] | None = None) -> None:
         import onnxruntime as ort
 
         try:
@@ -122,11 +123,13 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
             raise ArtifactError(f"{path} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
         inputs = {v.name: v.shape for v in self._session.get_inputs()}
-        check_io(path, inputs, {v.name: v.shape for v in self._session.get_outputs()}, metadata)
-        super().__init__(path, metadata, inputs["src"])
+        check_io(path, inputs, {v.name: v.shape for v in self._session.get_outputs()}, metadata, resolution)
+        super().__init__(path, metadata, _input_shape(inputs["src"], metadata, resolution))
+        self.output_names = tuple(v.name for v in self._session.get_outputs())
 
     def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        return dict(zip(OUTPUT_NAMES, self._session.run(list(OUTPUT_NAMES), feeds), strict=True))
+        # Every output the artifact has (pha, fgr, and a base model's err, hid ...).
+        return dict(zip(self.output_names, self._session.run(list(self.output_names), feeds), strict=True))
 
     def close(self) -> None:
         self._session = None
@@ -159,6 +162,7 @@ class OpenVINORunner(Runner):
         inference_precision: str,
         throughput: bool,
         profile: bool = False,
+        resolution: tuple[int, int] | None = None,
     ) -> None:
         import openvino as ov
 
@@ -178,12 +182,17 @@ class OpenVINORunner(Runner):
         if profile:  # counters cost time of their own: never on a runner that is timed
             config["PERF_COUNT"] = "YES"
         try:
-            self._compiled = core.compile_model(str(path), device, config)
+            model: object = str(path)
+            if metadata.get("dynamic") == "true":  # compiled for one concrete size
+                height, width = _input_shape([], metadata, resolution)[2:]
+                model = core.read_model(str(path))
+                model.reshape({name: [1, 3, height, width] for name in ("src", "bgr")})
+            self._compiled = core.compile_model(model, device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
             raise ArtifactError(f"{path} does not load in OpenVINO {device}: {str(exc).splitlines()[0]}") from None
         inputs = {v.any_name: v.get_partial_shape().get_min_shape() for v in self._compiled.inputs}
         outputs = {v.any_name: v.get_partial_shape().get_min_shape() for v in self._compiled.outputs}
-        check_io(path, inputs, outputs, metadata)
+        check_io(path, inputs, outputs, metadata, resolution)
         super().__init__(path, metadata, tuple(inputs["src"]))
         self.output_names = tuple(outputs)
         self.device = device
@@ -238,6 +247,19 @@ class OpenVINORunner(Runner):
         self._sync = self._compiled = None
 
 
+def _input_shape(
+    declared: Sequence[int | str], metadata: dict[str, str], resolution: tuple[int, int] | None
+) -> tuple[int, ...]:
+    """The ``src`` shape a runner runs at: a dynamic model's at ``resolution``, else at the
+    size it states (its metadata's resolution)."""
+    if metadata.get("dynamic") != "true":
+        return tuple(declared)
+    if resolution is None:
+        height, width = (int(v) for v in metadata.get("resolution", "0x0").split("x"))
+        resolution = (height, width)
+    return (1, 3, *resolution)
+
+
 def default_inference_precision(device: str = "CPU") -> str:
     """The arithmetic OpenVINO computes in on ``device`` when not told (``f32``, ``bf16``,
     ``f16``): what a user's ``compile_model`` gets."""
@@ -257,26 +279,32 @@ def load_runner(
     throughput: bool = False,
     metadata: dict[str, str] | None = None,
     profile: bool = False,
+    resolution: tuple[int, int] | None = None,
 ) -> Runner:
     """``inference_precision``: OpenVINO's arithmetic (``INFERENCE_PRECISIONS``; parity checks
     want ``f32``, deployment the device's ``auto``). ``throughput``: OpenVINO's THROUGHPUT
     hint, for callers that keep ``parallel`` requests in flight. ``metadata``: the file's, if
     the caller has read it already (``artifact_metadata``); else it is read here.
-    ``profile``: OpenVINO's per-layer counters (``layer_times``)."""
+    ``profile``: OpenVINO's per-layer counters (``layer_times``). ``resolution``: the
+    height and width a dynamic model runs at (OpenVINO compiles it for that shape; default:
+    the size in its metadata); a static model's are its own."""
     path = Path(path)
     if metadata is None:  # a file without bgm-export's metadata is refused here
         metadata = artifact_metadata(path)
     if runtime == "onnxruntime":
         if path.suffix != ".onnx":
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
-        return OnnxRuntimeRunner(path, metadata)
+        return OnnxRuntimeRunner(path, metadata, resolution)
     if runtime == "openvino":
-        return OpenVINORunner(path, metadata, device, inference_precision, throughput, profile)
+        return OpenVINORunner(path, metadata, device, inference_precision, throughput, profile, resolution)
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 
 def runners_for(
-    path: Path, metadata: dict[str, str] | None = None, inference_precisions: Sequence[str] = ("f32",)
+    path: Path,
+    metadata: dict[str, str] | None = None,
+    inference_precisions: Sequence[str] = ("f32",),
+    resolution: tuple[int, int] | None = None,
 ) -> list[Runner]:
     """``.onnx``: ONNX Runtime (f32; where f32 is asked for) and OpenVINO; ``.xml``: OpenVINO;
     OpenVINO once per arithmetic in ``inference_precisions``. The file is read once."""
@@ -285,7 +313,9 @@ def runners_for(
         metadata = artifact_metadata(path)
     runners: list[Runner] = []
     if path.suffix == ".onnx" and "f32" in inference_precisions:
-        runners.append(load_runner(path, "onnxruntime", metadata=metadata))
+        runners.append(load_runner(path, "onnxruntime", metadata=metadata, resolution=resolution))
     for precision in inference_precisions:
-        runners.append(load_runner(path, "openvino", metadata=metadata, inference_precision=precision))
+        runners.append(
+            load_runner(path, "openvino", metadata=metadata, inference_precision=precision, resolution=resolution)
+        )
     return runners

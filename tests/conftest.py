@@ -4,6 +4,7 @@ line. Constants needed at collection time are in ``helpers.py``."""
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from exporter.checkpoint import Weights, synthetic_weights
 from exporter.config import ExportConfig
 from exporter.images import to_eager_input, to_model_input
 from helpers import DATA, GOLDEN_CONFIG
+
+# OpenVINO's converter (and NNCF outside pytest) send usage telemetry to Google Analytics
+# from a forked process unless opted out: traffic to an address that is not ours, and a fork
+# taken while another thread resolves a name deadlocks and hangs the run at exit (seen here).
+# Their opt-out outside a consent file is a CI job's: tests, and the commands they start in
+# subprocesses, run as one.
+os.environ["CI"] = "true"
 
 
 @pytest.fixture(scope="session")

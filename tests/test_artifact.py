@@ -14,7 +14,17 @@ from exporter.errors import ArtifactError
 
 @pytest.mark.parametrize(
     "module",
-    ["exporter.matte", "exporter.runtime", "exporter.info", "exporter.align", "exporter.cli", "exporter.config"],
+    [
+        "exporter.matte",
+        "exporter.runtime",
+        "exporter.info",
+        "exporter.align",
+        "exporter.cli",
+        "exporter.config",
+        "exporter.serve",
+        "exporter.remote",
+        "exporter.repository",
+    ],
 )
 def test_deployment_side_imports_no_torch(module):
     """torch costs seconds and gigabytes a deployment does not need (STYLE.md)."""

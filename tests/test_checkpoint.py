@@ -214,8 +214,8 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
         path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
         return path, "looks like a PNG image"
     if kind == "onnx":
-        path.write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(100))
-        return path, "it looks like an ONNX model"
+        path.write_bytes(b"\x08\x08\x12\x07pytorch" + bytes(100))  # a damaged ONNX file
+        return path, "is not a readable ONNX model"
     if kind == "text":
         path.write_text("hello")
         return path, "is not a PyTorch file: its first bytes match no known format"
@@ -324,9 +324,11 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
         resolve_weights(fifo)
 
 
-def test_a_torchscript_archive_is_named_as_such(tmp_path):
+def test_read_checkpoint_alone_names_a_torchscript_archive(tmp_path):
+    # resolve_weights reads TorchScript archives of the original (test_weight_formats.py);
+    # the plain state_dict reader still says what such a file is.
     scripted = torch.jit.script(torch.nn.Linear(2, 2))
     path = tmp_path / "scripted.pth"
     torch.jit.save(scripted, str(path))
     with pytest.raises(CheckpointError, match="is a TorchScript archive .torch.jit.save., which holds code; give"):
-        resolve_weights(path)
+        read_checkpoint(path)

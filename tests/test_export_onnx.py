@@ -117,7 +117,12 @@ def test_metadata(golden_onnx):
         "threshold": "0.3",
         "opset": "17",
         "precision": "FP32",
+        "model_type": "refine",
+        "extra_outputs": "",
+        "outputs": "pha,fgr",
+        "dynamic": "false",
         "checkpoint": "synthetic bgmv2-synthetic-v1 seed 0",
+        "checkpoint_format": "synthetic",
         "tool": "bgm-export 0.1.0",
         "nodes_before_simplify": metadata["nodes_before_simplify"],
     }
@@ -133,7 +138,7 @@ def test_deterministic_bytes(golden_onnx, weights, tmp_path):
 def test_failed_export_leaves_existing_file_untouched(weights, tmp_path, monkeypatch):
     target = tmp_path / "m.onnx"
     target.write_bytes(b"good")
-    monkeypatch.setattr(onnx_export, "check_graph", lambda model, banned: ["banned ops: NonZero"])
+    monkeypatch.setattr(onnx_export, "check_graph", lambda model, banned, *more: ["banned ops: NonZero"])
     with pytest.raises(ExportError, match="banned ops"):
         export_onnx(GOLDEN_CONFIG, weights, target)
     assert target.read_bytes() == b"good"

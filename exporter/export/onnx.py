@@ -18,12 +18,12 @@ import onnx
 import torch
 from torch import nn
 
-from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, op_histogram
+from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, io_shapes, op_histogram
 from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ExportError, OutputError
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
-from exporter.model import BACKBONES, MattingRefine
+from exporter.model import BACKBONES, MattingBase, MattingRefine
 from exporter.resources import require_memory
 from exporter.stages import Stages
 
@@ -35,22 +35,29 @@ BANNED_OPS = frozenset({"If", "Loop", "Scan", "NonZero", "Unique", "NonMaxSuppre
 
 
 class BGRInputs(nn.Module):
-    """Feeds ``MattingRefine`` from the deployment layout.
+    """Feeds ``MattingRefine`` (or ``MattingBase``) from the deployment layout.
 
     Inputs: ``src``, ``bgr`` ``(1, 3, H, W)`` float, **BGR, 0..255**.
-    Returns: ``pha (1, 1, H, W)`` alpha 0..1 and ``fgr (1, 3, H, W)`` RGB 0..1.
+    Returns: ``pha (1, 1, H, W)`` alpha 0..1 and ``fgr (1, 3, H, W)`` RGB 0..1; for
+    ``MattingBase`` also ``err (1, 1, H, W)`` 0..1 and ``hid (1, 32, H, W)``.
     """
 
-    def __init__(self, model: MattingRefine) -> None:
+    def __init__(self, model: MattingRefine | MattingBase, outputs: tuple[str, ...] = OUTPUT_NAMES) -> None:
         super().__init__()
         self.model = model
+        self.outputs = outputs
 
-    def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # One reversal and one scale on the stacked inputs: [B, G, R, B, G, R] -> RGB RGB.
         src_bgr = torch.cat([src, bgr], dim=1)
         order = torch.tensor([2, 1, 0, 5, 4, 3], device=src.device)
-        pha, fgr, *_ = self.model.forward_stacked(torch.index_select(src_bgr, 1, order) / 255.0)
-        return pha, fgr
+        rgb = torch.index_select(src_bgr, 1, order) / 255.0
+        if not isinstance(self.model, MattingRefine):  # MattingBase, at the input's resolution
+            pha, fgr, err, hid = self.model.coarse(rgb)
+            return pha, (fgr + rgb[:, :3]).clamp(0.0, 1.0), err, hid
+        pha, fgr, _, _, err_sm, ref_sm = self.model.forward_stacked(rgb)
+        found = {"pha": pha, "fgr": fgr, "err_sm": err_sm, "ref_sm": ref_sm}  # --extra-outputs
+        return tuple(found[name] for name in self.outputs)
 
 
 @dataclass
@@ -74,7 +81,12 @@ def _static_dims(value: onnx.ValueInfoProto) -> bool:
     return tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim)
 
 
-def check_graph(model: onnx.ModelProto, banned: frozenset[str] = BANNED_OPS) -> list[str]:
+def check_graph(
+    model: onnx.ModelProto,
+    banned: frozenset[str] = BANNED_OPS,
+    outputs: tuple[str, ...] = OUTPUT_NAMES,
+    dynamic: bool = False,
+) -> list[str]:
     """Problems with an exported graph: checker, strict shape inference, banned ops,
     non-static shapes, I/O names. Empty when the graph is deployable."""
     problems: list[str] = []
@@ -88,7 +100,9 @@ def check_graph(model: onnx.ModelProto, banned: frozenset[str] = BANNED_OPS) -> 
         problems.append(f"banned ops: {', '.join(found)}")
     graph = inferred.graph
     values = list(graph.input) + list(graph.output) + list(graph.value_info)
-    if "NonZero" in banned:  # a graph that may hold NonZero cannot have static shapes
+    # A graph that may hold NonZero cannot have static shapes; a dynamic one has its shapes
+    # computed from the input's by shape arithmetic (still no If, Loop or NonZero).
+    if "NonZero" in banned and not dynamic:
         dynamic = [v.name for v in values if not _static_dims(v)]
         typed = {v.name for v in values} | {i.name for i in graph.initializer}
         untyped = [o for n in graph.node for o in n.output if o and o not in typed]
@@ -97,8 +111,8 @@ def check_graph(model: onnx.ModelProto, banned: frozenset[str] = BANNED_OPS) -> 
         if untyped:
             problems.append(f"{len(untyped)} tensors whose shape was not inferred, e.g. {', '.join(untyped[:3])}")
     names = ([i.name for i in graph.input], [o.name for o in graph.output])
-    if names != (list(INPUT_NAMES), list(OUTPUT_NAMES)):
-        problems.append(f"inputs/outputs are {names}, expected {INPUT_NAMES} / {OUTPUT_NAMES}")
+    if names != (list(INPUT_NAMES), list(outputs)):
+        problems.append(f"inputs/outputs are {names}, expected {INPUT_NAMES} / {outputs}")
     return problems
 
 
@@ -116,17 +130,21 @@ def _trace(model: nn.Module, config: ExportConfig) -> onnx.ModelProto:
             dynamo=False,
             opset_version=config.opset,
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(config.outputs),
+            dynamic_axes={name: {2: "height", 3: "width"} for name in (*INPUT_NAMES, *config.outputs)}
+            if config.dynamic
+            else None,
             do_constant_folding=True,
         )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+def _simplify(model: onnx.ModelProto, config: ExportConfig) -> onnx.ModelProto:
     import onnxsim
 
+    shapes = {name: [1, 3, config.height, config.width] for name in INPUT_NAMES} if config.dynamic else None
     with contextlib.redirect_stdout(io.StringIO()):  # onnxsim prints its check progress
-        simplified, ok = onnxsim.simplify(model, check_n=1)
+        simplified, ok = onnxsim.simplify(model, check_n=1, test_input_shapes=shapes)
     if not ok:
         raise ExportError("onnxsim's check failed: the simplified graph computes something else")
     return simplified
@@ -153,8 +171,10 @@ def export_onnx(
     check_not_input(output, weights.source)
     stages = Stages(on_stage)
     with stages("load"):
-        module = BGRInputs(build_model(config, weights)).eval()
-    return export_module(module, config, weights.label, output, stages=stages)
+        module = BGRInputs(build_model(config, weights), config.outputs).eval()
+    return export_module(
+        module, config, weights.label, output, stages=stages, source_format=weights.kind or "synthetic"
+    )
 
 
 def export_module(
@@ -165,6 +185,7 @@ def export_module(
     *,
     stages: Stages | None = None,
     banned: frozenset[str] = BANNED_OPS,
+    source_format: str | None = None,
 ) -> OnnxExport:
     """Trace, simplify, check and save ``module`` (BGR 0..255 in, ``pha``/``fgr`` out) with
     ``config``'s metadata. ``export_onnx`` is this for the real model; tests use it to make
@@ -178,19 +199,32 @@ def export_module(
     # Always: the traced graph computes shapes at run time (Shape -> Gather -> Concat ...),
     # which only constant folding makes static; ONNX's shape inference leaves 48 unknown.
     with stages("simplify"):
-        graph = _simplify(graph)
+        graph = _simplify(graph, config)
     with stages("check"):
-        problems = check_graph(graph, banned)
+        problems = check_graph(graph, banned, config.outputs, config.dynamic)
         if problems:
             raise ExportError("exported graph is not deployable: " + "; ".join(problems))
+    if config.dynamic:  # batch and channels stay fixed; height and width are named per output
+        shapes = io_shapes(config)
+        for value in graph.graph.output:
+            for i, dim in enumerate(value.type.tensor_type.shape.dim):
+                if i < 2:
+                    dim.Clear()
+                    dim.dim_value = shapes[value.name][i]
+                elif not dim.dim_param.isidentifier() or dim.HasField("dim_value"):
+                    dim.Clear()
+                    dim.dim_param = f"{value.name}_{('height', 'width')[i - 2]}"
     graph.producer_name = "bgm-export"
     graph.doc_string = (
-        f"BackgroundMattingV2 {BACKBONES[config.backbone].title} (arXiv 2012.07810); inputs BGR 0..255, "
-        "outputs pha and RGB fgr 0..1"
+        f"BackgroundMattingV2 {BACKBONES[config.backbone].title} (arXiv 2012.07810)"
+        f"{' MattingBase' if config.model_type == 'base' else ''}; inputs BGR 0..255, outputs pha and RGB fgr "
+        f"0..1{''.join(f', {name}' for name in config.outputs[2:])}"
     )
     del graph.metadata_props[:]
     for key, value in config.metadata(checkpoint).items():
         graph.metadata_props.add(key=key, value=value)
+    if source_format is not None:  # state_dict, torchscript, onnx or synthetic
+        graph.metadata_props.add(key="checkpoint_format", value=source_format)
     graph.metadata_props.add(key="nodes_before_simplify", value=str(len(before.graph.node)))
     with stages("save"), atomic_outputs(output) as (temporary,):
         temporary.write_bytes(graph.SerializeToString(deterministic=True))

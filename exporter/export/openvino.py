@@ -75,6 +75,8 @@ def export_ir(
         raise ArtifactError(f"--onnx {onnx_path} is an IR; give the .onnx it was converted from")
     metadata = artifact_metadata(onnx_path)
     config = ExportConfig.from_metadata(metadata).replace(precision=precision)
+    if config.dynamic and precision == "INT8":
+        raise ConfigError("INT8 is made from a static export only: export without --dynamic to quantize")
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
@@ -134,6 +136,8 @@ def export_ir_from_weights(
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind."""
     config = config.replace(precision=precision)  # a bad precision fails before the export
+    if config.dynamic and precision == "INT8":  # before the export, not after it
+        raise ConfigError("INT8 is made from a static export only: export without --dynamic to quantize")
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     check_not_input(output, weights.source)
     check_not_input(output.with_suffix(".bin"), weights.source)

@@ -44,13 +44,19 @@ class _RoiAlignCrop(torch.autograd.Function):
         extent = g.op("Constant", value_t=torch.tensor(float(size)))
         x1 = g.op("Sub", g.op("Mul", as_float(cols), stride_c), half)
         y1 = g.op("Sub", g.op("Mul", as_float(rows), stride_c), half)
+
+        def column(v):  # Unsqueeze takes its axes as an attribute before opset 13
+            if g.opset < 13:
+                return g.op("Unsqueeze", v, axes_i=[1])
+            return g.op("Unsqueeze", v, g.op("Constant", value_t=torch.tensor([1])))
+
         boxes = g.op(
-            "Concat",
-            *[g.op("Unsqueeze", v, g.op("Constant", value_t=torch.tensor([1]))) for v in
-              (x1, y1, g.op("Add", x1, extent), g.op("Add", y1, extent))],
-            axis_i=1,
-        )  # fmt: skip
+            "Concat", *[column(v) for v in (x1, y1, g.op("Add", x1, extent), g.op("Add", y1, extent))], axis_i=1
+        )
         batch = g.op("Mul", rows, g.op("Constant", value_t=torch.tensor(0, dtype=torch.int64)))
+        # Before opset 16, RoiAlign has no coordinate_transformation_mode: it is always
+        # output_half_pixel, as torchvision's roi_align(aligned=False) that upstream exports.
+        mode = {"coordinate_transformation_mode_s": "output_half_pixel"} if g.opset >= 16 else {}
         return g.op(
             "RoiAlign",
             x,
@@ -61,7 +67,7 @@ class _RoiAlignCrop(torch.autograd.Function):
             sampling_ratio_i=1,
             spatial_scale_f=1.0,
             mode_s="avg",
-            coordinate_transformation_mode_s="output_half_pixel",
+            **mode,
         )
 
 

@@ -115,9 +115,17 @@ class MattingRefine(MattingBase):
         """``forward`` on ``cat([src, bgr])`` ``(B, 6, H, W)``: each full-resolution step
         (resize, crop) then runs once on six channels instead of twice on three."""
         height, width = src_bgr.shape[2:]
-        # The original's interpolate(scale_factor, recompute_scale_factor=True) is this size.
-        small = (math.floor(height * self.backbone_scale), math.floor(width * self.backbone_scale))
-        src_bgr_sm = F.interpolate(src_bgr, small, mode="bilinear", align_corners=False)
+        if torch.jit.is_tracing():
+            # As the original: traced, the size stays a function of the input's (floor(H * scale)),
+            # so a --dynamic export runs at any size; a static export folds it to a constant.
+            src_bgr_sm = F.interpolate(
+                src_bgr, scale_factor=self.backbone_scale, mode="bilinear", align_corners=False,
+                recompute_scale_factor=True,
+            )  # fmt: skip
+        else:
+            # The original's interpolate(scale_factor, recompute_scale_factor=True) is this size.
+            small = (math.floor(height * self.backbone_scale), math.floor(width * self.backbone_scale))
+            src_bgr_sm = F.interpolate(src_bgr, small, mode="bilinear", align_corners=False)
         pha_sm, fgr_sm, err_sm, hid_sm = self.coarse(src_bgr_sm)
         pha, fgr, ref_sm = self.refiner(src_bgr, pha_sm, fgr_sm, err_sm, hid_sm)
         return (

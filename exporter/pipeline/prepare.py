@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +109,14 @@ class Prepare:
 @dataclass
 class Matted:
     """One frame at its own size: alpha ``(H, W)`` 0..1, foreground ``(H, W, 3)`` RGB 0..1,
-    composite ``(H, W, 3)`` RGB uint8 (None when no composite was asked for)."""
+    composite ``(H, W, 3)`` RGB uint8 (None when no composite was asked for); ``maps``: a
+    diagnostic model's error map (``err``, 0..1) and refined patches (``ref``, 0 or 1),
+    ``(H, W)`` each, as the original's ``--output-types err ref`` writes them."""
 
     pha: np.ndarray
     fgr: np.ndarray
     composite: np.ndarray | None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Composite:
@@ -136,10 +139,29 @@ class Composite:
         pha = np.clip(resize(outputs["pha"][0, 0, top : top + h, left : left + w], width, height), 0, 1)
         fgr = cv2.merge([resize(plane[top : top + h, left : left + w], width, height) for plane in outputs["fgr"][0]])
         np.clip(fgr, 0, 1, out=fgr)
+        maps = self._maps(outputs)
         if backdrop is None:
-            return Matted(pha, fgr, None)
+            return Matted(pha, fgr, None, maps)
         composite = cv2.blendLinear(fgr, self._float(backdrop), pha, 1 - pha)
-        return Matted(pha, fgr, cv2.convertScaleAbs(composite, alpha=255))
+        return Matted(pha, fgr, cv2.convertScaleAbs(composite, alpha=255), maps)
+
+    def _maps(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``err_sm`` (bilinear) and ``ref_sm`` (nearest) at the model's size, then cropped and
+        resized to the frame's like alpha; only those the model outputs."""
+        import cv2
+
+        top, left, h, w = self.box
+        height, width = self.size
+        model_height, model_width = outputs["pha"].shape[2:]
+        maps = {}
+        for name, interpolation in (("err", cv2.INTER_LINEAR), ("ref", cv2.INTER_NEAREST)):
+            if f"{name}_sm" in outputs:
+                plane = cv2.resize(
+                    outputs[f"{name}_sm"][0, 0], (model_width, model_height), interpolation=interpolation
+                )
+                plane = cv2.resize(plane[top : top + h, left : left + w], (width, height), interpolation=interpolation)
+                maps[name] = np.clip(plane, 0, 1)
+        return maps
 
     def _float(self, target: np.ndarray) -> np.ndarray:
         """``target`` as float32 0..1 at the frame's size; the last one is kept, since a

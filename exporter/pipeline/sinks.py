@@ -29,7 +29,7 @@ VIDEO_CODEC = "mp4v"
 # default 6, for files about 1.5x larger; per-frame PNGs are written at video rates.
 PNG_COMPRESSION = 1
 # The file suffix of each kind of PNG written per frame.
-PNG_SUFFIXES = {"alpha": "alpha", "foreground": "fgr", "composite": "composite"}
+PNG_SUFFIXES = {"alpha": "alpha", "foreground": "fgr", "composite": "composite", "err": "err", "ref": "ref"}
 
 Job = Callable[[], None]
 
@@ -104,6 +104,8 @@ class PngSink(Sink):
             "alpha": lambda: alpha,
             "fgr": lambda: np.dstack([np.rint(matted.fgr * 255).astype(np.uint8), alpha]),
             "composite": lambda: matted.composite,
+            "err": lambda: np.rint(matted.maps["err"] * 255).astype(np.uint8),
+            "ref": lambda: np.rint(matted.maps["ref"] * 255).astype(np.uint8),
         }
         return [self._job(images[suffix](), f"{frame.name}_{suffix}.png") for suffix in self.suffixes]
 

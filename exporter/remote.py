@@ -1,0 +1,279 @@
+"""A model on an Open Inference Protocol (KServe V2) server as one more runner: ours
+(``bgm-export serve``), OpenVINO Model Server or Triton, reached with NVIDIA's
+``tritonclient`` over gRPC or REST with binary tensors.
+
+``Remote`` names the model (``grpc://host:port`` or ``http://host:port``, its name, a
+version); ``RemoteRunner`` checks that the server is live, the model ready and a matting
+model (its metadata's inputs and outputs), then runs requests: ``submit`` keeps up to
+``parallel`` in flight on worker threads, each with its own connection (the HTTP client is
+not thread-safe, and separate connections are what separate clients are). Its ``metadata``
+is what the server's model metadata states. Torch-free; ``tritonclient`` is imported when a
+runner connects.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES
+from exporter.errors import InputError, ServerError
+from exporter.runtime import Feeds, Pending, Runner
+
+__all__ = ["PROTOCOLS", "Remote", "RemoteRunner", "hold_freed_memory", "parse_remote"]
+
+# URL scheme -> protocol: gRPC, or REST with the binary tensor extension.
+PROTOCOLS = {"grpc": "gRPC", "http": "REST"}
+# Requests kept in flight by default: a server with the THROUGHPUT hint on a few cores
+# keeps two to four busy (ours: twice OpenVINO's optimal number).
+DEFAULT_REQUESTS = 4
+TIMEOUT_SECONDS = 120.0
+READ_BLOCK_BYTES = 1 << 20
+
+
+# glibc's mallopt parameters: allocations above the threshold are mapped and unmapped one by
+# one, and the heap's free top is returned to the system above the trim threshold.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HELD_BYTES = 1 << 30
+
+
+@functools.cache
+def hold_freed_memory() -> bool:
+    """Keep the memory of freed tensor buffers in this process (glibc: raise the mmap and trim
+    thresholds), for a client or server that allocates and frees tens of megabytes a
+    request: returned to the system each time, every request faults its pages in again,
+    which measured as much CPU per 720p request as all its copies. True where it applied."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: its allocator decides
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _HELD_BYTES // 4)) and bool(mallopt(_M_TRIM_THRESHOLD, _HELD_BYTES))
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A model on a V2 server: ``url`` is ``grpc://host:port`` or ``http://host:port``;
+    ``version`` empty for the one the server chooses; ``requests`` in flight."""
+
+    url: str
+    model_name: str
+    version: str = ""
+    requests: int = DEFAULT_REQUESTS
+
+    @property
+    def protocol(self) -> str:
+        return self.url.split("://", 1)[0]
+
+    @property
+    def address(self) -> str:
+        return self.url.split("://", 1)[1].rstrip("/")
+
+    def connect(self) -> RemoteRunner:
+        return RemoteRunner(self)
+
+    def __str__(self) -> str:
+        version = f" version {self.version}" if self.version else ""
+        return f"{self.model_name}{version} at {self.url}"
+
+
+def parse_remote(url: str, model_name: str | None, version: str | None = None, requests: int | None = None) -> Remote:
+    """``--server URL --model-name NAME`` as a ``Remote``; ``InputError`` naming what is off."""
+    scheme, _, address = url.partition("://")
+    if scheme not in PROTOCOLS or not address.strip("/"):
+        raise InputError(f"--server {url!r} is not grpc://HOST:PORT (gRPC) or http://HOST:PORT (REST, binary tensors)")
+    if "/" in address.strip("/"):
+        raise InputError(f"--server {url!r}: give the server's address only, not a path")
+    if not model_name:
+        raise InputError("--server needs --model-name: the name the server serves the model under")
+    if version is not None and not version.isdigit():
+        raise InputError(f"--model-version {version!r} is not a version number")
+    if requests is not None and requests < 1:
+        raise InputError(f"requests in flight {requests} is below 1")
+    return Remote(url, model_name, version or "", requests or DEFAULT_REQUESTS)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of the server's (or the connection's) message, made one ``error:`` line."""
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    message = (message or type(exc).__name__).strip().splitlines()[0]
+    return message.replace("; last error: ", ": ")  # gRPC's wording of a refused connection
+
+
+class _Client:
+    """One connection and the calls ``RemoteRunner`` makes on it, for either protocol."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        if remote.protocol == "grpc":
+            import tritonclient.grpc as client
+        else:
+            import tritonclient.http as client
+        self.module = client
+        if remote.protocol == "grpc":
+            self.client = client.InferenceServerClient(remote.address)
+        else:
+            self.client = client.InferenceServerClient(
+                remote.address, connection_timeout=TIMEOUT_SECONDS, network_timeout=TIMEOUT_SECONDS
+            )
+            # geventhttpclient reads a response 4 KB at a time by default: a 720p answer (15 MB)
+            # would take thousands of reads, tens of milliseconds of this process's CPU.
+            self.client._client_stub.block_size = READ_BLOCK_BYTES
+
+    def metadata(self) -> dict:
+        remote = self.remote
+        if remote.protocol == "grpc":
+            return self.client.get_model_metadata(remote.model_name, remote.version, as_json=True)
+        return self.client.get_model_metadata(remote.model_name, remote.version)
+
+    def infer(self, feeds: Feeds, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        module, remote = self.module, self.remote
+        inputs = []
+        for name in INPUT_NAMES:
+            array = np.ascontiguousarray(feeds[name], dtype=np.float32)
+            tensor = module.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array)  # binary: raw contents (gRPC), binary tensors (REST)
+            inputs.append(tensor)
+        if remote.protocol == "grpc":
+            outputs = [module.InferRequestedOutput(name) for name in names]
+            result = self.client.infer(remote.model_name, inputs, remote.version, outputs=outputs,
+                                       client_timeout=TIMEOUT_SECONDS)  # fmt: skip
+        else:
+            outputs = [module.InferRequestedOutput(name, binary_data=True) for name in names]
+            result = self.client.infer(remote.model_name, inputs, remote.version, outputs=outputs)
+        return {name: result.as_numpy(name) for name in names}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _RemotePending(Pending):
+    def __init__(self, future: Future) -> None:
+        super().__init__()
+        self._future = future
+
+    def result(self) -> dict[str, np.ndarray]:
+        if self._outputs is None:
+            self._outputs, self.seconds = self._future.result()
+        return self._outputs
+
+
+class RemoteRunner(Runner):
+    """A model on a V2 server; ``parallel`` is the ``Remote``'s requests in flight."""
+
+    runtime = "server"
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        hold_freed_memory()
+        self._local = threading.local()
+        self._clients: list[_Client] = []
+        self._lock = threading.Lock()
+        try:
+            client = self._client()
+            metadata = client.metadata()
+        except ImportError:
+            raise ServerError("a server's client needs tritonclient: pip install -e '.[serve]'") from None
+        except Exception as exc:  # tritonclient's errors, refused connections, timeouts
+            self.close()
+            raise ServerError(f"{remote}: {_reason(exc)}") from None
+        try:
+            shapes = self._check(metadata)
+        except ServerError:
+            self.close()
+            raise
+        super().__init__(Path(remote.model_name), self._metadata(metadata, shapes), shapes["src"])
+        # Every output the model has (pha, fgr, and a base model's or extra outputs).
+        self.output_names = tuple(t["name"] for t in metadata["outputs"])
+        self.parallel = remote.requests
+        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="bgm-remote")
+
+    @property
+    def name(self) -> str:
+        return f"{self.remote} [{PROTOCOLS[self.remote.protocol]}]"
+
+    @property
+    def inference_precision(self) -> str:
+        return "the server's"
+
+    def _check(self, metadata: dict) -> dict[str, tuple[int, ...]]:
+        """The model's inputs and outputs, as a matting model has them: names, FP32, shapes
+        of one frame (``ServerError`` otherwise)."""
+        tensors = {t["name"]: t for t in [*metadata.get("inputs", []), *metadata.get("outputs", [])]}
+        names_in = sorted(t["name"] for t in metadata.get("inputs", []))
+        names_out = [t["name"] for t in metadata.get("outputs", [])]
+        if names_in != sorted(INPUT_NAMES) or not set(OUTPUT_NAMES) <= set(names_out):
+            raise ServerError(
+                f"{self.remote} takes {names_in} and gives {names_out}; a matting model takes "
+                f"{list(INPUT_NAMES)} and gives {list(OUTPUT_NAMES)}"
+            )
+        shapes = {name: tuple(int(d) for d in t["shape"]) for name, t in tensors.items()}
+        src = shapes["src"]
+        height_width = src[2:] if len(src) == 4 else ()
+        expected = {"src": 3, "bgr": 3, "pha": 1, "fgr": 3}
+        if any(d < 1 for d in height_width):
+            raise ServerError(
+                f"{self.remote} takes any height and width ({list(src)}); a client sends frames of one size: serve "
+                "the model at one (bgm-export serve runs a dynamic model at the size its metadata states)"
+            )
+        for name, channels in expected.items():
+            if tensors[name]["datatype"] != "FP32" or shapes[name] != (1, channels, *height_width) or not height_width:
+                raise ServerError(
+                    f"{self.remote}: {name} is {tensors[name]['datatype']} {list(shapes[name])}; a matting model's is "
+                    f"FP32 [1, {channels}, H, W] at one H x W"
+                )
+        return shapes
+
+    def _metadata(self, metadata: dict, shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
+        """What the server states, as strings (a runner's metadata is an artifact's)."""
+        _, _, height, width = shapes["src"]
+        return {
+            "model_name": str(metadata.get("name", self.remote.model_name)),
+            "versions": ",".join(map(str, metadata.get("versions", []))),
+            "platform": str(metadata.get("platform", "")),
+            "resolution": f"{height}x{width}",
+            "server": self.remote.url,
+        }
+
+    def _client(self) -> _Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = _Client(self.remote)
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _timed(self, feeds: Feeds) -> tuple[dict[str, np.ndarray], float]:
+        start = time.perf_counter()
+        try:
+            outputs = self._client().infer(feeds, self.output_names)
+        except Exception as exc:  # the server's refusal, or a lost connection
+            raise ServerError(f"{self.remote}: {_reason(exc)}") from None
+        return outputs, time.perf_counter() - start
+
+    def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        return self._timed(feeds)[0]
+
+    def submit(self, feeds: Feeds) -> Pending:
+        return _RemotePending(self._pool.submit(self._timed, feeds))
+
+    def close(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a client of a server that went away
+                pass

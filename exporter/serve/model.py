@@ -1,0 +1,167 @@
+"""The served model: a ``kserve.Model`` over an OpenVINO runner, checking every request
+against what the artifact states (input names, datatypes, shapes) before it runs.
+
+KServe's ``Model.__call__`` times each request into its Prometheus histograms; ``predict``
+here checks the request, runs it on one of the runner's requests (THROUGHPUT hint, at most
+``parallel`` in flight, waited for on worker threads so the event loop never blocks) and
+returns the outputs as an ``InferResponse``, which KServe encodes (binary where asked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput, ModelNotFound
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+
+from exporter.repository import TensorSpec, tensor_specs
+from exporter.runtime import Runner, load_runner
+from exporter.serve import ServedModel
+
+__all__ = ["PLATFORM", "MattingModel", "VersionNotFound", "lookup"]
+
+# What the model metadata's ``platform`` says (Triton says "openvino" for its OpenVINO backend).
+PLATFORM = "openvino"
+
+
+class VersionNotFound(ModelNotFound):
+    """A version the model does not have, or does not serve: HTTP 404, gRPC NOT_FOUND."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+class MattingModel(Model):
+    def __init__(self, served: ServedModel, device: str, inference_precision: str) -> None:
+        super().__init__(served.name)
+        self.served = served
+        self.inputs, self.outputs = tensor_specs(served.metadata)
+        self.device, self.precision = device, inference_precision
+        self.runner: Runner | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.answered = self.refused = 0
+
+    def load(self) -> bool:
+        """Compile the artifact: THROUGHPUT hint, every stream kept busy by ``parallel``
+        requests in flight."""
+        self.runner = load_runner(self.served.path, "openvino", self.device, self.precision, throughput=True,
+                                  metadata=self.served.metadata)  # fmt: skip
+        self._executor = ThreadPoolExecutor(self.runner.parallel, thread_name_prefix=f"bgm-{self.name}")
+        self.ready = True
+        return True
+
+    def stop(self) -> None:
+        """After the requests in flight: free the runner's threads and memory."""
+        self.ready = False
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self.runner is not None:
+            self.runner.close()
+
+    def get_input_types(self) -> list[dict]:
+        return [spec.to_dict() for spec in self.inputs]
+
+    def get_output_types(self) -> list[dict]:
+        return [spec.to_dict() for spec in self.outputs]
+
+    def metadata(self) -> dict:
+        """The Open Inference Protocol's model metadata: what the artifact states."""
+        return {"name": self.name, "versions": [str(self.served.version)], "platform": PLATFORM,
+                "inputs": self.get_input_types(), "outputs": self.get_output_types()}  # fmt: skip
+
+    async def predict(self, payload: InferRequest, headers: Mapping[str, str] | None = None) -> InferResponse:
+        try:
+            feeds = self._feeds(payload)
+            self._check_outputs(payload)
+        except InvalidInput:
+            self.refused += 1
+            raise
+        loop = asyncio.get_running_loop()
+        runner = self.runner
+        outputs = await loop.run_in_executor(self._executor, lambda: runner.submit(feeds).result())
+        self.answered += 1
+        return InferResponse(
+            response_id=payload.id or "", model_name=self.name, model_version=str(self.served.version),
+            infer_outputs=[_output(spec, outputs[spec.name], payload.from_grpc) for spec in self.outputs],
+            use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs,
+        )  # fmt: skip
+
+    def _feeds(self, payload: InferRequest) -> dict[str, np.ndarray]:
+        """The request's tensors by name, each checked against the artifact's input."""
+        expected = {spec.name: spec for spec in self.inputs}
+        takes = ", ".join(expected)
+        names = [item.name for item in payload.inputs]
+        for name in names:
+            if names.count(name) > 1:
+                raise InvalidInput(f"input '{name}' is given {names.count(name)} times")
+            if name not in expected:
+                raise InvalidInput(f"model {self.name} has no input '{name}'; it takes {takes}")
+        for name in expected:
+            if name not in names:
+                raise InvalidInput(f"input '{name}' is missing; model {self.name} takes {takes}")
+        feeds = {}
+        for item in payload.inputs:
+            spec = expected[item.name]
+            if item.datatype != spec.datatype:
+                raise InvalidInput(f"input '{item.name}' is {item.datatype}; model {self.name} takes {spec.datatype}")
+            if [int(d) for d in item.shape] != list(spec.shape):
+                raise InvalidInput(
+                    f"input '{item.name}' has shape {list(item.shape)}; model {self.name} takes {list(spec.shape)}"
+                )
+            feeds[item.name] = _array(item)
+        return feeds
+
+    def _check_outputs(self, payload: InferRequest) -> None:
+        gives = [spec.name for spec in self.outputs]
+        for output in payload.request_outputs or []:
+            if output.name not in gives:
+                raise InvalidInput(f"model {self.name} has no output '{output.name}'; it gives {', '.join(gives)}")
+
+
+def _output(spec: TensorSpec, array: np.ndarray, grpc: bool) -> InferOutput:
+    """An output for KServe to encode: for gRPC as raw bytes, its raw contents (an array left
+    as ``data`` trips KServe's ``to_grpc`` on its truth value); for REST the array itself,
+    which ``exporter.serve.rest`` sends as binary tensor data without another copy (or KServe
+    as JSON numbers)."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not grpc:
+        return InferOutput(spec.name, list(spec.shape), spec.datatype, data=array)
+    output = InferOutput(spec.name, list(spec.shape), spec.datatype)
+    output.set_data_from_numpy(array, binary_data=True)
+    return output
+
+
+def _array(item: InferInput) -> np.ndarray:
+    """The tensor of a checked input: binary REST data arrives decoded (``exporter.serve.rest``),
+    gRPC's raw contents and JSON numbers are decoded here; data that does not make the
+    declared shape is refused."""
+    if isinstance(item.data, np.ndarray):
+        return item.data
+    try:
+        return item.as_numpy()
+    except (ValueError, TypeError, InvalidInput) as exc:
+        raise InvalidInput(
+            f"input '{item.name}': its data is not a {list(item.shape)} {item.datatype} tensor ({exc})"
+        ) from None
+
+
+def lookup(models: Mapping[str, MattingModel], name: str, version: str | None) -> MattingModel:
+    """The served model ``name``; a ``version`` (empty: the served one) must be the one served.
+    ``ModelNotFound`` / ``VersionNotFound`` otherwise."""
+    model = models.get(name)
+    if model is None:
+        raise ModelNotFound(name)
+    if version and version != str(model.served.version):
+        versions = model.served.versions
+        if version.isdigit() and int(version) in versions:
+            raise VersionNotFound(
+                f"version {version} of model {name} is not served: this server serves its latest, "
+                f"{model.served.version}"
+            )
+        raise VersionNotFound(f"model {name} has no version {version!r} (versions: {', '.join(map(str, versions))})")
+    return model

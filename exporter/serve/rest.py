@@ -1,0 +1,274 @@
+"""The REST side: KServe's V2 endpoints (health, readiness, model list, metrics) on a FastAPI
+app, with the model routes taken over here for versions, the request size limit, and a
+binary tensor decoder that checks lengths; every error the protocol's status with
+``{"error": message}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request, Response
+from kserve.errors import (
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ServerNotLive,
+    ServerNotReady,
+)
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.server import metrics_handler
+from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+from kserve.utils.numpy_codec import to_np_dtype
+
+from exporter.serve.model import MattingModel, lookup
+
+__all__ = ["BINARY_HEADER", "RequestTooLarge", "build_app", "decode_request"]
+
+log = logging.getLogger("bgm-export.serve")
+
+# The binary tensor extension's header: the length of the JSON part of the body.
+BINARY_HEADER = "inference-header-content-length"
+# A body over the limit whose Content-Length says at most this many times the limit is read
+# and dropped, so that the client (which sends its body before reading) gets the 413;
+# a larger one is refused unread and its connection closed.
+DRAIN_FACTOR = 4
+
+
+class RequestTooLarge(Exception):
+    """HTTP 413; over gRPC, the channel's own limit answers RESOURCE_EXHAUSTED."""
+
+
+class NoRepositoryChanges(ModelRepositoryExtension):
+    """The repository extension's load and unload, refused: this server serves the models it
+    was started with (a client must not unload them)."""
+
+    async def load(self, model_name: str) -> None:
+        raise NotImplementedError("this server does not load or unload models; restart it on another repository")
+
+    async def unload(self, model_name: str) -> None:
+        raise NotImplementedError("this server does not load or unload models; restart it on another repository")
+
+
+def _fields(item: object, index: int) -> tuple[str, str, list[int], dict]:
+    if not isinstance(item, dict):
+        raise InvalidInput(f"inputs[{index}] is not an object")
+    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    parameters = item.get("parameters") or {}
+    if not isinstance(name, str):
+        raise InvalidInput(f'inputs[{index}] has no "name" string')
+    if not isinstance(datatype, str):
+        raise InvalidInput(f"input '{name}' has no \"datatype\" string")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):  # fmt: skip
+        raise InvalidInput(f"input '{name}' has no \"shape\" list of whole numbers")
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"input '{name}': \"parameters\" is not an object")
+    return name, datatype, shape, parameters
+
+
+def decode_request(body: bytes, headers: Mapping[str, str], model_name: str) -> InferRequest:
+    """A V2 REST body (JSON, or JSON then binary tensors as its header says) as KServe's
+    ``InferRequest``; ``InvalidInput`` (400) naming what is malformed or inconsistent."""
+    header = headers.get(BINARY_HEADER)
+    binary = memoryview(b"")
+    if header is None:
+        text = body
+    else:
+        if not header.strip().isdigit():
+            raise InvalidInput(f"Inference-Header-Content-Length {header!r} is not a byte count")
+        length = int(header)
+        if length > len(body):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length says the JSON part is {length} bytes, but the body has only "
+                f"{len(body)}"
+            )
+        text, binary = body[:length], memoryview(body)[length:]
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request's JSON is malformed: {exc}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
+        raise InvalidInput('the request\'s JSON has no "inputs" list')
+    inputs, offset = [], 0
+    for index, item in enumerate(document["inputs"]):
+        name, datatype, shape, parameters = _fields(item, index)
+        if "data" in item:
+            inputs.append(InferInput(name, shape, datatype, data=item["data"], parameters=parameters))
+            continue
+        size = parameters.get("binary_data_size")
+        if size is None:
+            raise InvalidInput(f'input \'{name}\' has neither "data" nor a "binary_data_size" parameter')
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"input '{name}': binary_data_size {size!r} is not a byte count")
+        if offset + size > len(binary):
+            raise InvalidInput(
+                f"input '{name}' declares {size} bytes of binary data, but the body holds only "
+                f"{len(binary) - offset} after its JSON and the inputs before"
+            )
+        raw, offset = binary[offset : offset + size], offset + size
+        inputs.append(InferInput(name, shape, datatype, data=_tensor(name, datatype, shape, raw),
+                                 parameters=parameters))  # fmt: skip
+    if offset != len(binary):
+        raise InvalidInput(f"the body holds {len(binary) - offset} bytes after the inputs' binary data")
+    outputs = document.get("outputs")
+    if outputs is not None and not (
+        isinstance(outputs, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)
+    ):
+        raise InvalidInput('"outputs" is not a list of objects with a "name"')
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=inputs,
+        request_id=document.get("id"),
+        parameters=document.get("parameters"),
+        request_outputs=[RequestedOutput(o["name"], o.get("parameters")) for o in outputs] if outputs else None,
+    )
+
+
+def _tensor(name: str, datatype: str, shape: list[int], raw: memoryview) -> np.ndarray | bytes:
+    """Binary tensor data as an array over the body's bytes (no copy), its length checked
+    against the shape; a non-numeric datatype is kept as bytes, for the model to refuse."""
+    dtype = to_np_dtype(datatype)
+    if dtype is None or dtype is np.object_:
+        if dtype is None:
+            raise InvalidInput(f"input '{name}': datatype {datatype!r} is not a V2 datatype")
+        return bytes(raw)
+    needed = math.prod(shape) * np.dtype(dtype).itemsize
+    if len(raw) != needed:
+        raise InvalidInput(
+            f"input '{name}' has {len(raw)} bytes of binary data; a {shape} {datatype} tensor is {needed} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def encode_binary(response: InferResponse, request: InferRequest) -> tuple[bytes, dict[str, str]] | None:
+    """The response as JSON then every output's bytes (the binary tensor extension), the
+    arrays joined in one copy; None when JSON numbers are asked for (KServe encodes those)."""
+    if request.request_outputs:
+        if not all(output.binary_data for output in request.request_outputs):
+            return None
+        names = [output.name for output in request.request_outputs]
+    elif request.use_binary_outputs:
+        names = [output.name for output in response.outputs]
+    else:
+        return None
+    outputs = {output.name: output for output in response.outputs}
+    arrays = [outputs[name].data for name in names]
+    described = [
+        {"name": name, "datatype": outputs[name].datatype, "shape": list(array.shape),
+         "parameters": {"binary_data_size": array.nbytes}}
+        for name, array in zip(names, arrays, strict=True)
+    ]  # fmt: skip
+    header = orjson.dumps({"id": response.id, "model_name": response.model_name,
+                           "model_version": response.model_version, "outputs": described})  # fmt: skip
+    return b"".join([header, *arrays]), {BINARY_HEADER: str(len(header))}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes (``RequestTooLarge`` otherwise)."""
+    declared = request.headers.get("content-length", "")
+    too_large = f"the request body of {{}} bytes is over this server's maximum of {limit} bytes (--max-request-mb)"
+    if declared.isdigit() and int(declared) > limit:
+        if int(declared) <= DRAIN_FACTOR * limit:
+            async for _ in request.stream():
+                pass
+        raise RequestTooLarge(too_large.format(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(too_large.format(f"more than {size}"))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Endpoints:
+    """The model routes, with or without ``/versions/{model_version}``."""
+
+    def __init__(self, dataplane: DataPlane, models: Mapping[str, MattingModel], server: dict, limit: int) -> None:
+        self.dataplane, self.models, self.server, self.limit = dataplane, models, server, limit
+
+    async def server_metadata(self) -> dict:
+        return self.server
+
+    async def metadata(self, model_name: str, model_version: str | None = None) -> dict:
+        return lookup(self.models, model_name, model_version).metadata()
+
+    async def ready(self, model_name: str, model_version: str | None = None) -> dict:
+        model = lookup(self.models, model_name, model_version)
+        if not model.ready:
+            raise ModelNotReady(model_name)
+        return {"name": model_name, "ready": True}
+
+    async def infer(self, request: Request, model_name: str, model_version: str | None = None) -> Response:
+        model = lookup(self.models, model_name, model_version)
+        if not model.ready:
+            raise ModelNotReady(model_name)
+        body = await read_body(request, self.limit)
+        try:
+            infer_request = decode_request(body, request.headers, model_name)
+        except InvalidInput:
+            model.refused += 1
+            raise
+        response, _ = await self.dataplane.infer(model_name, infer_request)
+        binary = encode_binary(response, infer_request)
+        if binary is not None:
+            return Response(binary[0], headers=binary[1], media_type="application/octet-stream")
+        encoded, headers = self.dataplane.encode(model_name, response, {}, {})
+        if isinstance(encoded, bytes):
+            return Response(encoded, headers=headers, media_type="application/octet-stream")
+        return _json(encoded)
+
+
+def _json(content: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type="application/json")
+
+
+def _handler(status: int):  # noqa: ANN202 - a FastAPI exception handler
+    async def handle(request: Request, exc: Exception) -> Response:
+        message = str(exc)
+        if status >= 500:
+            log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, message, exc_info=exc)
+        else:
+            log.warning("%d %s %s: %s", status, request.method, request.url.path, message)
+        return _json({"error": message}, status)
+
+    return handle
+
+
+# Each error the protocol's status (KServe's own mapping, and 413 for a body over the limit).
+STATUSES: dict[type[BaseException], int] = {
+    InvalidInput: 400,
+    ModelNotFound: 404,
+    RequestTooLarge: 413,
+    NotImplementedError: 501,
+    ModelNotReady: 503,
+    ServerNotReady: 503,
+    ServerNotLive: 503,
+    InferenceError: 500,
+    Exception: 500,
+}
+
+
+def build_app(dataplane: DataPlane, models: Mapping[str, MattingModel], server: dict, limit: int) -> FastAPI:
+    """The REST application: the model routes here first (the first match wins), then
+    KServe's V2 endpoints and its Prometheus ``/metrics``."""
+    app = FastAPI(title="bgm-export", docs_url=None, redoc_url=None)
+    endpoints = Endpoints(dataplane, models, server, limit)
+    app.add_api_route("/v2", endpoints.server_metadata, methods=["GET"])
+    for prefix in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
+        app.add_api_route(prefix, endpoints.metadata, methods=["GET"])
+        app.add_api_route(f"{prefix}/ready", endpoints.ready, methods=["GET"])
+        app.add_api_route(f"{prefix}/infer", endpoints.infer, methods=["POST"], response_model=None)
+    app.add_api_route("/metrics", metrics_handler, methods=["GET"])
+    register_v2_endpoints(app, dataplane, NoRepositoryChanges(dataplane.model_registry))
+    for error, status in STATUSES.items():
+        app.add_exception_handler(error, _handler(status))
+    return app
