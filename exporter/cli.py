@@ -490,7 +490,10 @@ def bench(
     ] = None,
     frames: Annotated[
         Optional[int],
-        typer.Option(min=1, help="With --matte: frames in the synthetic video; with --server: requests (default 48)."),
+        typer.Option(
+            min=1,
+            help="With --matte: frames in the synthetic video (default 150); with --server: requests (default 48).",
+        ),
     ] = None,
     server: Annotated[
         Optional[str],
@@ -510,8 +513,8 @@ def bench(
     json_path: JsonOpt = None,
 ) -> None:
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR."""
+    from exporter.bench import MATTE_BENCH_FRAMES, bench_matte, format_bench, format_matte_bench
     from exporter.bench import bench as run_bench
-    from exporter.bench import bench_matte, format_bench, format_matte_bench
     from exporter.files import check_writable
 
     exporting = given(checkpoint=checkpoint, backbone=backbone, preset=preset, height=height, width=width,
@@ -535,7 +538,7 @@ def bench(
         if exporting:  # the IR fixes the model; these time the export's variants
             raise ConfigError(f"{option_names(exporting)} cannot apply with --matte: the IR fixes the model")
         result = bench_matte(
-            matte, frames or 48, json_path=json_path, inference_precision=inference_precision or "auto",
+            matte, frames or MATTE_BENCH_FRAMES, json_path=json_path, inference_precision=inference_precision or "auto",
             on_progress=progress,
         )  # fmt: skip
         typer.echo(format_matte_bench(result))

@@ -22,6 +22,7 @@ from exporter.verify.compare import (
 )
 
 
+@pytest.mark.slow
 def test_matte_in_f32_reproduces_the_eager_alpha(golden_irs, weights, tmp_path):
     """``--inference-precision f32``: the written alpha is the eager model's, to 8-bit rounding."""
     from exporter.checkpoint import build_model

@@ -9,6 +9,7 @@ from exporter.errors import ArtifactError
 SMALL = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
 
 
+@pytest.mark.slow
 def test_onnx_then_ir_from_onnx(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)  # no checkpoints/ here: the synthetic weights, with a warning
     result = cli("onnx", *SMALL, "--output", "m.onnx")

@@ -41,7 +41,7 @@ def test_rt_info_metadata(precision, golden_irs):
     assert metadata["checkpoint"] == "synthetic bgmv2-synthetic-v1 seed 0"
 
 
-@pytest.mark.parametrize("precision", ["FP32", "FP16"])
+@pytest.mark.parametrize("precision", ["FP32", pytest.param("FP16", marks=pytest.mark.slow)])
 def test_deterministic_bytes(precision, golden_onnx, golden_irs, tmp_path):
     again = export_ir(golden_onnx, tmp_path / "again.xml", precision)
     assert again.xml.read_bytes() == golden_irs[precision].read_bytes()

@@ -192,6 +192,7 @@ def test_card_specification_does_not_depend_on_the_order_of_its_artifacts(int8_i
     assert "| MParams | 4.989 |" in specification[0]
 
 
+@pytest.mark.slow
 def test_card_refuses_artifacts_of_different_models(golden_onnx, weights, tmp_path, cli, one_error):
     from exporter.export.onnx import export_onnx
 

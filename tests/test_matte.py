@@ -255,7 +255,7 @@ def test_align_brings_a_moved_capture_close_to_the_exact_background(model, tmp_p
     assert aligned < 0.6 * moved, (aligned, moved)
 
 
-@pytest.mark.parametrize("size", [(192, 320), (720, 1280)])
+@pytest.mark.parametrize("size", [(192, 320), pytest.param((720, 1280), marks=pytest.mark.slow)])
 def test_estimated_homography_undoes_the_hand_movement(size):
     case, room = room_case(*size, 3)
     alignment = estimate_alignment(case.bgr, case.src)
@@ -478,6 +478,7 @@ def test_background_from_the_first_frames(model, tmp_path):
         matte(model, Pipe(160, 96, io.BytesIO(raw_bgr(frames))), FirstFrames(9), out=tmp_path / "short")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_live_pipe_cleanly(model, tmp_path):
     """An endless pipe: SIGTERM ends the run, every frame taken is in a finished video, exit 0."""
     bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")

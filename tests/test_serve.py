@@ -337,6 +337,7 @@ def test_a_port_in_use_is_named(golden_irs, protocol):
     assert result.stderr.strip().splitlines() == [expected], result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_lets_requests_in_flight_finish_exits_0_and_frees_its_ports(golden_irs, feeds, expected, tmp_path):
     served = start_server(golden_irs["FP32"], tmp_path / "serve.log", "--inference-precision", "f32")
     model = "background-matting-mobilenetv2"

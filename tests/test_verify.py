@@ -88,12 +88,14 @@ BROKEN = ["no-channel-swap", "no-scale", "one-weight-x1.01", "half-the-patches"]
 
 # FP16's mean bar (3e-3) is looser than a 1% scale of one tensor moves the output
 # (5.5e-4 -> 1.4e-3 measured): that break is the FP32 artifacts' to catch.
-# The FP16 cases convert to IR as well: slow; the ONNX cases keep every break in the quick loop.
+# The FP16 cases convert to IR as well: slow; the quick loop keeps one break (a missing channel
+# swap), the full suite every one.
 @pytest.mark.parametrize(
     "kind, precision",
-    [(kind, "ONNX") for kind in BROKEN]
+    [(kind, "ONNX") if kind == "no-channel-swap" else pytest.param(kind, "ONNX", marks=pytest.mark.slow)
+     for kind in BROKEN]
     + [pytest.param(kind, "FP16", marks=pytest.mark.slow) for kind in BROKEN if kind != "one-weight-x1.01"],
-)
+)  # fmt: skip
 def test_broken_exports_fail(kind, precision, weights, tmp_path):
     path = broken_export(kind, weights, tmp_path / "broken.onnx")
     if precision == "FP16":
@@ -252,6 +254,7 @@ def test_no_artifacts_is_a_clear_error(weights):
         verify([], weights)
 
 
+@pytest.mark.slow
 def test_cli_exit_codes_json_and_report(golden_onnx, weights, tmp_path, cli, one_error):
     ok = cli("verify", golden_onnx, "--cases", "1", "--json", tmp_path / "v.json", "--report", tmp_path)
     assert ok.exit_code == 0, ok.output
