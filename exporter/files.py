@@ -25,6 +25,7 @@ __all__ = [
     "check_writable",
     "remove_empty",
     "sha256_of",
+    "staging_folder",
     "writable_dir",
     "write_failure",
     "write_json",
@@ -134,6 +135,31 @@ def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
             with contextlib.suppress(OSError):
                 workdir.rmdir()
     finally:
+        if not done:
+            remove_empty(created)
+
+
+@contextlib.contextmanager
+def staging_folder(root: Path, prefix: str) -> Iterator[Path]:
+    """A folder inside ``root`` (so that moving out of it is a rename), made with ``root`` and
+    its parents where missing. It is always removed; on failure (the caller's exception, an
+    interrupt) so are the folders it made, and ``root`` is as it was."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"output {root} exists and is not a folder")
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{prefix}-", suffix=".partial", dir=root))
+    except OSError as exc:
+        remove_empty(created)
+        raise OutputError(f"cannot write in {root}: {exc.strerror}") from None
+    done = False
+    try:
+        yield staging
+        done = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
         if not done:
             remove_empty(created)
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -25,9 +23,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from exporter.artifact import artifact_files, artifact_kind, artifact_metadata
+from exporter.artifact import artifact_files, artifact_metadata
 from exporter.errors import ConfigError, InputError, OutputError, Terminated
-from exporter.files import remove_empty
+from exporter.files import staging_folder
 from exporter.images import read_image, same_aspect
 from exporter.pipeline.infer import LATENCY_DEPTH, InferStage
 from exporter.pipeline.prepare import Backdrop, Composite, Prepare, median_background, resize
@@ -320,24 +318,10 @@ def _background(bgr: Path | FirstFrames, source: Source, frames: Iterator[Frame]
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A folder inside ``out`` whose files are moved into ``out`` only on success."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} exists and is not a folder")
-    created = [folder for folder in (out, *out.parents) if not folder.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".matte-", suffix=".partial", dir=out))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {out}: {exc.strerror}") from None
-    done = False
-    try:
+    with staging_folder(out, "matte") as staging:
         yield staging
         for item in sorted(staging.iterdir()):
             item.replace(out / item.name)
-        done = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not done:
-            remove_empty(created)
 
 
 def _sinks(kinds: set[str], source: Source, out: Path | PipeOut, folder: Path | None, timings: Timings) -> list[Sink]:
@@ -408,17 +392,17 @@ def matte(
     (camera, stream) or a pipe stopped by Ctrl-C or SIGTERM ends the run cleanly. ``model``:
     an exported model, or a ``Remote`` one on a V2 server (which chooses device and arithmetic)."""
     remote = model if isinstance(model, Remote) else None
+    metadata = None
     if remote is None:
         model = Path(model)
-        artifact_kind(model)  # a missing or wrong model file is named before any frame is read
-        metadata = artifact_metadata(model)
+        metadata = artifact_metadata(model)  # a missing or wrong model file is named before any frame is read
     elif (device, inference_precision) != ("CPU", "auto"):
         raise ConfigError("--device and --inference-precision are the server's: give them to the server")
     with contextlib.ExitStack() as stack:
         source = open_source(src)
         stack.callback(source.close)
         kinds = _kinds(outputs, source, out, target)
-        _check_maps(kinds, model, None if remote else metadata)
+        _check_maps(kinds, model, metadata)
         if isinstance(out, Path):
             _check_inputs_kept(out, source, kinds, None if remote else model, bgr, target)
         if remote:

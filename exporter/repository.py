@@ -20,22 +20,20 @@ a refused addition leaves the repository as it was. Torch-free.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.artifact import INPUT_NAMES, artifact_files, artifact_kind, artifact_metadata, io_shapes
 from exporter.config import ExportConfig
 from exporter.errors import OutputError, RepositoryError
-from exporter.files import remove_empty
+from exporter.files import staging_folder
 
 __all__ = [
     "OVMS_CONFIG",
@@ -337,27 +335,6 @@ def _copy(source: Path, target: Path) -> None:
         raise OutputError(f"cannot write {target}: {exc.strerror}") from None
 
 
-@contextlib.contextmanager
-def _staging(root: Path) -> Iterator[tuple[Path, list[Path]]]:
-    """A staging folder inside ``root`` (so that moving out of it is a rename) and the list
-    of folders the addition created; on failure both go, and ``root`` is as it was."""
-    created = [folder for folder in (root, *root.parents) if not folder.exists()]
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".repository-", suffix=".partial", dir=root))
-    except OSError as exc:
-        remove_empty(created)
-        raise OutputError(f"cannot write in {root}: {exc.strerror}") from None
-    done = False
-    try:
-        yield staging, created
-        done = True
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not done:
-            remove_empty(created)
-
-
 def add_to_repository(
     artifacts: Sequence[Path],
     root: Path,
@@ -395,7 +372,7 @@ def add_to_repository(
         if pbtxt.is_file():  # a new version must fit the model's declared inputs and outputs
             _check_triton_config(pbtxt, plan.name, plan.metadata)
     added = []
-    with _staging(root) as (staging, _):
+    with staging_folder(root, "repository") as staging:
         for plan in plans:
             folder = staging / plan.name / str(plan.version)
             folder.mkdir(parents=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.artifact import artifact_metadata, check_io
-from exporter.errors import ArtifactError
+from exporter.errors import ArtifactError, ConfigError
 
 __all__ = [
     "INFERENCE_PRECISIONS",
@@ -36,6 +36,7 @@ __all__ = [
     "LayerTime",
     "Pending",
     "Runner",
+    "check_inference_precision",
     "default_inference_precision",
     "load_runner",
     "runners_for",
@@ -168,10 +169,7 @@ class OpenVINORunner(Runner):
 
         if device.split(":")[0] not in DEVICES:
             raise ArtifactError(f"device {device!r} is not one of {', '.join(DEVICES)}")
-        if inference_precision not in INFERENCE_PRECISIONS:
-            raise ArtifactError(
-                f"inference precision {inference_precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}"
-            )
+        check_inference_precision(inference_precision)
         core = ov.Core()
         available = core.available_devices
         if device.split(":")[0] != "AUTO" and not any(d.startswith(device) for d in available):
@@ -258,6 +256,15 @@ def _input_shape(
         height, width = (int(v) for v in metadata.get("resolution", "0x0").split("x"))
         resolution = (height, width)
     return (1, 3, *resolution)
+
+
+def check_inference_precision(inference_precision: str) -> str:
+    """``inference_precision`` if it is one of ``INFERENCE_PRECISIONS``; ``ConfigError`` if not."""
+    if inference_precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(
+            f"inference precision {inference_precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}"
+        )
+    return inference_precision
 
 
 def default_inference_precision(device: str = "CPU") -> str:

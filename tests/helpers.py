@@ -5,6 +5,7 @@ lists (collection time) and plain functions that build inputs. State lives in fi
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -17,6 +18,10 @@ BACKBONES = ("mobilenetv2", "resnet50", "resnet101")
 
 # The goldens' setting: 192x320, backbone scale 1/4, 16,000 sampled pixels, threshold 0.3.
 GOLDEN_CONFIG = ExportConfig(height=192, width=320, sample_pixels=16_000, threshold=0.3)
+
+# The command line in a process of its own (real standard streams, signals, C libraries'
+# own output on descriptor 2), as the installed `bgm-export` runs it.
+CLI_COMMAND = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
 
 
 def huge_png(path: Path, width: int, height: int) -> Path:

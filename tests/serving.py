@@ -7,13 +7,13 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-COMMAND = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
+from helpers import CLI_COMMAND as COMMAND
+
 STARTUP_SECONDS = 180
 
 

@@ -88,3 +88,13 @@ def test_reduced_arithmetic_bars_catch_a_visible_error():
     broken[..., :16, :] += 0.1
     assert not compare_output("pha", reference, broken, REDUCED_ARITHMETIC_BARS)
     assert compare_output("pha", reference, reference + 1e-4, REDUCED_ARITHMETIC_BARS)
+
+
+def test_an_unknown_arithmetic_is_refused(golden_irs, weights):
+    from exporter.errors import ConfigError
+
+    message = "inference precision 'f64' is not one of auto, f32, bf16, f16"
+    with pytest.raises(ConfigError, match=message):
+        load_runner(golden_irs["FP32"], inference_precision="f64")
+    with pytest.raises(ConfigError, match=message):
+        verify([golden_irs["FP32"]], weights, cases=1, inference_precision="f64")

@@ -73,3 +73,21 @@ def test_write_json_and_sha256(tmp_path):
     write_json({"a": 1}, path)
     assert path.read_text() == '{\n  "a": 1\n}\n'
     assert sha256_of(path) == "5e36b6560513586ced65eca0e8b025fe88edbcab82ba2cb67a5fcb2d7b202383"
+
+
+def test_staging_folder_leaves_nothing_on_failure_and_refuses_a_file(tmp_path):
+    from exporter.files import staging_folder
+
+    root = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError), staging_folder(root, "t") as staging:
+        assert staging.parent == root and staging.name.startswith(".t-")
+        (staging / "a.png").write_bytes(b"x")
+        raise RuntimeError("interrupted")
+    assert not (tmp_path / "new").exists()  # the folders it made are gone
+    with staging_folder(root, "t") as staging:
+        (staging / "a.png").write_bytes(b"x")
+        (staging / "a.png").replace(root / "a.png")
+    assert [p.name for p in root.iterdir()] == ["a.png"]  # the staging folder itself is gone
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="exists and is not a folder"), staging_folder(tmp_path / "file", "t"):
+        pass

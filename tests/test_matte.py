@@ -6,7 +6,6 @@ import contextlib
 import io
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from exporter.pipeline.prepare import Composite, Prepare, letterbox
 from exporter.pipeline.sources import Frame, Pipe, Stream
 from exporter.runtime import load_runner
 from exporter.tolerances import OFF_BY_ONE_LEVEL
+from helpers import CLI_COMMAND
 
 
 def save(image: np.ndarray, path: Path) -> Path:
@@ -386,8 +386,7 @@ def test_sixteen_bit_grey_and_oversized_images(tmp_path, monkeypatch):
 def bgm_export(*args: object, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """The command line in a process of its own: real standard streams, signals, and C
     libraries' own output on file descriptor 2."""
-    command = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
-    return subprocess.run([*command, *map(str, args)], input=stdin, capture_output=True, timeout=timeout)
+    return subprocess.run([*CLI_COMMAND, *map(str, args)], input=stdin, capture_output=True, timeout=timeout)
 
 
 def raw_bgr(frames: list[np.ndarray]) -> bytes:
@@ -482,9 +481,8 @@ def test_background_from_the_first_frames(model, tmp_path):
 def test_sigterm_stops_a_live_pipe_cleanly(model, tmp_path):
     """An endless pipe: SIGTERM ends the run, every frame taken is in a finished video, exit 0."""
     bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
-    command = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
     process = subprocess.Popen(
-        [*command, "matte", "--model", str(model), "--src", "-", "--size", "160x96", "--bgr", str(bgr),
+        [*CLI_COMMAND, "matte", "--model", str(model), "--src", "-", "--size", "160x96", "--bgr", str(bgr),
          "--out", str(tmp_path / "out")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -512,9 +510,8 @@ def test_sigterm_stops_a_live_pipe_cleanly(model, tmp_path):
 def test_sigterm_mid_video_is_one_line_and_leaves_nothing(model, tmp_path):
     video = write_video(tmp_path / "in.mp4", [synthetic_case(360, 640, 90 + i % 3).src for i in range(60)])
     bgr = save(synthetic_case(360, 640, 90).bgr, tmp_path / "bgr.png")
-    command = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
     process = subprocess.Popen(
-        [*command, "matte", "--model", str(model), "--src", str(video), "--bgr", str(bgr),
+        [*CLI_COMMAND, "matte", "--model", str(model), "--src", str(video), "--bgr", str(bgr),
          "--outputs", "composite,alpha", "--out", str(tmp_path / "out")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

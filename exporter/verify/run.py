@@ -23,7 +23,7 @@ from exporter.data import Case, image_cases, seeds_for, synthetic_cases
 from exporter.eager import EagerRunner
 from exporter.errors import ArtifactError, ConfigError
 from exporter.resources import require_memory
-from exporter.runtime import INFERENCE_PRECISIONS, default_inference_precision, runners_for
+from exporter.runtime import check_inference_precision, default_inference_precision, runners_for
 from exporter.verify.compare import (
     BAR_OPTIONS,
     BARS,
@@ -184,11 +184,9 @@ def _reference(config: ExportConfig, weights: Weights, cases: list[Case]) -> Ref
 def _arithmetics(inference_precision: str | None) -> tuple[str, ...]:
     if inference_precision is None:
         return tuple(dict.fromkeys(("f32", default_inference_precision())))
-    if inference_precision not in INFERENCE_PRECISIONS:
-        raise ConfigError(
-            f"inference precision {inference_precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}"
-        )
-    return (default_inference_precision() if inference_precision == "auto" else inference_precision,)
+    if check_inference_precision(inference_precision) == "auto":
+        return (default_inference_precision(),)
+    return (inference_precision,)
 
 
 def _option(name: str) -> str:
