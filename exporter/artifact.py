@@ -12,11 +12,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from exporter.config import ExportConfig
+from exporter.config import EXTRA_OUTPUTS, MODEL_TYPES, ExportConfig
 from exporter.errors import ArtifactError
 
 __all__ = [
     "INPUT_NAMES",
+    "IO_NAMES",
     "OUTPUT_NAMES",
     "RT_INFO_SECTION",
     "artifact_files",
@@ -32,6 +33,8 @@ __all__ = [
 
 INPUT_NAMES = ("src", "bgr")
 OUTPUT_NAMES = ("pha", "fgr")
+# Every name an input or output of ours can have (either model type, any extra output).
+IO_NAMES = frozenset(INPUT_NAMES).union(*MODEL_TYPES.values(), EXTRA_OUTPUTS.values())
 # Where Open Model Zoo tools look for a model's facts in an IR's rt_info.
 RT_INFO_SECTION = "model_info"
 

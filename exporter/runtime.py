@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifact import artifact_metadata, check_io
+from exporter.artifact import IO_NAMES, artifact_metadata, check_io
 from exporter.errors import ArtifactError, ConfigError
 
 __all__ = [
@@ -188,8 +188,8 @@ class OpenVINORunner(Runner):
             self._compiled = core.compile_model(model, device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line report
             raise ArtifactError(f"{path} does not load in OpenVINO {device}: {str(exc).splitlines()[0]}") from None
-        inputs = {v.any_name: v.get_partial_shape().get_min_shape() for v in self._compiled.inputs}
-        outputs = {v.any_name: v.get_partial_shape().get_min_shape() for v in self._compiled.outputs}
+        inputs = {_port_name(v): v.get_partial_shape().get_min_shape() for v in self._compiled.inputs}
+        outputs = {_port_name(v): v.get_partial_shape().get_min_shape() for v in self._compiled.outputs}
         check_io(path, inputs, outputs, metadata, resolution)
         super().__init__(path, metadata, tuple(inputs["src"]))
         self.output_names = tuple(outputs)
@@ -243,6 +243,15 @@ class OpenVINORunner(Runner):
         self._free.clear()
         self._requests.clear()
         self._sync = self._compiled = None
+
+
+def _port_name(port: object) -> str:
+    """The model's name for an input or output. A compiled model can give a port more than
+    one (an output whose last op was fused away keeps its producer's name as well), and
+    ``any_name`` may be the internal one."""
+    names = port.get_names()
+    known = sorted(names & IO_NAMES)
+    return known[0] if known else port.any_name
 
 
 def _input_shape(

@@ -81,7 +81,7 @@ def test_resnet_artifacts_verify(resnet_artifacts):
 def test_resnet_info_counts_blocks(resnet_artifacts, golden_config, recipe_weights):
     backbone, onnx_path, irs = resnet_artifacts
     info = artifact_info(onnx_path)
-    assert set(info.gflops_by_block) == {"backbone", "aspp", "decoder", "refiner"}
+    assert set(info.gflops_by_block) == {"backbone", "aspp", "decoder", "refiner", "other"}
     # ResNet-50 loses 53,120 BatchNorm parameters to folding, ResNet-101 105,344.
     trainable = sum(p.numel() for p in build_model(golden_config(backbone), recipe_weights(backbone)).parameters())
     assert 0.99 * trainable < info.graph_parameters < trainable

@@ -19,19 +19,34 @@ SMALL_ARGS = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
 
 
 def conv_gflops(config: ExportConfig) -> dict[str, float]:
-    """Hand count of the refiner's convolutions: 2 x MACs on the sampled 8x8 patches."""
-    k = config.patches
-    macs = k * (36 * 42 * 24 * 9 + 16 * 24 * 16 * 9 + 36 * 22 * 12 * 9 + 16 * 12 * 4 * 9)
-    return {"refiner": 2 * macs / 1e9}
+    """Hand count of the deployed refiner's convolutions (exporter.model.deploy), 2 x MACs
+    a computed output. Stage one on the whole half-resolution map padded by 3: conv1 (37
+    coarse channels and 6 image ones in, 24 out), conv2 (16 out). Stage two on the K
+    patches stacked into one tall image, the rows between patches computed too: conv3 as
+    2x2 kernels for 4 phases of 12 channels on 4-row windows, conv3_image 3x3 on 8-row
+    crops, conv4 3x3. Outside the paper's blocks: the fixed 3x3 kernels upsampling the
+    coarse alpha and foreground (4 maps), one per output phase."""
+    k, half = config.patches, (config.height // 2, config.width // 2)
+    stage1 = (half[0] + 4) * (half[1] + 4) * 24 * 43 * 9 + (half[0] + 2) * (half[1] + 2) * 16 * 24 * 9
+    stage2 = 48 * (4 * k - 1) * 3 * 16 * 4 + 12 * (8 * k - 2) * 6 * 6 * 9 + 4 * (8 * k - 4) * 4 * 12 * 9
+    factor = round(1 / config.backbone_scale)
+    small = (config.height // factor) * (config.width // factor)
+    return {"refiner": 2 * (stage1 + stage2) / 1e9, "other": 2 * 4 * small * factor**2 * 9 / 1e9}
 
 
 def test_onnx_info(golden_onnx):
     info = artifact_info(golden_onnx)
-    assert info.gflops_by_block["refiner"] == pytest.approx(conv_gflops(GOLDEN_CONFIG)["refiner"], rel=1e-9)
-    assert set(info.gflops_by_block) == {"backbone", "aspp", "decoder", "refiner"}
+    for block, gflops in conv_gflops(GOLDEN_CONFIG).items():
+        assert info.gflops_by_block[block] == pytest.approx(gflops, rel=1e-9), block
+    assert set(info.gflops_by_block) == {"backbone", "aspp", "decoder", "refiner", "other"}
     assert info.nodes < info.nodes_before_simplify
-    assert info.graph_parameters == 4_989_243  # the 5,006,839 trainable ones, batch norms folded
-    assert info.ops["Conv"] == 65 and "NonZero" not in info.ops
+    # The 5,006,839 trainable ones with batch norms folded (4,989,243), plus what the
+    # deployed graph rearranged: conv3 as four 2x2 kernels a phase, conv1's zero weights
+    # for the error channel, the upsampling kernels and the head's clamp bounds.
+    assert info.graph_parameters == 4_991_054
+    # 65 in the original; conv1 and conv3 gain an image half, and two upsample the coarse
+    # alpha and foreground.
+    assert info.ops["Conv"] == 69 and "NonZero" not in info.ops
     assert info.metadata["color_order"] == "BGR"
 
 
@@ -48,9 +63,10 @@ def test_ir_info_counts_the_same_flops(precision, golden_onnx, golden_irs):
 def test_checkpoint_info_at_720p(weights):
     info = checkpoint_info(ExportConfig(), weights)
     assert info.trainable_parameters == 5_006_839
-    # The base network alone is 6.69 GFLOPs, the published figure's bulk; the refiner adds
-    # 4.74 on 5,000 patches (see the info issue's note).
-    base = sum(v for k, v in info.gflops_by_block.items() if k != "refiner")
+    # The base network alone is 6.69 GFLOPs, the published figure's bulk. The refiner added
+    # 4.74 on 5,000 patches' windows; deployed, its first stage runs on the whole
+    # half-resolution map (exporter.model.deploy), and the upsampling kernels are "other".
+    base = sum(v for k, v in info.gflops_by_block.items() if k not in ("refiner", "other"))
     assert base == pytest.approx(6.6903, abs=1e-3)
     assert info.gflops_by_block["refiner"] == pytest.approx(conv_gflops(ExportConfig())["refiner"], rel=1e-9)
 
@@ -58,7 +74,7 @@ def test_checkpoint_info_at_720p(weights):
 def test_info_cli(golden_onnx, tmp_path, cli, one_error):
     result = cli("info", golden_onnx, "--json", tmp_path / "i.json")
     assert result.exit_code == 0, result.output
-    assert "GFLOPs" in result.stdout and "Conv 65" in result.stdout
+    assert "GFLOPs" in result.stdout and "Conv 69" in result.stdout
     assert json.loads((tmp_path / "i.json").read_text())["format"] == "onnx"
     one_error(cli("info", tmp_path / "none.onnx"), "does not exist")
 
@@ -176,20 +192,20 @@ def test_card(golden_onnx, golden_irs, tmp_path, cli):
 @pytest.mark.slow
 def test_card_specification_does_not_depend_on_the_order_of_its_artifacts(int8_ir, golden_irs, weights):
     """MParams and GFlops come from the most exact artifact given, and an INT8 IR counts its
-    8-bit weights: 4.989 MParams whichever artifact comes first (0.065 when INT8 came first)."""
+    8-bit weights: 4.991 MParams whichever artifact comes first (0.065 when INT8 came first)."""
     from exporter.card import model_card
     from exporter.verify import verify
 
     paths = [int8_ir, golden_irs["FP32"]]
     report = verify(paths, weights, cases=1)
     infos = [artifact_info(path) for path in paths]
-    assert infos[0].graph_parameters == infos[1].graph_parameters == 4_989_244
+    assert infos[0].graph_parameters == infos[1].graph_parameters == 4_991_058
     cards = [model_card(report, infos), model_card(report, infos[::-1])]
     specification = [
         [line for line in card.splitlines() if line.startswith(("| MParams", "| GFlops"))] for card in cards
     ]
     assert specification[0] == specification[1]
-    assert "| MParams | 4.989 |" in specification[0]
+    assert "| MParams | 4.991 |" in specification[0]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,12 +56,20 @@ __all__ = [
 # The MIXED preset was no better; full (not fast) bias correction fails on this graph in
 # NNCF 3.4.
 INT8_FP_LAYERS = (r"/refiner/conv4/.*",)
-# Ops NNCF must not move quantizers across (ignored, they stay in floating point): the zero
-# padding before the refiner's patch gather. Otherwise NNCF places refiner.conv1's input
-# quantizer above the padding, the CPU plugin dequantizes before the Pad, and conv1, the
-# costliest layer, runs in floating point: 22.6 ms of an 83 ms INT8 frame (f32) against
-# 6.9 ms of 68 ms with the barrier.
-INT8_QUANTIZER_BARRIERS = (r"/refiner/Pad",)
+# Not weights but arithmetic: the fixed bilinear kernels that upsample the coarse alpha and
+# foreground to full resolution (exporter.model.deploy.Upsample). In 8 bits each output
+# pixel would move by up to half a step of the coarse map's range.
+INT8_FIXED_LAYERS = (r"/upsample(_\d+)?/.*",)
+# Ops NNCF must not move quantizers across (ignored, they stay in floating point).
+# - The plain graph's zero padding before the refiner's patch gather: otherwise NNCF places
+#   refiner.conv1's input quantizer above the padding, the CPU plugin dequantizes before
+#   the Pad, and conv1, the costliest layer, runs in floating point: 22.6 ms of an 83 ms
+#   INT8 frame (f32) against 6.9 ms of 68 ms with the barrier.
+# - The deployed graph's downsampling of the raw inputs (exporter.model.deploy.Downsample):
+#   otherwise the quantizer of refiner.conv1_image's input moves above the 2x2 average,
+#   onto the full-resolution inputs, and the CPU plugin averages in 8 bits at 11 ms an
+#   input a frame (720p, bf16, one stream) instead of under 2.
+INT8_QUANTIZER_BARRIERS = (r"/refiner/Pad", r"/downsample(_half)?(_\d+)?/.*")
 
 
 @dataclass(frozen=True)
@@ -238,10 +247,13 @@ def _validate(compiled: object, items: Iterable[tuple[dict[str, np.ndarray], np.
 
 def _kept_in_fp(model: object) -> list[str]:
     """Convolutions whose weights are not 8-bit (NNCF stores quantized weights as an int8
-    constant behind Convert and Multiply): the layers that stayed in floating point."""
+    constant behind Convert and Multiply): the layers that stayed in floating point. The
+    fixed upsampling kernels are arithmetic, not layers, and are not listed."""
     kept = []
     for op in model.get_ordered_ops():
         if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
+            continue
+        if any(re.match(pattern, op.get_friendly_name()) for pattern in INT8_FIXED_LAYERS):
             continue
         node = op.input_value(1).get_node()
         while node.get_type_name() != "Constant" and node.get_input_size() > 0:
@@ -286,7 +298,9 @@ def quantize_model(
     stage = stage or (lambda name: contextlib.nullcontext())
     calibration, validation = frames.calibration, frames.validation
     dataset = nncf.Dataset([case.feeds() for case in calibration])
-    ignored = nncf.IgnoredScope(patterns=[*INT8_FP_LAYERS, *INT8_QUANTIZER_BARRIERS], validate=False)
+    ignored = nncf.IgnoredScope(
+        patterns=[*INT8_FP_LAYERS, *INT8_FIXED_LAYERS, *INT8_QUANTIZER_BARRIERS], validate=False
+    )
     common = {
         "preset": nncf.QuantizationPreset.PERFORMANCE,
         "subset_size": len(calibration),

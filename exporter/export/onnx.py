@@ -24,6 +24,7 @@ from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ExportError, OutputError
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
 from exporter.model import BACKBONES, MattingBase, MattingRefine
+from exporter.model.deploy import DeployRefine, deploy_applies
 from exporter.resources import require_memory
 from exporter.stages import Stages
 
@@ -171,7 +172,11 @@ def export_onnx(
     check_not_input(output, weights.source)
     stages = Stages(on_stage)
     with stages("load"):
-        module = BGRInputs(build_model(config, weights), config.outputs).eval()
+        model = build_model(config, weights)
+        if deploy_applies(model, config.dynamic):
+            module = DeployRefine(model, config.outputs).eval()
+        else:
+            module = BGRInputs(model, config.outputs).eval()
     return export_module(
         module, config, weights.label, output, stages=stages, source_format=weights.kind or "synthetic"
     )

@@ -49,7 +49,18 @@ class Decoder(nn.Module):
         x1: torch.Tensor,
         x0: torch.Tensor,
     ) -> torch.Tensor:
+        return self.conv4(self.head_input(x4, x3, x2, x1, x0))
+
+    def head_input(
+        self,
+        x4: torch.Tensor,
+        x3: torch.Tensor,
+        x2: torch.Tensor,
+        x1: torch.Tensor,
+        x0: torch.Tensor,
+    ) -> torch.Tensor:
+        """What ``conv4`` reads: the third stage's output upsampled, with the input image."""
         x = self.relu(self.bn1(self.conv1(torch.cat([_upsample_to(x4, x3), x3], dim=1))))
         x = self.relu(self.bn2(self.conv2(torch.cat([_upsample_to(x, x2), x2], dim=1))))
         x = self.relu(self.bn3(self.conv3(torch.cat([_upsample_to(x, x1), x1], dim=1))))
-        return self.conv4(torch.cat([_upsample_to(x, x0), x0], dim=1))
+        return torch.cat([_upsample_to(x, x0), x0], dim=1)

@@ -1,0 +1,306 @@
+"""The refine model's deployment graph: what ``MattingRefine`` computes in ``sampling``
+mode, from BGR 0..255 inputs, with as few passes over full-resolution tensors as the
+outputs allow.
+
+The plain graph (``exporter.export.onnx.BGRInputs`` around ``MattingRefine``) reverses and
+scales both inputs at full resolution, resizes six channels to half resolution and 42
+to half and full resolution, pads them, gathers 8x8 windows of 42 channels for every patch
+and upsamples every patch's features. On a CPU those data movements took most of the time
+(``bench --profile``: convolutions were 40% of it at 720p). Here the arithmetic is the
+same, rearranged:
+
+- the inputs are downsampled raw; the channel reversal and the 1/255 are applied to the
+  small result, or folded into the weights of the convolutions that read raw pixels;
+- bilinear downsampling by a power of two averages two rows and two columns, so it is
+  strided slices and adds (no resize of a full-resolution image);
+- the refiner's first stage runs on the whole half-resolution map (two convolutions, the
+  features' and the image's, so no concatenation or padding is materialised) and each
+  patch takes its 4x4 window of the result: what a patch computed from its 8x8 window,
+  without gathering 42 channels 64 times a patch;
+- the second stage's nearest 2x upsampling followed by a 3x3 convolution is one
+  transposed convolution (kernel 4, stride 2), and its image half reads 8x8 crops of the
+  raw inputs;
+- the coarse alpha and foreground are upsampled to full resolution by a fixed 3x3
+  convolution per output phase and a depth-to-space, which the runtimes run in planar
+  layout (a bilinear resize of one to three channels ran at a fraction of memory speed).
+
+Every step is exact up to float rounding: ``verify`` compares the export against the
+plain ``MattingRefine`` under the usual bars, and the patches chosen are the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporter.model.decoder import Decoder
+from exporter.model.matting import MattingRefine
+from exporter.model.refiner import Refiner
+
+__all__ = ["DeployRefine", "deploy_applies"]
+
+# src and bgr stacked as they arrive (B, G, R, B, G, R), to the model's RGB RGB.
+_RGB = (2, 1, 0, 5, 4, 3)
+
+
+def deploy_applies(model: nn.Module, dynamic: bool) -> bool:
+    """Whether ``DeployRefine`` computes ``model``: ``sampling`` (preventing oversampling)
+    with 3x3 refiner kernels,
+    a backbone scale of 1/2, 1/4, 1/8 ..., and a static size (the slices and windows are
+    laid out for one)."""
+    if not isinstance(model, MattingRefine) or dynamic:
+        return False
+    factor = round(1 / model.backbone_scale)
+    power_of_two = factor >= 2 and factor & (factor - 1) == 0
+    return (
+        model.refiner.mode == "sampling"
+        and model.refiner.kernel_size == 3
+        and model.refiner.prevent_oversampling
+        and power_of_two
+        and 1 / factor == model.backbone_scale
+    )
+
+
+class Downsample(nn.Module):
+    """Bilinear (align_corners=False) downsampling of raw pixels by a power of two: output
+    pixel ``i`` sits between input pixels ``factor * i + factor / 2 - 1`` and the next,
+    half each. A module so that its ops have a name (INT8 keeps them in floating point)."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _downsample(x, self.factor)
+
+
+def _downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    if factor == 2:  # a 2x2 average, on the channels as a batch so it stays planar
+        batch, channels, height, width = x.shape
+        pooled = F.avg_pool2d(x.reshape(batch * channels, 1, height, width), 2)
+        return pooled.reshape(batch, channels, height // 2, width // 2)
+    first = factor // 2 - 1
+    rows = x[:, :, first::factor] + x[:, :, first + 1 :: factor]
+    return (rows[:, :, :, first::factor] + rows[:, :, :, first + 1 :: factor]) * 0.25
+
+
+def _bilinear_phases(factor: int) -> torch.Tensor:
+    """``(factor, 3)``: the weights of input pixels ``i - 1, i, i + 1`` in output pixel
+    ``factor * i + p`` of bilinear (align_corners=False) upsampling by ``factor``."""
+    weights = torch.zeros(factor, 3, dtype=torch.float64)
+    for phase in range(factor):
+        offset = (phase + 0.5) / factor - 0.5
+        if offset < 0:
+            weights[phase, 0], weights[phase, 1] = -offset, 1 + offset
+        else:
+            weights[phase, 1], weights[phase, 2] = 1 - offset, offset
+    return weights
+
+
+class Upsample(nn.Module):
+    """Bilinear upsampling by an integer factor of a ``(N, 1, h, w)`` map: edge padding
+    (the resize clamps at the border), one 3x3 convolution giving each of the
+    ``factor**2`` output phases, and a depth-to-space."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        phases = _bilinear_phases(factor)
+        kernel = torch.einsum("pi,qj->pqij", phases, phases).reshape(factor * factor, 1, 3, 3)
+        self.register_buffer("kernel", kernel.float())
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel)
+        return F.pixel_shuffle(x, self.factor)
+
+
+def _fold_bn(conv_weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return conv_weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+
+def _nearest_then_conv(weight: torch.Tensor) -> torch.Tensor:
+    """``(4 * out, in, 2, 2)``: a nearest 2x upsampling followed by ``weight``'s 3x3 valid
+    convolution, as one 2x2 convolution per output phase (then a depth-to-space). Output row
+    ``2m + a`` reads input rows ``(2m + a + t) // 2`` for taps ``t = 0, 1, 2``: rows ``m, m + 1``
+    with taps ``(w0 + w1, w2)`` for ``a = 0`` and ``(w0, w1 + w2)`` for ``a = 1``."""
+
+    def phases(w: torch.Tensor) -> torch.Tensor:  # (..., 3) -> (2 phases, ..., 2 taps)
+        even = torch.stack([w[..., 0] + w[..., 1], w[..., 2]], dim=-1)
+        odd = torch.stack([w[..., 0], w[..., 1] + w[..., 2]], dim=-1)
+        return torch.stack([even, odd])
+
+    rows = phases(weight.transpose(-1, -2)).transpose(-1, -2)  # (a, out, in, 2, 3)
+    both = phases(rows)  # (b, a, out, in, 2, 2)
+    # pixel_shuffle's channel order: out * 4 + a * 2 + b.
+    return both.permute(2, 1, 0, 3, 4, 5).reshape(-1, weight.shape[1], 2, 2)
+
+
+def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0) -> nn.Conv2d:
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=padding, bias=bias is not None)
+    conv.weight.data.copy_(weight)
+    if bias is not None:
+        conv.bias.data.copy_(bias)
+    return conv
+
+
+class _Head(nn.Module):
+    """The decoder with its last convolution's output channels reordered to what the
+    refiner reads first: hid, pha, fgr, then err (the original's order is pha, fgr, err,
+    hid), each with its own activation (ReLU, clamp, none, clamp) as one per-channel
+    clamp. The refiner then resizes and convolves all 37 channels (err with zero weights),
+    so nothing is split off at full size: the original's per-channel split of its 37
+    channels is a strided copy the CPU runs as a reference kernel."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+        order = [*range(5, 37), 0, 1, 2, 3, 4]
+        with torch.no_grad():
+            self.conv4 = _conv(decoder.conv4.weight[order], decoder.conv4.bias[order], padding=1)
+        inf = torch.inf
+        self.register_buffer("low", torch.tensor([0.0] * 33 + [-inf] * 3 + [0.0]).reshape(1, 37, 1, 1))
+        self.register_buffer("high", torch.tensor([inf] * 32 + [1.0] + [inf] * 3 + [1.0]).reshape(1, 37, 1, 1))
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        x = self.conv4(self.decoder.head_input(*features))
+        return torch.minimum(torch.maximum(x, self.low), self.high)
+
+
+class _PatchRefiner(nn.Module):
+    """``Refiner``'s four convolutions rearranged (names kept, so INT8's per-layer rules
+    still find ``refiner.conv4``).
+
+    Stage one runs on whole maps: ``conv1`` on the 37 half-resolution coarse channels
+    (zero weights for err) and ``conv1_image`` on the raw half-resolution image, both
+    padded by 3 as the original pads its windows; then ``conv2``. Stage two runs on the
+    patches stacked into one tall image, ``K`` patches high: ``conv3`` as one 2x2
+    convolution per phase of the nearest upsampling (then a depth-to-space) on the
+    stage-one windows, ``conv3_image`` on the raw 8x8 crops, and ``conv4``. Each patch's
+    rows stay at its own offset in every layer, the rows that straddle two patches are
+    computed and dropped, and no layout transposition is needed on either side.
+    """
+
+    def __init__(self, refiner: Refiner) -> None:
+        super().__init__()
+        with torch.no_grad():
+            weight, bias = _fold_bn(refiner.conv1.weight, refiner.bn1)
+            self.conv1 = _conv(F.pad(weight[:, :36], (0, 0, 0, 0, 0, 1)), bias, padding=3)
+            self.conv1_image = _conv(weight[:, 36:][:, _RGB] / 255.0, padding=3)
+            weight, bias = _fold_bn(refiner.conv2.weight, refiner.bn2)
+            self.conv2 = _conv(weight, bias)
+            weight, bias = _fold_bn(refiner.conv3.weight, refiner.bn3)
+            self.conv3 = _conv(_nearest_then_conv(weight[:, :16]), bias.repeat_interleave(4))
+            self.conv3_image = _conv(weight[:, 16:][:, _RGB] / 255.0)
+        self.conv4 = refiner.conv4
+        self.count = refiner.sample_pixels // 16
+
+    def forward(
+        self, coarse: torch.Tensor, image: torch.Tensor, crops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """``(4, K * 16)``: refined pha and fgr residual of the patches at ``rows, cols``
+        (each patch's 16 pixels row-major), from the half-resolution ``coarse`` (37
+        channels) and raw ``image`` (6), and the patches' raw 8x8 crops, stacked
+        ``(1, 6, K * 8, 8)``."""
+        stage1 = torch.relu(self.conv2(torch.relu(self.conv1(coarse) + self.conv1_image(image))))
+        # Each patch's 4x4 window at (2r, 2c) of the padded map, gathered channels-last (one
+        # 16-float row a pixel) and stacked: (1, 16, K * 4, 4).
+        channels, height, width = stage1.shape[1:]
+        flat = stage1.permute(0, 2, 3, 1).reshape(height * width, channels)
+        windows = torch.index_select(flat, 0, _windows(rows, cols, 4, 2, width).reshape(-1))
+        windows = windows.reshape(1, -1, 4, channels).permute(0, 3, 1, 2)
+        # Patch k's valid rows: 4k..4k+2 after conv3, 8k..8k+5 after the depth-to-space
+        # (as after conv3_image on its crops), 8k..8k+3 after conv4.
+        upsampled = F.pixel_shuffle(self.conv3(windows), 2)
+        out = self.conv4(torch.relu(upsampled + self.conv3_image(crops)))
+        out = F.pad(out, (0, 0, 0, 4)).reshape(4, -1, 8, 4)[:, :, :4]
+        return out.reshape(4, -1)
+
+
+def _windows(rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int, width: int) -> torch.Tensor:
+    """``(K, size, size)`` flat indices into a ``width``-wide plane of the windows whose
+    corners are ``(rows, cols) * stride``."""
+    offsets = torch.arange(size)
+    corner_rows, corner_cols = (rows * stride).reshape(-1, 1, 1), (cols * stride).reshape(-1, 1, 1)
+    return (corner_rows + offsets.reshape(size, 1)) * width + corner_cols + offsets
+
+
+class DeployRefine(nn.Module):
+    """``MattingRefine`` (``sampling``, batch 1) as deployed.
+
+    Inputs: ``src``, ``bgr`` ``(1, 3, H, W)`` float, **BGR, 0..255**.
+    Returns the ``outputs`` named, of ``pha (1, 1, H, W)``, ``fgr (1, 3, H, W)`` RGB 0..1,
+    ``err_sm`` and ``ref_sm``, as ``BGRInputs(model)`` does.
+    """
+
+    def __init__(self, model: MattingRefine, outputs: tuple[str, ...]) -> None:
+        super().__init__()
+        if not deploy_applies(model, dynamic=False):
+            raise ValueError("DeployRefine computes sampling mode with 3x3 refiner kernels at a 1/2**n scale")
+        self.model = model
+        self.outputs = outputs
+        self.factor = round(1 / model.backbone_scale)
+        self.decoder = _Head(model.decoder)
+        self.refiner = _PatchRefiner(model.refiner)
+        self.upsample = Upsample(self.factor)
+        self.downsample = Downsample(self.factor)
+        self.downsample_half = Downsample(2)
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        height, width = src.shape[2:]
+        small = torch.cat([self.downsample(src), self.downsample(bgr)], dim=1)
+        rgb = torch.index_select(small, 1, torch.tensor(_RGB)) / 255.0
+        x, *shortcuts = self.model.backbone(rgb)
+        coarse = self.decoder(self.model.aspp(x), *shortcuts)  # hid, pha, fgr, err
+        pha_sm, fgr_sm, err_sm = coarse[:, 32:33], coarse[:, 33:36], coarse[:, 36:37]
+
+        half = (height // 2, width // 2)
+        features = F.interpolate(coarse, half, mode="bilinear", align_corners=False)
+        image = torch.cat([self.downsample_half(src), self.downsample_half(bgr)], dim=1)
+
+        quarter = (height // 4, width // 4)
+        err = err_sm  # the resize to a quarter of the size is the identity at a scale of 1/4
+        if self.factor != 4:
+            err = F.interpolate(err_sm, quarter, mode="bilinear", align_corners=False)
+        err = err.flatten(1)
+        if not 0 < self.refiner.count <= err.shape[1]:
+            raise ValueError(
+                f"sample_pixels {self.refiner.count * 16} selects {self.refiner.count} patches; "
+                f"a {height}x{width} image has 1..{err.shape[1]}"
+            )
+        score, index = err.topk(self.refiner.count, dim=1, sorted=True)
+        rows = torch.div(index[0], quarter[1], rounding_mode="trunc")  # indices are >= 0
+        cols = index[0] - rows * quarter[1]
+
+        # Each patch's 8x8 crop of the raw inputs at (4r - 2, 4c - 2), zero outside.
+        offsets = torch.arange(8)
+        y = (rows * 4 - 2).reshape(-1, 1) + offsets
+        x = (cols * 4 - 2).reshape(-1, 1) + offsets
+        inside = ((y >= 0) & (y < height)).reshape(-1, 8, 1) & ((x >= 0) & (x < width)).reshape(-1, 1, 8)
+        pixel = y.clamp(0, height - 1).reshape(-1, 8, 1) * width + x.clamp(0, width - 1).reshape(-1, 1, 8)
+        pixel, inside = pixel.reshape(-1), inside.reshape(1, -1).to(src.dtype)
+        crops = [torch.index_select(x.reshape(3, height * width), 1, pixel) for x in (src, bgr)]
+        crops = torch.cat(crops, dim=0) * inside
+        patches = self.refiner(features, image, crops.reshape(1, 6, -1, 8), rows, cols)  # pha, fgr residual
+
+        # Full resolution: the coarse result upsampled, the refined patches written over it
+        # (each clamped before: the same numbers as clamping after, one pass fewer).
+        pixel = _windows(rows, cols, 4, 4, width).reshape(1, -1)
+        src_rgb = torch.index_select(src, 1, torch.tensor([2, 1, 0])) / 255.0
+        pha = self.upsample(pha_sm).reshape(1, height * width).clamp(0.0, 1.0)
+        fgr = self.upsample(fgr_sm.reshape(3, 1, *fgr_sm.shape[2:])).reshape(1, 3, height, width) + src_rgb
+        fgr = fgr.reshape(3, height * width).clamp(0.0, 1.0)
+        inner = crops.reshape(6, -1, 8, 8)[[2, 1, 0], :, 2:6, 2:6].reshape(3, -1) / 255.0
+        pha_values = patches[:1].clamp(0.0, 1.0)
+        fgr_values = (patches[1:] + inner).clamp(0.0, 1.0)
+        # prevent_oversampling: a patch whose error is not positive keeps its coarse value.
+        selected = score[0].gt(0)
+        keep = selected.reshape(-1, 1).expand(-1, 16).reshape(1, -1)
+        pha_values = torch.where(keep, pha_values, torch.index_select(pha, 1, pixel[0]))
+        fgr_values = torch.where(keep, fgr_values, torch.index_select(fgr, 1, pixel[0]))
+        pha = pha.scatter(1, pixel, pha_values).reshape(1, 1, height, width)
+        fgr = fgr.scatter(1, pixel.expand(3, -1), fgr_values).reshape(1, 3, height, width)
+        ref_sm = torch.zeros_like(err).scatter(1, index, selected.reshape(1, -1).to(err.dtype)).reshape(1, 1, *quarter)
+        found = {"pha": pha, "fgr": fgr, "err_sm": err_sm, "ref_sm": ref_sm}
+        return tuple(found[name] for name in self.outputs)

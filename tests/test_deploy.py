@@ -1,0 +1,158 @@
+"""The deployed graph (exporter.model.deploy): the same numbers as the plain graph, the
+same patches, and none of the full-resolution data movement it was built to remove."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from exporter.checkpoint import build_model
+from exporter.config import ExportConfig
+from exporter.data import synthetic_case
+from exporter.export.onnx import BGRInputs, export_module, export_onnx
+from exporter.images import to_model_input
+from exporter.model.deploy import DeployRefine, Upsample, _downsample, _nearest_then_conv, deploy_applies
+from exporter.tolerances import FP32_ATOL
+from helpers import GOLDEN_CONFIG
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_upsample_is_the_bilinear_resize(factor):
+    x = torch.rand(3, 1, 9, 13)
+    expected = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(Upsample(factor)(x), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_downsample_is_the_bilinear_resize(factor):
+    x = torch.rand(1, 3, 8 * factor, 5 * factor) * 255
+    expected = F.interpolate(x, (8, 5), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(_downsample(x, factor), expected, rtol=0, atol=1e-4)
+
+
+def test_nearest_upsampling_then_conv_is_one_conv_per_phase():
+    weight, x = torch.randn(12, 16, 3, 3), torch.randn(5, 16, 4, 4)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), weight)
+    got = F.pixel_shuffle(F.conv2d(x, _nearest_then_conv(weight)), 2)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes, applies",
+    [
+        ({}, True),
+        ({"backbone_scale": 0.5}, True),
+        ({"backbone_scale": 0.125}, True),
+        ({"refine_mode": "thresholding"}, False),
+        ({"refine_mode": "full"}, False),
+        ({"dynamic": True}, False),
+    ],
+)
+def test_which_configurations_are_deployed(changes, applies, weights):
+    config = GOLDEN_CONFIG.replace(**changes)
+    assert deploy_applies(build_model(config, weights), config.dynamic) is applies
+
+
+def test_other_refiners_are_not_deployed(weights):
+    model = build_model(GOLDEN_CONFIG, weights)
+    for attribute, value in [("kernel_size", 1), ("prevent_oversampling", False)]:
+        changed = copy.deepcopy(model)
+        setattr(changed.refiner, attribute, value)
+        assert not deploy_applies(changed, dynamic=False), attribute
+
+
+def _both(model, config: ExportConfig, seed: int = 3) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    case = synthetic_case(config.height, config.width, seed=seed)
+    src, bgr = (torch.from_numpy(to_model_input(image)) for image in (case.src, case.bgr))
+    outputs = ("pha", "fgr", "err_sm", "ref_sm")
+    with torch.no_grad():
+        return BGRInputs(model, outputs)(src, bgr), DeployRefine(model, outputs)(src, bgr)
+
+
+@pytest.mark.parametrize(
+    "backbone, changes",
+    [
+        ("mobilenetv2", {}),
+        ("mobilenetv2", {"backbone_scale": 0.5}),
+        ("mobilenetv2", {"height": 256, "width": 384, "backbone_scale": 0.125}),
+        # Every patch refined: the border patches' crops and windows reach into the padding.
+        ("mobilenetv2", {"height": 64, "width": 96, "sample_pixels": 64 * 96}),
+        ("resnet50", {}),
+    ],
+)
+def test_same_numbers_and_same_patches_as_the_plain_graph(backbone, changes, recipe_weights):
+    config = GOLDEN_CONFIG.replace(backbone=backbone, **changes)
+    plain, deployed = _both(build_model(config, recipe_weights(backbone)), config)
+    for name, a, b in zip(("pha", "fgr", "err_sm"), plain, deployed, strict=False):
+        torch.testing.assert_close(b, a, rtol=0, atol=FP32_ATOL, msg=name)
+    assert torch.equal(deployed[3], plain[3]), "a different set of patches was refined"
+
+
+@pytest.mark.parametrize("positive", [0.0, 0.2])
+def test_patches_without_error_keep_the_coarse_value(positive, weights):
+    """prevent_oversampling: with the error map zero but at ``positive`` of the patches
+    (fewer than are sampled), the top-k patches include ones whose error is not positive,
+    which keep the coarse result."""
+    model = build_model(GOLDEN_CONFIG, weights)
+    case = synthetic_case(GOLDEN_CONFIG.height, GOLDEN_CONFIG.width, seed=3)
+    with torch.no_grad():
+        src, bgr = (torch.from_numpy(to_model_input(image))[:, [2, 1, 0]] / 255 for image in (case.src, case.bgr))
+        small = F.interpolate(torch.cat([src, bgr], dim=1), scale_factor=0.25, mode="bilinear")
+        err = model.coarse(small)[2]
+        # Shift the error head's bias so that the top ``positive`` of the map stays above 0.
+        shift = torch.quantile(err.flatten(), 1 - positive).item() if positive else 2.0
+        model.decoder.conv4.bias[4] -= shift
+    plain, deployed = _both(model, GOLDEN_CONFIG)
+    refined = int(plain[3].sum())
+    assert refined == 0 if not positive else 0 < refined < GOLDEN_CONFIG.patches
+    for a, b in zip(plain[:2], deployed[:2], strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=FP32_ATOL)
+    assert torch.equal(deployed[3], plain[3])
+
+
+def _full_resolution_data_movement(path: Path, height: int, width: int) -> list[str]:
+    """Resizes, pads, transposes, concatenations and gathers whose output is at full
+    resolution (or the plain graph's padded full and half resolution): what the deployed
+    graph does without, but for the one gather that reverses the source's channels for
+    ``fgr`` (BGR in, RGB out)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {
+        value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in [*model.graph.value_info, *model.graph.output]
+    }
+    large = {(height, width), (height + 4, width + 4), (height // 2 + 6, width // 2 + 6)}
+    found = []
+    for node in model.graph.node:
+        shape = shapes.get(node.output[0], [])
+        if node.op_type in ("Resize", "Pad", "Transpose", "Concat", "Gather") and tuple(shape[-2:]) in large:
+            found.append(f"{node.op_type} {node.name} -> {shape}")
+    return found
+
+
+def test_no_full_resolution_resize_pad_or_copy(golden_onnx):
+    found = _full_resolution_data_movement(golden_onnx, GOLDEN_CONFIG.height, GOLDEN_CONFIG.width)
+    assert [line.split()[0] for line in found] == ["Gather"] and found[0].endswith("[1, 3, 192, 320]")
+    ops = [node.op_type for node in onnx.load(str(golden_onnx)).graph.node]
+    # One Resize of the refiner's inputs (the coarse maps to half resolution) besides the
+    # decoder's four; one TopK; a depth-to-space for each upsampling and for conv3's phases.
+    assert ops.count("Resize") == 5 and ops.count("TopK") == 1
+    assert ops.count("DepthToSpace") == 3 and "ConvTranspose" not in ops
+
+
+def test_the_structure_check_catches_the_plain_graph(weights, tmp_path):
+    plain = export_module(
+        BGRInputs(build_model(GOLDEN_CONFIG, weights)).eval(), GOLDEN_CONFIG, "x", tmp_path / "p.onnx"
+    )
+    found = _full_resolution_data_movement(plain.path, GOLDEN_CONFIG.height, GOLDEN_CONFIG.width)
+    assert any(line.startswith("Resize") for line in found) and any(line.startswith("Pad") for line in found)
+
+
+def test_other_modes_export_the_plain_graph(weights, tmp_path):
+    config = GOLDEN_CONFIG.replace(refine_mode="thresholding")
+    path = export_onnx(config, weights, tmp_path / "t.onnx").path
+    assert _full_resolution_data_movement(path, config.height, config.width)
