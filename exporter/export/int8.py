@@ -56,20 +56,33 @@ __all__ = [
 # The MIXED preset was no better; full (not fast) bias correction fails on this graph in
 # NNCF 3.4.
 INT8_FP_LAYERS = (r"/refiner/conv4/.*",)
-# Not weights but arithmetic: the fixed bilinear kernels that upsample the coarse alpha and
-# foreground to full resolution (exporter.model.deploy.Upsample). In 8 bits each output
-# pixel would move by up to half a step of the coarse map's range.
-INT8_FIXED_LAYERS = (r"/upsample(_\d+)?/.*",)
+# Not layers but arithmetic, kept in floating point and not listed as layers kept: the
+# deployed graph's (exporter.model.deploy) assembly of the full-resolution outputs, with
+# the fixed bilinear kernels that upsample the coarse alpha and foreground (in 8 bits each
+# output pixel would move by up to half a step of the coarse map's range), the source
+# added and the refined patches written; and its patch selection (the error map's top k
+# and whether each error is positive: rounded to 8 bits, a small positive error is 0).
+INT8_FIXED_LAYERS = (r"/compose/.*", r"/select/.*")
 # Ops NNCF must not move quantizers across (ignored, they stay in floating point).
 # - The plain graph's zero padding before the refiner's patch gather: otherwise NNCF places
 #   refiner.conv1's input quantizer above the padding, the CPU plugin dequantizes before
 #   the Pad, and conv1, the costliest layer, runs in floating point: 22.6 ms of an 83 ms
 #   INT8 frame (f32) against 6.9 ms of 68 ms with the barrier.
-# - The deployed graph's downsampling of the raw inputs (exporter.model.deploy.Downsample):
-#   otherwise the quantizer of refiner.conv1_image's input moves above the 2x2 average,
-#   onto the full-resolution inputs, and the CPU plugin averages in 8 bits at 11 ms an
-#   input a frame (720p, bf16, one stream) instead of under 2.
-INT8_QUANTIZER_BARRIERS = (r"/refiner/Pad", r"/downsample(_half)?(_\d+)?/.*")
+# - The deployed graph's downsampling of the raw inputs (Downsample): otherwise the
+#   quantizer of refiner.conv1_image's input moves above the 2x2 average, onto the
+#   full-resolution inputs, and the CPU plugin averages in 8 bits at 11 ms an input a frame
+#   (720p, bf16, one stream) instead of under 2. Its crops of the raw inputs (Crops), for
+#   conv3_image's input the same way.
+# - Its sums of two convolutions (refiner.conv1 and conv1_image, conv3 and conv3_image)
+#   and the depth-to-space of conv3's phases: quantized, NNCF rounds each addend to 8 bits,
+#   and at 720p 2.1% of the foreground's patches were off by more than 0.05 (bar 2%)
+#   against 0.65% for the plain graph.
+INT8_QUANTIZER_BARRIERS = (
+    r"/refiner/Pad",
+    r"/downsample(_half)?(_\d+)?/.*",
+    r"/crops/.*",
+    r"/refiner/(Add|DepthToSpace)(_\d+)?$",
+)
 
 
 @dataclass(frozen=True)

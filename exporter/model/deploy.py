@@ -194,7 +194,6 @@ class _PatchRefiner(nn.Module):
             self.conv3 = _conv(_nearest_then_conv(weight[:, :16]), bias.repeat_interleave(4))
             self.conv3_image = _conv(weight[:, 16:][:, _RGB] / 255.0)
         self.conv4 = refiner.conv4
-        self.count = refiner.sample_pixels // 16
 
     def forward(
         self, coarse: torch.Tensor, image: torch.Tensor, crops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
@@ -218,6 +217,24 @@ class _PatchRefiner(nn.Module):
         return out.reshape(4, -1)
 
 
+class Crops(nn.Module):
+    """``(6, K * 64)``: each patch's 8x8 crop of the raw ``src`` and ``bgr`` at
+    ``(4r - 2, 4c - 2)``, zero outside the image (the original pads by 2 and crops), each
+    crop's 64 pixels row-major. A module so that its ops have a name: INT8 quantizes the
+    crops, not the full-resolution inputs they are gathered from."""
+
+    def forward(self, src: torch.Tensor, bgr: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        height, width = src.shape[2:]
+        offsets = torch.arange(8)
+        y = (rows * 4 - 2).reshape(-1, 1) + offsets
+        x = (cols * 4 - 2).reshape(-1, 1) + offsets
+        inside = ((y >= 0) & (y < height)).reshape(-1, 8, 1) & ((x >= 0) & (x < width)).reshape(-1, 1, 8)
+        pixel = y.clamp(0, height - 1).reshape(-1, 8, 1) * width + x.clamp(0, width - 1).reshape(-1, 1, 8)
+        pixel, inside = pixel.reshape(-1), inside.reshape(1, -1).to(src.dtype)
+        crops = [torch.index_select(image.reshape(3, height * width), 1, pixel) for image in (src, bgr)]
+        return torch.cat(crops, dim=0) * inside
+
+
 def _windows(rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int, width: int) -> torch.Tensor:
     """``(K, size, size)`` flat indices into a ``width``-wide plane of the windows whose
     corners are ``(rows, cols) * stride``."""
@@ -226,8 +243,73 @@ def _windows(rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int, wid
     return (corner_rows + offsets.reshape(size, 1)) * width + corner_cols + offsets
 
 
+class Select(nn.Module):
+    """The ``count`` patches of the quarter-resolution error map with the largest error, as
+    the original samples them: ``(rows, cols)`` and whether each one's error is positive
+    (``prevent_oversampling``: the others keep the coarse value), and ``ref_sm``."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def forward(self, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        quarter = err.shape[2:]
+        flat = err.flatten(1)
+        if not 0 < self.count <= flat.shape[1]:
+            raise ValueError(
+                f"sample_pixels {self.count * 16} selects {self.count} patches; "
+                f"a {4 * quarter[0]}x{4 * quarter[1]} image has 1..{flat.shape[1]}"
+            )
+        score, index = flat.topk(self.count, dim=1, sorted=True)
+        rows = torch.div(index[0], quarter[1], rounding_mode="trunc")  # indices are >= 0
+        cols = index[0] - rows * quarter[1]
+        selected = score[0].gt(0)
+        ref_sm = torch.zeros_like(flat).scatter(1, index, selected.reshape(1, -1).to(flat.dtype))
+        return rows, cols, selected, ref_sm.reshape(err.shape)
+
+
+class Compose(nn.Module):
+    """The full-resolution outputs: the coarse alpha and foreground residual upsampled
+    (``Upsample``), the source added, the refined patches written over them; each clamped
+    before the write, the same numbers as clamping after with one pass fewer."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.upsample = Upsample(factor)
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        pha_sm: torch.Tensor,
+        fgr_sm: torch.Tensor,
+        patches: torch.Tensor,
+        crops: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        selected: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = src.shape[2:]
+        pixel = _windows(rows, cols, 4, 4, width).reshape(1, -1)
+        src_rgb = torch.index_select(src, 1, torch.tensor([2, 1, 0])) / 255.0
+        pha = self.upsample(pha_sm).reshape(1, height * width).clamp(0.0, 1.0)
+        fgr = self.upsample(fgr_sm.reshape(3, 1, *fgr_sm.shape[2:])).reshape(1, 3, height, width) + src_rgb
+        fgr = fgr.reshape(3, height * width).clamp(0.0, 1.0)
+        inner = crops.reshape(6, -1, 8, 8)[[2, 1, 0], :, 2:6, 2:6].reshape(3, -1) / 255.0
+        pha_values = patches[:1].clamp(0.0, 1.0)
+        fgr_values = (patches[1:] + inner).clamp(0.0, 1.0)
+        keep = selected.reshape(-1, 1).expand(-1, 16).reshape(1, -1)
+        pha_values = torch.where(keep, pha_values, torch.index_select(pha, 1, pixel[0]))
+        fgr_values = torch.where(keep, fgr_values, torch.index_select(fgr, 1, pixel[0]))
+        pha = pha.scatter(1, pixel, pha_values).reshape(1, 1, height, width)
+        fgr = fgr.scatter(1, pixel.expand(3, -1), fgr_values).reshape(1, 3, height, width)
+        return pha, fgr
+
+
 class DeployRefine(nn.Module):
-    """``MattingRefine`` (``sampling``, batch 1) as deployed.
+    """``MattingRefine`` (``sampling``, batch 1) as deployed, as a pipeline of named stages
+    (INT8 quantizes the convolutions of ``decoder`` and ``refiner`` and the base network's,
+    and leaves the arithmetic of ``downsample``, ``select``, ``crops`` and ``compose``
+    alone).
 
     Inputs: ``src``, ``bgr`` ``(1, 3, H, W)`` float, **BGR, 0..255**.
     Returns the ``outputs`` named, of ``pha (1, 1, H, W)``, ``fgr (1, 3, H, W)`` RGB 0..1,
@@ -241,11 +323,13 @@ class DeployRefine(nn.Module):
         self.model = model
         self.outputs = outputs
         self.factor = round(1 / model.backbone_scale)
-        self.decoder = _Head(model.decoder)
-        self.refiner = _PatchRefiner(model.refiner)
-        self.upsample = Upsample(self.factor)
         self.downsample = Downsample(self.factor)
         self.downsample_half = Downsample(2)
+        self.decoder = _Head(model.decoder)
+        self.select = Select(model.refiner.sample_pixels // 16)
+        self.crops = Crops()
+        self.refiner = _PatchRefiner(model.refiner)
+        self.compose = Compose(self.factor)
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         height, width = src.shape[2:]
@@ -255,52 +339,15 @@ class DeployRefine(nn.Module):
         coarse = self.decoder(self.model.aspp(x), *shortcuts)  # hid, pha, fgr, err
         pha_sm, fgr_sm, err_sm = coarse[:, 32:33], coarse[:, 33:36], coarse[:, 36:37]
 
-        half = (height // 2, width // 2)
-        features = F.interpolate(coarse, half, mode="bilinear", align_corners=False)
-        image = torch.cat([self.downsample_half(src), self.downsample_half(bgr)], dim=1)
-
-        quarter = (height // 4, width // 4)
         err = err_sm  # the resize to a quarter of the size is the identity at a scale of 1/4
         if self.factor != 4:
-            err = F.interpolate(err_sm, quarter, mode="bilinear", align_corners=False)
-        err = err.flatten(1)
-        if not 0 < self.refiner.count <= err.shape[1]:
-            raise ValueError(
-                f"sample_pixels {self.refiner.count * 16} selects {self.refiner.count} patches; "
-                f"a {height}x{width} image has 1..{err.shape[1]}"
-            )
-        score, index = err.topk(self.refiner.count, dim=1, sorted=True)
-        rows = torch.div(index[0], quarter[1], rounding_mode="trunc")  # indices are >= 0
-        cols = index[0] - rows * quarter[1]
+            err = F.interpolate(err_sm, (height // 4, width // 4), mode="bilinear", align_corners=False)
+        rows, cols, selected, ref_sm = self.select(err)
 
-        # Each patch's 8x8 crop of the raw inputs at (4r - 2, 4c - 2), zero outside.
-        offsets = torch.arange(8)
-        y = (rows * 4 - 2).reshape(-1, 1) + offsets
-        x = (cols * 4 - 2).reshape(-1, 1) + offsets
-        inside = ((y >= 0) & (y < height)).reshape(-1, 8, 1) & ((x >= 0) & (x < width)).reshape(-1, 1, 8)
-        pixel = y.clamp(0, height - 1).reshape(-1, 8, 1) * width + x.clamp(0, width - 1).reshape(-1, 1, 8)
-        pixel, inside = pixel.reshape(-1), inside.reshape(1, -1).to(src.dtype)
-        crops = [torch.index_select(x.reshape(3, height * width), 1, pixel) for x in (src, bgr)]
-        crops = torch.cat(crops, dim=0) * inside
+        features = F.interpolate(coarse, (height // 2, width // 2), mode="bilinear", align_corners=False)
+        image = torch.cat([self.downsample_half(src), self.downsample_half(bgr)], dim=1)
+        crops = self.crops(src, bgr, rows, cols)  # (6, K * 64): raw BGR BGR
         patches = self.refiner(features, image, crops.reshape(1, 6, -1, 8), rows, cols)  # pha, fgr residual
-
-        # Full resolution: the coarse result upsampled, the refined patches written over it
-        # (each clamped before: the same numbers as clamping after, one pass fewer).
-        pixel = _windows(rows, cols, 4, 4, width).reshape(1, -1)
-        src_rgb = torch.index_select(src, 1, torch.tensor([2, 1, 0])) / 255.0
-        pha = self.upsample(pha_sm).reshape(1, height * width).clamp(0.0, 1.0)
-        fgr = self.upsample(fgr_sm.reshape(3, 1, *fgr_sm.shape[2:])).reshape(1, 3, height, width) + src_rgb
-        fgr = fgr.reshape(3, height * width).clamp(0.0, 1.0)
-        inner = crops.reshape(6, -1, 8, 8)[[2, 1, 0], :, 2:6, 2:6].reshape(3, -1) / 255.0
-        pha_values = patches[:1].clamp(0.0, 1.0)
-        fgr_values = (patches[1:] + inner).clamp(0.0, 1.0)
-        # prevent_oversampling: a patch whose error is not positive keeps its coarse value.
-        selected = score[0].gt(0)
-        keep = selected.reshape(-1, 1).expand(-1, 16).reshape(1, -1)
-        pha_values = torch.where(keep, pha_values, torch.index_select(pha, 1, pixel[0]))
-        fgr_values = torch.where(keep, fgr_values, torch.index_select(fgr, 1, pixel[0]))
-        pha = pha.scatter(1, pixel, pha_values).reshape(1, 1, height, width)
-        fgr = fgr.scatter(1, pixel.expand(3, -1), fgr_values).reshape(1, 3, height, width)
-        ref_sm = torch.zeros_like(err).scatter(1, index, selected.reshape(1, -1).to(err.dtype)).reshape(1, 1, *quarter)
+        pha, fgr = self.compose(src, pha_sm, fgr_sm, patches, crops, rows, cols, selected)
         found = {"pha": pha, "fgr": fgr, "err_sm": err_sm, "ref_sm": ref_sm}
         return tuple(found[name] for name in self.outputs)

@@ -40,6 +40,18 @@ def check_lines(result: ArtifactResult) -> list[str]:
     return lines
 
 
+def missed_bars(report: VerifyReport) -> list[str]:
+    """Each bar a run missed, short: ``pha patches off by > 0.05 0.0303 > 0.02 (bf16)``."""
+    missed = []
+    for result in report.artifacts:
+        arithmetic = f" ({result.arithmetic})" if result.arithmetic != "f32" else " (f32)"
+        judged = [(name, check) for name, comparison in result.outputs.items() for check in comparison.checks]
+        for name, check in judged + [("accuracy", check) for check in result.accuracy]:
+            if not check.passed:
+                missed.append(f"{name} {check.name} {check.value:.3g} > {check.bound:g}{arithmetic}")
+    return missed
+
+
 def format_report(report: VerifyReport) -> str:
     rows = [("artifact [runtime]", "prec", "out", "max|d|", "mean|d|", "p99.9", ">1/255", "patches≠", "ms")]
     for a in report.artifacts:
