@@ -89,9 +89,6 @@ def count_flops(model: onnx.ModelProto) -> tuple[float, dict[str, float]]:
         if node.op_type == "Conv":
             weight = shapes[node.input[1]]  # (Cout, Cin/groups, kh, kw)
             flops = 2 * math.prod(shapes[node.output[0]]) * math.prod(weight[1:])
-        elif node.op_type == "ConvTranspose":  # each input value meets (Cout/groups, kh, kw) weights
-            weight = shapes[node.input[1]]  # (Cin, Cout/groups, kh, kw)
-            flops = 2 * math.prod(shapes[node.input[0]]) * math.prod(weight[1:])
         elif node.op_type in ("MatMul", "Gemm"):
             a, out = shapes[node.input[0]], shapes[node.output[0]]
             flops = 2 * math.prod(out) * a[-1]
@@ -146,14 +143,11 @@ def _ir_flops(model: object) -> tuple[float, dict[str, float]]:
     by_block: dict[str, float] = {}
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
-        if kind not in ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"):
+        if kind not in ("Convolution", "GroupConvolution", "MatMul"):
             continue
         out = list(op.output(0).get_shape())
         weight = list(op.input(1).get_partial_shape().to_shape())
         if kind == "Convolution":  # weights (Cout, Cin, kh, kw)
-            per_output = math.prod(weight[1:])
-        elif kind == "ConvolutionBackpropData":  # weights (Cin, Cout, kh, kw), counted per input
-            out = list(op.input(0).get_shape())
             per_output = math.prod(weight[1:])
         elif kind == "GroupConvolution":  # weights (G, Cout/G, Cin/G, kh, kw)
             per_output = math.prod(weight[2:])

@@ -156,3 +156,18 @@ def test_other_modes_export_the_plain_graph(weights, tmp_path):
     config = GOLDEN_CONFIG.replace(refine_mode="thresholding")
     path = export_onnx(config, weights, tmp_path / "t.onnx").path
     assert _full_resolution_data_movement(path, config.height, config.width)
+
+
+def test_verify_catches_a_wrong_rearrangement(weights, tmp_path):
+    """A mistake of the kind the rearrangement risks, each phase of conv3's nearest
+    upsampling written to its mirror position, is caught by verify's FP32 bars."""
+    from exporter.verify import verify
+
+    module = DeployRefine(build_model(GOLDEN_CONFIG, weights), GOLDEN_CONFIG.outputs).eval()
+    with torch.no_grad():  # channel c * 4 + a * 2 + b holds phase (a, b): swap (0, 1) and (1, 0)
+        weight = module.refiner.conv3.weight.reshape(-1, 4, 16, 2, 2)
+        module.refiner.conv3.weight.copy_(weight[:, [0, 2, 1, 3]].reshape(-1, 16, 2, 2))
+    broken = export_module(module, GOLDEN_CONFIG, weights.label, tmp_path / "broken.onnx").path
+    report = verify([broken], weights, cases=1, inference_precision="f32")
+    assert not report.passed
+    assert all(not a.outputs["pha"] for a in report.artifacts)

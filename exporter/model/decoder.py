@@ -41,15 +41,9 @@ class Decoder(nn.Module):
         self.conv4 = nn.Conv2d(feature_channels[3] + channels[3], channels[4], 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
 
-    def forward(
-        self,
-        x4: torch.Tensor,
-        x3: torch.Tensor,
-        x2: torch.Tensor,
-        x1: torch.Tensor,
-        x0: torch.Tensor,
-    ) -> torch.Tensor:
-        return self.conv4(self.head_input(x4, x3, x2, x1, x0))
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        """``x4, x3, x2, x1, x0`` as the class says."""
+        return self.conv4(self.head_input(*features))
 
     def head_input(
         self,

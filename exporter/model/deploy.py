@@ -14,12 +14,12 @@ same, rearranged:
 - bilinear downsampling by a power of two averages two rows and two columns, so it is
   strided slices and adds (no resize of a full-resolution image);
 - the refiner's first stage runs on the whole half-resolution map (two convolutions, the
-  features' and the image's, so no concatenation or padding is materialised) and each
-  patch takes its 4x4 window of the result: what a patch computed from its 8x8 window,
-  without gathering 42 channels 64 times a patch;
-- the second stage's nearest 2x upsampling followed by a 3x3 convolution is one
-  transposed convolution (kernel 4, stride 2), and its image half reads 8x8 crops of the
-  raw inputs;
+  coarse features' and the image's, so no concatenation or padding is materialised) and
+  each patch takes its 4x4 window of the result: what a patch computed from its 8x8
+  window, without gathering 42 channels 64 times a patch;
+- the second stage runs on the patches stacked into one tall image; its nearest 2x
+  upsampling followed by a 3x3 convolution is one 2x2 convolution per output phase and a
+  depth-to-space, and its image half reads 8x8 crops of the raw inputs;
 - the coarse alpha and foreground are upsampled to full resolution by a fixed 3x3
   convolution per output phase and a depth-to-space, which the runtimes run in planar
   layout (a bilinear resize of one to three channels ran at a fraction of memory speed).
@@ -46,9 +46,8 @@ _RGB = (2, 1, 0, 5, 4, 3)
 
 def deploy_applies(model: nn.Module, dynamic: bool) -> bool:
     """Whether ``DeployRefine`` computes ``model``: ``sampling`` (preventing oversampling)
-    with 3x3 refiner kernels,
-    a backbone scale of 1/2, 1/4, 1/8 ..., and a static size (the slices and windows are
-    laid out for one)."""
+    with 3x3 refiner kernels, a backbone scale of 1/2, 1/4, 1/8 ..., and a static size (the
+    slices and windows are laid out for one)."""
     if not isinstance(model, MattingRefine) or dynamic:
         return False
     factor = round(1 / model.backbone_scale)
@@ -150,8 +149,9 @@ class _Head(nn.Module):
     refiner reads first: hid, pha, fgr, then err (the original's order is pha, fgr, err,
     hid), each with its own activation (ReLU, clamp, none, clamp) as one per-channel
     clamp. The refiner then resizes and convolves all 37 channels (err with zero weights),
-    so nothing is split off at full size: the original's per-channel split of its 37
-    channels is a strided copy the CPU runs as a reference kernel."""
+    so nothing is split off: the original's per-channel split of its 37 channels is a
+    strided copy the CPU runs as a reference kernel (4.9 ms a frame at 720p, bf16, one
+    stream)."""
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
