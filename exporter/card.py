@@ -121,9 +121,10 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
         f"| MParams | {info.graph_parameters / 1e6:.3f} |",
         "| Source framework | PyTorch\\* |",
         "",
-        f"GFlops count multiply-accumulates of every convolution as two operations at {h}x{w}, refiner included "
-        f"({info.gflops_by_block.get('refiner', 0.0):.4f} of them); MParams count the graph's weights after "
-        "batch-norm folding.",
+        f"GFlops count multiply-accumulates of every convolution as two operations at {h}x{w}, as this graph "
+        f'computes them (the README\'s "deployed graph" trades operations for data movement), refiner '
+        f"included ({info.gflops_by_block.get('refiner', 0.0):.4f} of them); MParams count the graph's weights "
+        "after batch-norm folding.",
         "",
         "## Accuracy",
         "",
