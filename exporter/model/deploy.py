@@ -36,7 +36,7 @@ from torch import nn
 
 from exporter.model.decoder import Decoder
 from exporter.model.matting import MattingRefine
-from exporter.model.refiner import Refiner
+from exporter.model.refiner import Refiner, top_patches, window_pixels
 
 __all__ = ["DeployRefine", "deploy_applies"]
 
@@ -207,7 +207,7 @@ class _PatchRefiner(nn.Module):
         # 16-float row a pixel) and stacked: (1, 16, K * 4, 4).
         channels, height, width = stage1.shape[1:]
         flat = stage1.permute(0, 2, 3, 1).reshape(height * width, channels)
-        windows = torch.index_select(flat, 0, _windows(rows, cols, 4, 2, width).reshape(-1))
+        windows = torch.index_select(flat, 0, window_pixels(rows[None], cols[None], 4, 2, height, width).reshape(-1))
         windows = windows.reshape(1, -1, 4, channels).permute(0, 3, 1, 2)
         # Patch k's valid rows: 4k..4k+2 after conv3, 8k..8k+5 after the depth-to-space
         # (as after conv3_image on its crops), 8k..8k+3 after conv4.
@@ -235,37 +235,20 @@ class Crops(nn.Module):
         return torch.cat(crops, dim=0) * inside
 
 
-def _windows(rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int, width: int) -> torch.Tensor:
-    """``(K, size, size)`` flat indices into a ``width``-wide plane of the windows whose
-    corners are ``(rows, cols) * stride``."""
-    offsets = torch.arange(size)
-    corner_rows, corner_cols = (rows * stride).reshape(-1, 1, 1), (cols * stride).reshape(-1, 1, 1)
-    return (corner_rows + offsets.reshape(size, 1)) * width + corner_cols + offsets
-
-
 class Select(nn.Module):
-    """The ``count`` patches of the quarter-resolution error map with the largest error, as
-    the original samples them: ``(rows, cols)`` and whether each one's error is positive
-    (``prevent_oversampling``: the others keep the coarse value), and ``ref_sm``."""
+    """The patches to refine (``top_patches``): their grid ``rows`` and ``cols``, whether
+    each one's error is positive (``prevent_oversampling``: the others keep the coarse
+    value), and ``ref_sm``."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, sample_pixels: int) -> None:
         super().__init__()
-        self.count = count
+        self.sample_pixels = sample_pixels
 
     def forward(self, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        quarter = err.shape[2:]
-        flat = err.flatten(1)
-        if not 0 < self.count <= flat.shape[1]:
-            raise ValueError(
-                f"sample_pixels {self.count * 16} selects {self.count} patches; "
-                f"a {4 * quarter[0]}x{4 * quarter[1]} image has 1..{flat.shape[1]}"
-            )
-        score, index = flat.topk(self.count, dim=1, sorted=True)
-        rows = torch.div(index[0], quarter[1], rounding_mode="trunc")  # indices are >= 0
-        cols = index[0] - rows * quarter[1]
+        score, index, rows, cols = top_patches(err, self.sample_pixels)
         selected = score[0].gt(0)
-        ref_sm = torch.zeros_like(flat).scatter(1, index, selected.reshape(1, -1).to(flat.dtype))
-        return rows, cols, selected, ref_sm.reshape(err.shape)
+        ref_sm = torch.zeros_like(err).flatten(1).scatter(1, index, selected.reshape(1, -1).to(err.dtype))
+        return rows[0], cols[0], selected, ref_sm.reshape(err.shape)
 
 
 class Compose(nn.Module):
@@ -289,7 +272,7 @@ class Compose(nn.Module):
         selected: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = src.shape[2:]
-        pixel = _windows(rows, cols, 4, 4, width).reshape(1, -1)
+        pixel = window_pixels(rows[None], cols[None], 4, 4, height, width).reshape(1, -1)
         src_rgb = torch.index_select(src, 1, torch.tensor([2, 1, 0])) / 255.0
         pha = self.upsample(pha_sm).reshape(1, height * width).clamp(0.0, 1.0)
         fgr = self.upsample(fgr_sm.reshape(3, 1, *fgr_sm.shape[2:])).reshape(1, 3, height, width) + src_rgb
@@ -326,7 +309,7 @@ class DeployRefine(nn.Module):
         self.downsample = Downsample(self.factor)
         self.downsample_half = Downsample(2)
         self.decoder = _Head(model.decoder)
-        self.select = Select(model.refiner.sample_pixels // 16)
+        self.select = Select(model.refiner.sample_pixels)
         self.crops = Crops()
         self.refiner = _PatchRefiner(model.refiner)
         self.compose = Compose(self.factor)

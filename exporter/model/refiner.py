@@ -25,7 +25,7 @@ from torch import nn
 
 from exporter.config import REFINE_MODES
 
-__all__ = ["REFINE_MODES", "Refiner", "gather_patches", "window_pixels"]
+__all__ = ["REFINE_MODES", "Refiner", "gather_patches", "top_patches", "window_pixels"]
 
 # Channels: coarse hidden 32, then the refiner's stages, as in the original.
 _CHANNELS = (32, 24, 16, 12, 4)
@@ -42,6 +42,23 @@ def window_pixels(
     pixel = pixel * width + (cols * stride)[:, :, None, None] + offsets
     plane = torch.arange(rows.shape[0], device=rows.device) * (height * width)
     return pixel + plane[:, None, None, None]
+
+
+def top_patches(err: torch.Tensor, sample_pixels: int) -> tuple[torch.Tensor, ...]:
+    """The ``sample_pixels // 16`` 4x4 patches with the largest error of ``err``
+    ``(B, 1, H/4, W/4)``, as the original samples them: their errors and flat indices,
+    largest first, and their grid ``rows`` and ``cols``, each ``(B, K)``."""
+    quarter_h, quarter_w = err.shape[2:]
+    flat = err.flatten(1)
+    count = sample_pixels // 16
+    if not 0 < count <= flat.shape[1]:
+        raise ValueError(
+            f"sample_pixels {sample_pixels} selects {count} patches; "
+            f"a {4 * quarter_h}x{4 * quarter_w} image has 1..{flat.shape[1]}"
+        )
+    score, index = flat.topk(count, dim=1, sorted=True)
+    rows = torch.div(index, quarter_w, rounding_mode="trunc")  # indices are >= 0
+    return score, index, rows, index - rows * quarter_w
 
 
 def gather_patches(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int, stride: int) -> torch.Tensor:
@@ -174,17 +191,7 @@ class Refiner(nn.Module):
         err: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, channels, height, width = coarse.shape
-        quarter_w = err.shape[3]
-        flat_err = err.flatten(1)
-        count = self.sample_pixels // 16
-        if not 0 < count <= flat_err.shape[1]:
-            raise ValueError(
-                f"sample_pixels {self.sample_pixels} selects {count} patches; "
-                f"a {height}x{width} image has 1..{flat_err.shape[1]}"
-            )
-        score, index = flat_err.topk(count, dim=1, sorted=True)
-        rows = torch.div(index, quarter_w, rounding_mode="trunc")  # indices are >= 0
-        cols = index - rows * quarter_w
+        score, index, rows, cols = top_patches(err, self.sample_pixels)
 
         pad = 3 if self.kernel_size == 3 else 0
         x = gather_patches(F.pad(features, (pad,) * 4), rows, cols, 2 + 2 * pad, 2)
@@ -206,5 +213,5 @@ class Refiner(nn.Module):
             values = torch.where(keep, values, torch.gather(planes, 1, pixel))
         out = planes.scatter(1, pixel, values)
         out = out.reshape(channels, batch, height, width).transpose(0, 1)
-        ref = torch.zeros_like(flat_err).scatter(1, index, selected)
+        ref = torch.zeros_like(err).flatten(1).scatter(1, index, selected)
         return out, ref.reshape(err.shape)
