@@ -15,6 +15,7 @@ import pytest
 from exporter.data import synthetic_case
 from exporter.errors import InputError, OutputError
 from exporter.matte import FirstFrames, parse_background, parse_outputs, parse_source, parse_target
+from exporter.pipeline import sources
 from exporter.pipeline.infer import InferStage
 from exporter.pipeline.prepare import Backdrop, Composite, Prepare, median_background
 from exporter.pipeline.sinks import PipeSink, PngSink
@@ -247,6 +248,89 @@ def test_read_ahead_raises_the_producers_error_in_order():
         for item in read_ahead(items()):
             got.append(item)
     assert got == [1, 2]
+
+
+REAL_THREAD = threading.Thread
+
+
+class InterruptedStart(REAL_THREAD):
+    """What Ctrl-C or SIGTERM landing inside ``Thread.start`` leaves behind: the thread runs,
+    but its ``Thread`` never counts as started (``is_alive`` False, ``join`` refuses)."""
+
+    def start(self) -> None:
+        REAL_THREAD(target=self._target, args=self._args, daemon=True).start()
+        raise KeyboardInterrupt
+
+
+class SlowCapture:
+    """A capture whose reads take a while and which records a read that overlaps or follows
+    its release (in OpenCV: a use after free)."""
+
+    def __init__(self) -> None:
+        self.reads, self.reading, self.released, self.misuse = 0, False, False, []
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        if self.released:
+            self.misuse.append("read after release")
+        self.reading = True
+        time.sleep(0.02)
+        self.reading, self.reads = False, self.reads + 1
+        return True, np.zeros((4, 6, 3), np.uint8)
+
+    def release(self) -> None:
+        if self.reading:
+            self.misuse.append("released during a read")
+        self.released = True
+
+    def get(self, _: int) -> float:
+        return 30.0
+
+
+def test_an_interrupt_inside_the_readers_start_stops_its_reads(monkeypatch):
+    """A reader's thread is stopped whatever point of its start an interrupt lands on: CI
+    saw SIGSEGV after matte's ``terminated`` line, a video's capture released under a
+    reader that had never been told to stop."""
+    monkeypatch.setattr(sources.threading, "Thread", InterruptedStart)
+    capture = SlowCapture()
+
+    def items():
+        while True:
+            yield capture.read()
+
+    with pytest.raises(KeyboardInterrupt):
+        next(read_ahead(items()))
+    stopped_at = capture.reads
+    time.sleep(0.2)
+    assert capture.reads == stopped_at and not capture.reading
+
+
+def test_an_interrupt_inside_a_live_readers_start_keeps_its_capture_until_reads_stop(monkeypatch):
+    monkeypatch.setattr(sources.threading, "Thread", InterruptedStart)
+    live_capture = SlowCapture()
+    monkeypatch.setattr(sources, "_capture", lambda target, what: (live_capture, np.zeros((4, 6, 3), np.uint8)))
+    live = open_source(Stream("rtsp://127.0.0.1:9/fake"))
+    with pytest.raises(KeyboardInterrupt):
+        next(live.frames())
+    time.sleep(0.05)  # the reader is reading
+    live.close()
+    time.sleep(0.1)
+    assert live_capture.released and live_capture.misuse == []
+
+
+def test_closing_the_read_ahead_waits_for_the_read_in_flight():
+    capture = SlowCapture()
+
+    def items():
+        while True:
+            yield capture.read()
+
+    frames = read_ahead(items())
+    next(frames)
+    frames.close()
+    stopped_at = capture.reads
+    assert not capture.reading
+    time.sleep(0.2)
+    assert capture.reads == stopped_at
 
 
 def test_prepare_and_composite_round_trip():

@@ -15,10 +15,10 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -52,6 +52,8 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp:
 READ_AHEAD = 4
 # Frame rate written for a pipe or a stream that does not state one.
 DEFAULT_FPS = 25.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ class _LiveSource(Source):
         self._newest: Frame | None = None
         self._ended = False
         self._error: BaseException | None = None
-        self._stop = threading.Event()
+        self._reads = _ReadGuard()
         self._thread = threading.Thread(target=self._read, name="bgm-live-reader", daemon=True)
 
     def _read(self) -> None:
@@ -267,9 +269,10 @@ class _LiveSource(Source):
 
         try:
             for index in itertools.count(1):
-                ok, frame = self._capture.read()
-                if not ok or self._stop.is_set():
+                read = self._reads.call(self._capture.read)
+                if read is _STOPPED or not read[0]:
                     break
+                frame = read[1]
                 image = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 with self._condition:
                     if self._newest is not None:
@@ -298,10 +301,7 @@ class _LiveSource(Source):
             yield frame
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        if not self._thread.is_alive():  # a read blocked on the network keeps its capture
+        if self._reads.stop(timeout=5):  # a read blocked on the network keeps its capture
             self._capture.release()
 
 
@@ -324,18 +324,45 @@ def open_source(spec: SourceSpec) -> Source:
 
 
 _DONE = object()
+_STOPPED = object()
+
+
+class _ReadGuard:
+    """Keeps a reader thread's reads and the release of what it reads from apart.
+
+    ``stop`` returns once no read is running and none will start, whether or not the thread
+    ever got going: Ctrl-C and SIGTERM are raised in the main thread, and can land inside
+    ``Thread.start`` (the thread runs, but its ``join`` says it never started). A capture
+    released during a read crashed the process (SIGSEGV after our error line)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def call(self, read: Callable[[], T]) -> T | object:
+        """``read()``, or ``_STOPPED`` once stopped."""
+        with self._lock:
+            return _STOPPED if self._stopped else read()
+
+    def stop(self, timeout: float) -> bool:
+        """False when a read still runs after ``timeout`` seconds (blocked on a network)."""
+        self._stopped = True
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        return True
 
 
 def read_ahead(items: Iterator, depth: int = READ_AHEAD) -> Iterator:
     """``items`` produced by a background thread (decoding overlaps inference), at most
-    ``depth`` ahead; its exceptions are raised here, in order."""
+    ``depth`` ahead; its exceptions are raised here, in order. Once this generator is closed
+    (or raises), ``items`` is not advanced again."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    reads = _ReadGuard()
 
     def produce() -> None:
         try:
-            while not stop.is_set():
-                item = next(items, _DONE)
+            while (item := reads.call(lambda: next(items, _DONE))) is not _STOPPED:
                 buffer.put(item)
                 if item is _DONE:
                     return
@@ -343,15 +370,14 @@ def read_ahead(items: Iterator, depth: int = READ_AHEAD) -> Iterator:
             buffer.put(exc)
 
     thread = threading.Thread(target=produce, name="bgm-reader", daemon=True)
-    thread.start()
     try:
+        thread.start()
         while (item := buffer.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
-        stop.set()
         with contextlib.suppress(queue.Empty):
             while True:  # unblock a producer waiting for room
                 buffer.get_nowait()
-        thread.join(timeout=5)
+        reads.stop(timeout=5)
