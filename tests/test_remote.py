@@ -5,7 +5,9 @@ a wrong server, model or option is one error line."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -17,7 +19,7 @@ from exporter.config import ExportConfig
 from exporter.data import synthetic_case
 from exporter.errors import InputError, ServerError
 from exporter.matte import matte, parse_model
-from exporter.remote import Remote, parse_remote
+from exporter.remote import BINARY_HEADER, Remote, binary_request, parse_remote
 from exporter.tolerances import OFF_BY_ONE_LEVEL
 from serving import Served, start_server, stop_server
 
@@ -169,3 +171,75 @@ def test_matte_server_at_720p_on_48_frames_gives_the_local_composite(weights, tm
         assert stop_server(served) == 0, served.log.read_text()
     assert remote.frames == local.frames == 48
     assert_same_composites(tmp_path / "local", tmp_path / "served", 48)
+
+
+def test_our_rest_request_is_the_one_tritonclient_writes():
+    """``matte --server`` and ``bench --server`` send REST requests written here (no copies
+    of the frames); they say what tritonclient's own encoder says, byte for byte in the
+    tensors."""
+    import tritonclient.http as triton
+
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.uniform(0, 255, (1, 3, 6, 10)).astype(np.float32) for name in ("bgr", "src")}
+    parts = binary_request(feeds, ("pha", "fgr"))
+    inputs = []
+    for name in ("src", "bgr"):
+        tensor = triton.InferInput(name, [1, 3, 6, 10], "FP32")
+        tensor.set_data_from_numpy(feeds[name])
+        inputs.append(tensor)
+    outputs = [triton.InferRequestedOutput(name, binary_data=True) for name in ("pha", "fgr")]
+    body, header_length = triton.InferenceServerClient.generate_request_body(inputs, outputs)
+    assert json.loads(parts[0]) == json.loads(body[:header_length])
+    assert b"".join(parts[1:]) == body[header_length:]
+
+
+class OneRequestPerConnection(BaseHTTPRequestHandler):
+    """A V2 server that closes each connection after one answer without saying so, as a
+    server does with a connection idle past its keep-alive time."""
+
+    protocol_version = "HTTP/1.1"
+    connections: list[int] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        pha = np.full((1, 1, 2, 3), 0.5, np.float32).tobytes()
+        header = json.dumps({"outputs": [{"name": "pha", "datatype": "FP32", "shape": [1, 1, 2, 3],
+                                          "parameters": {"binary_data_size": len(pha)}}]}).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(header) + len(pha)))
+        self.send_header(BINARY_HEADER, str(len(header)))
+        self.end_headers()
+        self.wfile.write(header + pha)
+        self.connections.append(id(self.connection))
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_connection_the_server_closed_is_opened_again():
+    from exporter.remote import _BinaryRest
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), OneRequestPerConnection)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        rest = _BinaryRest(Remote(f"http://127.0.0.1:{httpd.server_port}", "m"))
+        feeds = {name: np.zeros((1, 3, 2, 3), np.float32) for name in ("src", "bgr")}
+        for _ in range(3):
+            assert rest.infer(feeds, ("pha",))["pha"].tolist() == [[[[0.5] * 3] * 2]]
+        rest.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(OneRequestPerConnection.connections) == 3
+
+
+def test_the_servers_refusal_is_its_own_message():
+    from exporter.remote import _error_message
+
+    assert (
+        _error_message(b'{"error": "input \'src\' has shape [1, 3, 2, 2]"}', 400)
+        == "input 'src' has shape [1, 3, 2, 2]"
+    )
+    assert _error_message(b"<html>Bad Gateway</html>", 502) == "HTTP 502: <html>Bad Gateway</html>"

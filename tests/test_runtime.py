@@ -26,6 +26,26 @@ def test_a_runner_knows_its_shape_and_both_runtimes_agree(golden_onnx, golden_fe
         np.testing.assert_allclose(a[name], b[name], rtol=0, atol=FP32_ATOL)
 
 
+def test_submitted_requests_give_outputs_nothing_writes_again(golden_irs, golden_feeds):
+    """Each request writes its outputs into arrays handed out as they are: a later request on
+    the same runner (the same OpenVINO request, reused) leaves earlier ones alone, and shared
+    inputs give what copied ones give."""
+    runner = load_runner(golden_irs["FP32"], "openvino", throughput=True)
+    try:
+        first = runner.submit(golden_feeds).result()
+        kept = {name: array.copy() for name, array in first.items()}
+        other = {name: np.ascontiguousarray(array[..., ::-1]) for name, array in golden_feeds.items()}
+        later = [runner.submit(other, share_inputs=True) for _ in range(2 * runner.parallel)]
+        mirrored = [pending.result() for pending in later]
+        for name in kept:
+            assert np.array_equal(first[name], kept[name])
+            assert all(np.array_equal(m[name], mirrored[0][name]) for m in mirrored)
+        assert not np.array_equal(mirrored[0]["pha"], kept["pha"])
+        np.testing.assert_allclose(runner.infer(other)["pha"], mirrored[0]["pha"], rtol=0, atol=FP32_ATOL)
+    finally:
+        runner.close()
+
+
 @pytest.mark.parametrize(
     "artifact, runtime, device, message",
     [

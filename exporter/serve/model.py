@@ -83,7 +83,8 @@ class MattingModel(Model):
             raise
         loop = asyncio.get_running_loop()
         runner = self.runner
-        outputs = await loop.run_in_executor(self._executor, lambda: runner.submit(feeds).result())
+        # Shared: the request's tensors are read where they arrived (a REST body's buffer).
+        outputs = await loop.run_in_executor(self._executor, lambda: runner.submit(feeds, share_inputs=True).result())
         self.answered += 1
         return InferResponse(
             response_id=payload.id or "", model_name=self.name, model_version=str(self.served.version),
