@@ -149,6 +149,12 @@ def _throughput(runner: Runner, feeds: list[dict[str, np.ndarray]], frames: int)
     return frames / (time.perf_counter() - start)
 
 
+def _video_feeds(cases: list) -> list[dict[str, np.ndarray]]:
+    """The benchmark video's frames as the model takes them, all over its first background."""
+    bgr = to_model_input(cases[0].bgr)
+    return [{"src": to_model_input(case.src), "bgr": bgr} for case in cases]
+
+
 def conv_share(layers: list[LayerTime]) -> float:
     """Share of a profiled inference's time spent in convolutions."""
     total = sum(layer.milliseconds for layer in layers)
@@ -376,7 +382,7 @@ def bench_matte(
         # Compiled as matte compiles it: THROUGHPUT hint, the same arithmetic.
         runner = load_runner(model, "openvino", inference_precision=inference_precision, throughput=True,
                              metadata=metadata)  # fmt: skip
-        feeds = [{"src": to_model_input(c.src), "bgr": to_model_input(cases[0].bgr)} for c in cases]
+        feeds = _video_feeds(cases)
         model_fps = _throughput(runner, feeds, frames)
         runner.close()
 
@@ -484,7 +490,7 @@ def bench_server(
                 raise InputError(f"--local {local} takes {list(local_runner.input_shape)}; the server's model takes "
                                  f"{[1, 3, height, width]}")  # fmt: skip
         cases = synthetic_cases(height, width, _DISTINCT_FRAMES, use="bench")
-        feeds = [{"src": to_model_input(c.src), "bgr": to_model_input(cases[0].bgr)} for c in cases]
+        feeds = _video_feeds(cases)
         say(f"{remote}: {clients} clients, {frames} requests of {width}x{height} a round")
         _clients(runners, feeds, clients)  # warm-up: one request each
         server_fps, local_fps, latencies = [], [], []

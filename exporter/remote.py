@@ -120,6 +120,10 @@ def _reason(exc: BaseException) -> str:
     return message.replace("; last error: ", ": ")  # gRPC's wording of a refused connection
 
 
+# What a kept-alive connection the server has closed raises on its next use.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
 class _ServerRefused(Exception):
     """An HTTP error answer: the server's own message."""
 
@@ -163,20 +167,24 @@ class _BinaryRest:
     def _post(self, body: list, headers: dict[str, str]) -> tuple[int, bytes, int | None]:
         # A kept-alive connection the server has closed since (uvicorn: after 5 s idle) fails
         # on first use: once, on a fresh one.
-        for attempt in (1, 2):
-            reused = self._connection.sock is not None
-            try:
-                self._connection.request("POST", self._path, body=body, headers=headers)
-                response = self._connection.getresponse()
-                data = response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self._connection.close()
-                if attempt == 2 or not reused:
-                    raise
-                continue
-            length = response.getheader(BINARY_HEADER)
-            return response.status, data, int(length) if length and length.isdigit() else None
-        raise AssertionError("unreachable")
+        reused = self._connection.sock is not None
+        try:
+            return self._exchange(body, headers)
+        except _STALE:
+            if not reused:
+                raise
+        return self._exchange(body, headers)
+
+    def _exchange(self, body: list, headers: dict[str, str]) -> tuple[int, bytes, int | None]:
+        try:
+            self._connection.request("POST", self._path, body=body, headers=headers)
+            response = self._connection.getresponse()
+            data = response.read()
+        except _STALE:
+            self._connection.close()
+            raise
+        length = response.getheader(BINARY_HEADER)
+        return response.status, data, int(length) if length and length.isdigit() else None
 
     def close(self) -> None:
         self._connection.close()

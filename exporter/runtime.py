@@ -200,8 +200,10 @@ class OpenVINORunner(Runner):
         self.parallel = 2 * self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") if throughput else 1
         # Each request writes its outputs into arrays of its own, handed to the caller as they
         # are: copying them out of the request instead cost 2-6 ms of CPU a 720p frame.
-        self._output_ports = [(index, v.get_shape(), v.get_element_type().to_dtype())
-                              for index, v in enumerate(self._compiled.outputs)]  # fmt: skip
+        ports = enumerate(zip(self.output_names, self._compiled.outputs, strict=True))
+        self._output_ports = [(index, name, tuple(v.get_shape()), v.get_element_type().to_dtype())
+                              for index, (name, v) in ports]  # fmt: skip
+        self._tensor = ov.Tensor
         self._free: list[object] = []
         self._requests: list[object] = []  # every request made, waited for on close
         self._lock = threading.Lock()
@@ -228,12 +230,10 @@ class OpenVINORunner(Runner):
             else:
                 request = self._compiled.create_infer_request()
                 self._requests.append(request)
-        import openvino as ov
-
         outputs = {}
-        for name, (index, shape, dtype) in zip(self.output_names, self._output_ports, strict=True):
-            outputs[name] = np.empty(tuple(shape), dtype)
-            request.set_output_tensor(index, ov.Tensor(outputs[name], shared_memory=True))
+        for index, name, shape, dtype in self._output_ports:
+            outputs[name] = np.empty(shape, dtype)
+            request.set_output_tensor(index, self._tensor(outputs[name], shared_memory=True))
         request.start_async(feeds, share_inputs=share_inputs)
         return _OpenVINOPending(self, request, outputs)
 

@@ -28,14 +28,13 @@ from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 from kserve.utils.numpy_codec import to_np_dtype
 
+from exporter.remote import BINARY_HEADER
 from exporter.serve.model import MattingModel, lookup
 
-__all__ = ["BINARY_HEADER", "PartsResponse", "RequestTooLarge", "build_app", "decode_request"]
+__all__ = ["PartsResponse", "RequestTooLarge", "build_app", "decode_request"]
 
 log = logging.getLogger("bgm-export.serve")
 
-# The binary tensor extension's header: the length of the JSON part of the body.
-BINARY_HEADER = "inference-header-content-length"
 # A body over the limit whose Content-Length says at most this many times the limit is read
 # and dropped, so that the client (which sends its body before reading) gets the 413;
 # a larger one is refused unread and its connection closed.
