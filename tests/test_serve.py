@@ -307,6 +307,74 @@ def test_a_truncated_raw_body_is_named_by_the_data_check(server, feeds):
     assert status == 400 and "a [1, 3, 192, 320] FP32 tensor is 737280 bytes" in json.loads(content)["error"]
 
 
+def chunks(body: bytes, size: int = 1 << 16) -> Iterator[bytes]:
+    return (body[i : i + size] for i in range(0, len(body), size))
+
+
+def test_a_chunked_body_is_read_whole(server, feeds, expected):
+    """A body without a Content-Length (chunked transfer) has no length to read into; it is
+    read as it comes, answered, and held to the same maximum."""
+    from exporter.remote import binary_response
+
+    body, headers = binary_body(feeds[0])
+    host, port = server.rest.rsplit(":", 1)
+    for data, status in [(body, 200), (b"{" + b" " * (MAX_REQUEST_MB * 2**20 + 100_000) + b"}", 413)]:
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.request("POST", f"/v2/models/{MODEL}/infer", body=chunks(data), headers=headers,
+                               encode_chunked=True)  # fmt: skip
+            response = connection.getresponse()
+            assert response.getheader("Transfer-Encoding") is None or status == 413
+            content, length = response.read(), response.getheader("Inference-Header-Content-Length")
+        finally:
+            connection.close()
+        assert response.status == status, content[:200]
+        if status == 200:
+            pha = binary_response(content, int(length))["pha"]
+            assert np.abs(pha - expected[0]["pha"]).max() <= SERVED_ATOL
+        else:
+            assert "maximum" in json.loads(content)["error"]
+
+
+BODY_BUFFERS = """
+import numpy as np
+from exporter.serve.server import _kserve
+_kserve()
+from exporter.serve.rest import BodyBuffers
+
+buffers = BodyBuffers(keep=2)
+first, second = buffers.take(100), buffers.take(100)
+assert first is not second and first.size == second.size == 100
+buffers.give(memoryview(first)[:60])  # a body shorter than declared: still its buffer
+assert buffers.take(100) is first and buffers.take(100) is not first
+kept = [buffers.take(100) for _ in range(3)]
+for buffer in kept:
+    buffers.give(memoryview(buffer))
+assert buffers.take(100) is kept[-1] and buffers.take(100) is kept[-2] and buffers.take(100) is not kept[0]
+assert buffers.take(50).size == 50  # another size: a buffer of its own
+buffers.give(memoryview(bytearray(100)))  # a chunked body's: not kept
+assert isinstance(buffers.take(100), np.ndarray)
+print("ok")
+"""
+
+
+def test_request_bodies_buffers_are_used_again_and_only_so_many_kept():
+    """In a process of its own: KServe's gRPC module and tritonclient's cannot share one."""
+    result = subprocess.run([sys.executable, "-c", BODY_BUFFERS], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_server_runs_on_uvloop():
+    """Where uvloop is installed (KServe's uvicorn brings it) the server's event loop is
+    uvloop's: each 256 KB read of a request is an event-loop turn, and asyncio's cost the
+    server 4 ms of CPU a 720p request more."""
+    import uvloop
+
+    from exporter.serve.server import _event_loop
+
+    assert _event_loop() is uvloop.run
+
+
 def test_repository_changes_are_refused(server):
     status, content = urlopen(server, "POST", f"/v2/repository/models/{MODEL}/unload")
     assert status == 501 and "does not load or unload" in json.loads(content)["error"]
