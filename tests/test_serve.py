@@ -367,7 +367,7 @@ def test_request_bodies_buffers_are_used_again_and_only_so_many_kept():
 def test_the_server_runs_on_uvloop():
     """Where uvloop is installed (KServe's uvicorn brings it) the server's event loop is
     uvloop's: each 256 KB read of a request is an event-loop turn, and asyncio's cost the
-    server 4 ms of CPU a 720p request more."""
+    server 1-4 ms of CPU a 720p request more."""
     import uvloop
 
     from exporter.serve.server import _event_loop

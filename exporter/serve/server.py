@@ -55,7 +55,7 @@ def _uvicorn_server(config: uvicorn.Config) -> uvicorn.Server:
 def _event_loop() -> Callable:
     """``asyncio.run`` on uvloop where it is installed (with uvicorn's standard extras, as
     KServe installs it): a 720p request's 22 MB arrive in 256 KB reads, each an event-loop
-    turn, and uvloop's turns cost the server 4 ms of CPU a request less than asyncio's."""
+    turn, and uvloop's turns cost the server 1-4 ms of CPU a request less than asyncio's."""
     try:
         import uvloop
     except ImportError:  # not on Windows, for one
