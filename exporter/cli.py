@@ -673,7 +673,9 @@ def serve(
         inference_precision=inference_precision, max_request_mb=max_request_mb, on_ready=ready,
     )  # fmt: skip
     answered = ", ".join(f"{name} {count}" for name, count in summary.answered.items())
-    typer.echo(f"stopped by {summary.stopped_by}; every request in flight was answered (requests: {answered})")
+    refused = ", ".join(f"{name} {count}" for name, count in summary.refused.items())
+    typer.echo(f"stopped by {summary.stopped_by}; every request in flight was answered (answered: {answered}; "
+               f"refused as bad requests: {refused})")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -228,20 +228,45 @@ def test_answers_are_read_where_they_arrived():
     assert np.array_equal(binary_response(body, length)["pha"], outputs["pha"])
 
 
+def edited(body: bytes, length: int, **changes: object) -> tuple[bytes, int]:
+    """The answer with its first output's header fields changed."""
+    header = json.loads(body[:length])
+    header["outputs"][0].update(changes)
+    text = json.dumps(header).encode()
+    return text + body[length:], len(text)
+
+
 @pytest.mark.parametrize(
-    ("cut", "message"),
-    [(-4, "declares 240 bytes; 236 are left"), (4, "holds 4 bytes after"), (None, "not a V2 inference response")],
+    ("case", "message"),
+    [
+        ("short", "declares 240 bytes of binary data; a \\[1, 1, 6, 10\\] FP32 tensor is 240, and 236 are left"),
+        ("long", "holds 4 bytes after"),
+        ("no datatype", "not a V2 inference response"),
+        ("unknown datatype", "'pha' is not a numeric tensor: FOO"),
+        ("size off its shape", "declares -4 bytes of binary data"),
+    ],
 )
-def test_an_answer_that_does_not_add_up_is_named(cut, message):
-    outputs = {"pha": np.zeros((1, 1, 6, 10), np.float32)}
-    body, length = answer(outputs)
-    if cut is None:
+def test_an_answer_that_does_not_add_up_is_named(case, message):
+    body, length = answer({"pha": np.zeros((1, 1, 6, 10), np.float32)})
+    if case == "short":
+        body = body[:-4]
+    elif case == "long":
+        body += b"\0" * 4
+    elif case == "no datatype":
         body = json.dumps({"outputs": [{"name": "pha"}]}).encode()
         length = len(body)
+    elif case == "unknown datatype":
+        body, length = edited(body, length, datatype="FOO")
     else:
-        body = body[:cut] if cut < 0 else body + b"\0" * cut
+        body, length = edited(body, length, parameters={"binary_data_size": -4})
     with pytest.raises(ValueError, match=message):
         binary_response(body, length)
+
+
+def test_the_json_part_is_padded_so_that_tensors_start_aligned():
+    feeds = {name: np.zeros((1, 3, 6, 10), np.float32) for name in ("src", "bgr")}
+    header = binary_request(feeds, ("pha", "fgr"))[0]
+    assert len(header) % 64 == 0 and header.endswith(b" ") and json.loads(header)["inputs"][0]["name"] == "src"
 
 
 class OneRequestPerConnection(BaseHTTPRequestHandler):

@@ -324,7 +324,6 @@ def test_a_chunked_body_is_read_whole(server, feeds, expected):
             connection.request("POST", f"/v2/models/{MODEL}/infer", body=chunks(data), headers=headers,
                                encode_chunked=True)  # fmt: skip
             response = connection.getresponse()
-            assert response.getheader("Transfer-Encoding") is None or status == 413
             content, length = response.read(), response.getheader("Inference-Header-Content-Length")
         finally:
             connection.close()
@@ -332,6 +331,7 @@ def test_a_chunked_body_is_read_whole(server, feeds, expected):
         if status == 200:
             pha = binary_response(content, int(length))["pha"]
             assert np.abs(pha - expected[0]["pha"]).max() <= SERVED_ATOL
+            assert int(length) % 64 == 0  # the answer's tensors start aligned
         else:
             assert "maximum" in json.loads(content)["error"]
 
@@ -364,15 +364,36 @@ def test_request_bodies_buffers_are_used_again_and_only_so_many_kept():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-def test_the_server_runs_on_uvloop():
+def test_the_serving_loop_is_uvloops_where_installed():
     """Where uvloop is installed (KServe's uvicorn brings it) the server's event loop is
     uvloop's: each 256 KB read of a request is an event-loop turn, and asyncio's cost the
     server 1-4 ms of CPU a 720p request more."""
-    import uvloop
-
+    uvloop = pytest.importorskip("uvloop")
     from exporter.serve.server import _event_loop
 
     assert _event_loop() is uvloop.run
+
+
+def test_each_bad_request_is_counted_once(golden_irs, feeds, tmp_path):
+    """The stop line counts what each model answered and refused: a request refused while
+    decoding (malformed JSON), by the model's checks (a wrong shape, over REST and gRPC), once each."""
+    served = start_server(golden_irs["FP32"], tmp_path / "serve.log", "--inference-precision", "f32")
+    try:
+        infer = f"/v2/models/{MODEL}/infer"
+        small = np.zeros((1, 3, 8, 8), np.float32)
+        assert urlopen(served, "POST", infer, b'{"inputs": [')[0] == 400
+        assert urlopen(served, "POST", infer, *binary_body({"src": small, "bgr": small}))[0] == 400
+        with pytest.raises(InferenceServerException, match="has shape"):
+            served.grpc_client().infer(MODEL, grpc_inputs({"src": small, "bgr": small}))
+        assert urlopen(served, "POST", infer, *binary_body(feeds[0]))[0] == 200
+    finally:
+        assert stop_server(served) == 0, served.log.read_text()
+    deadline = time.monotonic() + 10  # the last line may still be on its way from the pipe
+    while (
+        not (line := [text for text in served.output if text.startswith("stopped by")]) and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert line and f"(answered: {MODEL} 1; refused as bad requests: {MODEL} 3)" in line[0], served.output
 
 
 def test_repository_changes_are_refused(server):

@@ -6,6 +6,7 @@ binary tensor decoder that checks lengths; every error the protocol's status wit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 from kserve.utils.numpy_codec import to_np_dtype
 
-from exporter.remote import BINARY_HEADER
+from exporter.remote import BINARY_HEADER, aligned_json
 from exporter.serve.model import MattingModel, lookup
 
 __all__ = ["BodyBuffers", "PartsResponse", "RequestTooLarge", "build_app", "decode_request"]
@@ -182,16 +183,17 @@ def encode_binary(response: InferResponse, request: InferRequest) -> PartsRespon
          "parameters": {"binary_data_size": array.nbytes}}
         for name, array in zip(names, arrays, strict=True)
     ]  # fmt: skip
-    header = orjson.dumps({"id": response.id, "model_name": response.model_name,
+    header = aligned_json({"id": response.id, "model_name": response.model_name,
                            "model_version": response.model_version, "outputs": described})  # fmt: skip
     parts = [header, *(memoryview(np.ascontiguousarray(array)).cast("B") for array in arrays)]
     return PartsResponse(parts, {BINARY_HEADER: str(len(header))})
 
 
 class BodyBuffers:
-    """Request bodies' buffers, used again once their request is answered: zeroing a fresh
-    22 MB ``bytearray`` for each 720p request was a tenth of the event loop's time. At most
-    ``keep`` wait here free."""
+    """Binary requests' body buffers, used again once their request is answered: zeroing a
+    fresh 22 MB ``bytearray`` for each 720p request was a tenth of the event loop's time. A
+    buffer is reused for a body of its exact size (a model's binary requests all have one);
+    at most ``keep`` wait here free."""
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
@@ -208,13 +210,14 @@ class BodyBuffers:
             self._free = [body.obj, *self._free][: self.keep]
 
 
-async def read_body(request: Request, limit: int, buffers: BodyBuffers) -> memoryview:
-    """The request's body, at most ``limit`` bytes (``RequestTooLarge`` otherwise), into one
-    buffer of the declared length from ``buffers`` (given back by the caller): writable, so
-    that the runtime can read the tensors in it where they are instead of copying them."""
+async def read_body(request: Request, limit: int, buffers: BodyBuffers | None) -> memoryview:
+    """The request's body, at most ``limit`` bytes (``RequestTooLarge`` otherwise): with a
+    Content-Length, into one buffer of that length (from ``buffers`` when given, which the
+    caller gives back once answered; on a failed read here), writable so that the runtime
+    can read the tensors in it where they are; without one (chunked), as it comes."""
     declared = request.headers.get("content-length", "")
     too_large = f"the request body of {{}} bytes is over this server's maximum of {limit} bytes (--max-request-mb)"
-    if not declared.isdigit():  # chunked: no length to read into
+    if not declared.isdigit():
         grown = bytearray()
         async for chunk in request.stream():
             grown += chunk
@@ -226,18 +229,20 @@ async def read_body(request: Request, limit: int, buffers: BodyBuffers) -> memor
             async for _ in request.stream():
                 pass
         raise RequestTooLarge(too_large.format(declared))
-    body, size = memoryview(buffers.take(int(declared))), 0
+    size = int(declared)
+    body, filled = memoryview(buffers.take(size) if buffers else np.empty(size, np.uint8)), 0
     try:
         async for chunk in request.stream():
-            end = size + len(chunk)
-            if end > len(body):  # the HTTP parser stops at the length; never written past it
+            end = filled + len(chunk)
+            if end > size:  # the HTTP parser stops at the length; never written past it
                 raise InvalidInput(f"the request body is longer than its Content-Length of {declared} bytes")
-            body[size:end] = chunk
-            size = end
+            body[filled:end] = chunk
+            filled = end
     except BaseException:
-        buffers.give(body)
+        if buffers:
+            buffers.give(body)
         raise
-    return body[:size]
+    return body[:filled]
 
 
 class Endpoints:
@@ -264,15 +269,17 @@ class Endpoints:
         model = lookup(self.models, model_name, model_version)
         if not model.ready:
             raise ModelNotReady(model_name)
-        body = await read_body(request, self.limit, self.buffers)
+        # Only binary bodies are reused: a JSON body's length changes with its numbers.
+        buffers = self.buffers if BINARY_HEADER in request.headers else None
+        body = await read_body(request, self.limit, buffers)
         try:
-            infer_request = decode_request(body, request.headers, model_name)
-            response, _ = await self.dataplane.infer(model_name, infer_request)
-        except InvalidInput:
-            model.refused += 1
+            infer_request, response = await self._run(model, body, request.headers)
+        except asyncio.CancelledError:
+            buffers = None  # the inference may still be reading the body on its thread
             raise
-        finally:  # the outputs are arrays of their own: nothing reads the body after this
-            self.buffers.give(body)
+        finally:  # otherwise, the outputs are arrays of their own: nothing reads the body after this
+            if buffers is not None:
+                buffers.give(body)
         binary = encode_binary(response, infer_request)
         if binary is not None:
             return binary
@@ -280,6 +287,15 @@ class Endpoints:
         if isinstance(encoded, bytes):
             return Response(encoded, headers=headers, media_type="application/octet-stream")
         return _json(encoded)
+
+    async def _run(self, model: MattingModel, body: memoryview, headers: Mapping[str, str]) -> tuple:
+        try:
+            infer_request = decode_request(body, headers, model.name)
+        except InvalidInput:  # what passes decoding, the model checks and counts itself
+            model.refused += 1
+            raise
+        response, _ = await self.dataplane.infer(model.name, infer_request)
+        return infer_request, response
 
 
 def _json(content: object, status: int = 200) -> Response:

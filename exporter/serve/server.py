@@ -60,7 +60,7 @@ def _event_loop() -> Callable:
         import uvloop
     except ImportError:  # not on Windows, for one
         return asyncio.run
-    return uvloop.run
+    return getattr(uvloop, "run", asyncio.run)  # uvloop.run: 0.18 and later
 
 
 def is_loopback(host: str) -> bool:
