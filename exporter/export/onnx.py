@@ -24,7 +24,7 @@ from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ExportError, OutputError
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
 from exporter.model import BACKBONES, MattingBase, MattingRefine
-from exporter.model.deploy import DeployRefine, deploy_applies
+from exporter.model.deploy import STACKED_RGB, DeployRefine, deploy_applies
 from exporter.resources import require_memory
 from exporter.stages import Stages
 
@@ -51,7 +51,7 @@ class BGRInputs(nn.Module):
     def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # One reversal and one scale on the stacked inputs: [B, G, R, B, G, R] -> RGB RGB.
         src_bgr = torch.cat([src, bgr], dim=1)
-        order = torch.tensor([2, 1, 0, 5, 4, 3], device=src.device)
+        order = torch.tensor(STACKED_RGB, device=src.device)
         rgb = torch.index_select(src_bgr, 1, order) / 255.0
         if not isinstance(self.model, MattingRefine):  # MattingBase, at the input's resolution
             pha, fgr, err, hid = self.model.coarse(rgb)

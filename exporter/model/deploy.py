@@ -38,10 +38,10 @@ from exporter.model.decoder import Decoder
 from exporter.model.matting import MattingRefine
 from exporter.model.refiner import Refiner, top_patches, window_pixels
 
-__all__ = ["DeployRefine", "deploy_applies"]
+__all__ = ["STACKED_RGB", "DeployRefine", "deploy_applies"]
 
 # src and bgr stacked as they arrive (B, G, R, B, G, R), to the model's RGB RGB.
-_RGB = (2, 1, 0, 5, 4, 3)
+STACKED_RGB = (2, 1, 0, 5, 4, 3)
 
 
 def deploy_applies(model: nn.Module, dynamic: bool) -> bool:
@@ -187,12 +187,12 @@ class _PatchRefiner(nn.Module):
         with torch.no_grad():
             weight, bias = _fold_bn(refiner.conv1.weight, refiner.bn1)
             self.conv1 = _conv(F.pad(weight[:, :36], (0, 0, 0, 0, 0, 1)), bias, padding=3)
-            self.conv1_image = _conv(weight[:, 36:][:, _RGB] / 255.0, padding=3)
+            self.conv1_image = _conv(weight[:, 36:][:, STACKED_RGB] / 255.0, padding=3)
             weight, bias = _fold_bn(refiner.conv2.weight, refiner.bn2)
             self.conv2 = _conv(weight, bias)
             weight, bias = _fold_bn(refiner.conv3.weight, refiner.bn3)
             self.conv3 = _conv(_nearest_then_conv(weight[:, :16]), bias.repeat_interleave(4))
-            self.conv3_image = _conv(weight[:, 16:][:, _RGB] / 255.0)
+            self.conv3_image = _conv(weight[:, 16:][:, STACKED_RGB] / 255.0)
         self.conv4 = refiner.conv4
 
     def forward(
@@ -317,7 +317,7 @@ class DeployRefine(nn.Module):
     def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
         height, width = src.shape[2:]
         small = torch.cat([self.downsample(src), self.downsample(bgr)], dim=1)
-        rgb = torch.index_select(small, 1, torch.tensor(_RGB)) / 255.0
+        rgb = torch.index_select(small, 1, torch.tensor(STACKED_RGB)) / 255.0
         x, *shortcuts = self.model.backbone(rgb)
         coarse = self.decoder(self.model.aspp(x), *shortcuts)  # hid, pha, fgr, err
         pha_sm, fgr_sm, err_sm = coarse[:, 32:33], coarse[:, 33:36], coarse[:, 36:37]

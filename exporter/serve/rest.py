@@ -230,7 +230,7 @@ async def read_body(request: Request, limit: int, buffers: BodyBuffers | None) -
                 pass
         raise RequestTooLarge(too_large.format(declared))
     size = int(declared)
-    body, filled = memoryview(buffers.take(size) if buffers else np.empty(size, np.uint8)), 0
+    body, filled = memoryview(buffers.take(size) if buffers is not None else np.empty(size, np.uint8)), 0
     try:
         async for chunk in request.stream():
             end = filled + len(chunk)
@@ -239,7 +239,7 @@ async def read_body(request: Request, limit: int, buffers: BodyBuffers | None) -
             body[filled:end] = chunk
             filled = end
     except BaseException:
-        if buffers:
+        if buffers is not None:
             buffers.give(body)
         raise
     return body[:filled]

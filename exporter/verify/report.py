@@ -44,7 +44,7 @@ def missed_bars(report: VerifyReport) -> list[str]:
     """Each bar a run missed, short: ``pha patches off by > 0.05 0.0303 > 0.02 (bf16)``."""
     missed = []
     for result in report.artifacts:
-        arithmetic = f" ({result.arithmetic})" if result.arithmetic != "f32" else " (f32)"
+        arithmetic = f" ({result.arithmetic})"
         judged = [(name, check) for name, comparison in result.outputs.items() for check in comparison.checks]
         for name, check in judged + [("accuracy", check) for check in result.accuracy]:
             if not check.passed:
