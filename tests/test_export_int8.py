@@ -18,7 +18,9 @@ from exporter.artifact import read_ir_metadata
 from exporter.data import synthetic_case
 from exporter.errors import ArtifactError, ConfigError, InputError
 from exporter.export.int8 import (
+    INT8_FIXED_LAYERS,
     INT8_FP_LAYERS,
+    INT8_QUANTIZER_BARRIERS,
     TARGET_FP32,
     TARGET_TRUTH,
     Int8Options,
@@ -95,6 +97,26 @@ def test_refiner_conv1_runs_in_eight_bits(int8_ir):
     kernels = {p.node_name: p.exec_type for p in request.profiling_info}
     assert kernels["/refiner/conv1/Conv/WithoutBiases"].endswith("I8"), kernels["/refiner/conv1/Conv/WithoutBiases"]
     assert not kernels["/refiner/conv4/Conv/WithoutBiases"].endswith("I8")
+
+
+def test_every_int8_rule_names_ops_of_the_deployed_graph(golden_onnx):
+    """NNCF finds the ops to keep in floating point by name: a pattern that names nothing
+    quantizes what it was written to protect, and says nothing. OpenVINO keeps the ONNX
+    nodes' names, which carry the module's path (``/compose/...``)."""
+    names = [node.name for node in onnx.load(str(golden_onnx)).graph.node]
+    for pattern in (*INT8_FP_LAYERS, *INT8_FIXED_LAYERS, *INT8_QUANTIZER_BARRIERS):
+        assert any(re.fullmatch(pattern, name) for name in names), pattern
+
+
+@pytest.mark.slow
+def test_no_quantizer_before_the_refiners_resize(int8_ir):
+    """The bilinear resize of the coarse maps is a barrier: the CPU cannot resize in 8
+    bits, so a quantizer on its input ran as a fake quantization in floating point."""
+    import openvino as ov
+
+    ops = {op.get_friendly_name(): op for op in ov.Core().read_model(int8_ir).get_ordered_ops()}
+    assert ops["/refiner/Resize"].input_value(0).get_node().get_type_name() != "FakeQuantize"
+    assert ops["/refiner/conv1/Conv/WithoutBiases"].input_value(0).get_node().get_type_name() == "FakeQuantize"
 
 
 @pytest.mark.slow

@@ -44,9 +44,9 @@ def test_onnx_info(golden_onnx):
     # deployed graph rearranged: conv3 as four 2x2 kernels a phase, conv1's zero weights
     # for the error channel, the upsampling kernels and the head's clamp bounds.
     assert info.graph_parameters == 4_991_054
-    # 65 in the original; conv1 and conv3 gain an image half, and two upsample the coarse
-    # alpha and foreground.
-    assert info.ops["Conv"] == 69 and "NonZero" not in info.ops
+    # 65 in the original; conv1 and conv3 gain an image half, and four upsample the coarse
+    # alpha and the foreground's three planes (one kernel, shared).
+    assert info.ops["Conv"] == 71 and "NonZero" not in info.ops
     assert info.metadata["color_order"] == "BGR"
 
 
@@ -74,7 +74,7 @@ def test_checkpoint_info_at_720p(weights):
 def test_info_cli(golden_onnx, tmp_path, cli, one_error):
     result = cli("info", golden_onnx, "--json", tmp_path / "i.json")
     assert result.exit_code == 0, result.output
-    assert "GFLOPs" in result.stdout and "Conv 69" in result.stdout
+    assert "GFLOPs" in result.stdout and "Conv 71" in result.stdout
     assert json.loads((tmp_path / "i.json").read_text())["format"] == "onnx"
     one_error(cli("info", tmp_path / "none.onnx"), "does not exist")
 
