@@ -36,7 +36,7 @@ from torch import nn
 
 from exporter.model.decoder import Decoder
 from exporter.model.matting import MattingRefine
-from exporter.model.refiner import Refiner, top_patches, window_pixels
+from exporter.model.refiner import Refiner, top_patches
 
 __all__ = ["STACKED_RGB", "DeployRefine", "deploy_applies"]
 
@@ -144,13 +144,12 @@ def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int =
     return conv
 
 
-def _window_pairs(rows: torch.Tensor, cols: torch.Tensor, width: int) -> torch.Tensor:
-    """``(K, 4, 2)``: the 4x4 windows at ``(2 * rows, 2 * cols)`` of a ``width``-wide map
-    (even), as indices of the pixel pairs they are made of. The CPU's gather costs by the
-    index: a 32-float row (two pixels of 16 channels) an index ran in a seventh of the time
-    of a 16-float row (720p, f32: 0.9 ms a frame against 6.4)."""
-    first = (rows * 2).reshape(-1, 1, 1) + torch.arange(4).reshape(1, 4, 1)
-    return first * (width // 2) + cols.reshape(-1, 1, 1) + torch.arange(2).reshape(1, 1, 2)
+def _side_by_side(top: torch.Tensor, left: torch.Tensor, rows: int, cols: int, width: int) -> torch.Tensor:
+    """``(rows, K, cols)``: flat indices into a ``width``-wide plane of the ``rows x cols``
+    windows at ``(top, left)`` (each ``(K,)``), row ``i`` of every window before row
+    ``i + 1`` of any: the windows side by side in one wide image, ``rows`` high."""
+    first = top.reshape(1, -1, 1) + torch.arange(rows).reshape(-1, 1, 1)
+    return first * width + left.reshape(1, -1, 1) + torch.arange(cols).reshape(1, 1, -1)
 
 
 class _Head(nn.Module):
@@ -184,11 +183,14 @@ class _PatchRefiner(nn.Module):
     Stage one runs on whole maps: ``conv1`` on the 37 half-resolution coarse channels
     (zero weights for err) and ``conv1_image`` on the raw half-resolution image, both
     padded by 3 as the original pads its windows; then ``conv2``. Stage two runs on the
-    patches stacked into one tall image, ``K`` patches high: ``conv3`` as one 2x2
+    patches side by side in one wide image, ``K`` patches wide: ``conv3`` as one 2x2
     convolution per phase of the nearest upsampling (then a depth-to-space) on the
     stage-one windows, ``conv3_image`` on the raw 8x8 crops, and ``conv4``. Each patch's
-    rows stay at its own offset in every layer, the rows that straddle two patches are
-    computed and dropped, and no layout transposition is needed on either side.
+    columns stay at its own offset in every layer, the columns that straddle two patches
+    are computed and dropped, and no layout transposition is needed on either side. Wide,
+    not tall: the CPU's convolutions work along rows, and on 4- to 8-pixel rows of 4 to 12
+    channels they ran at a third of the speed (720p, bf16, one stream: conv4 6.8 ms a
+    frame, conv3_image 5.9).
     """
 
     def __init__(self, refiner: Refiner) -> None:
@@ -207,40 +209,42 @@ class _PatchRefiner(nn.Module):
     def forward(
         self, coarse: torch.Tensor, image: torch.Tensor, crops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
-        """``(4, K * 16)``: refined pha and fgr residual of the patches at ``rows, cols``
-        (each patch's 16 pixels row-major), from ``coarse`` (37 channels, at the backbone's
-        resolution, resized here to half) and the raw half-resolution ``image`` (6), and the
-        patches' raw 8x8 crops, stacked ``(1, 6, K * 8, 8)``."""
+        """``(4, 4 * K * 4)``: refined pha and fgr residual of the patches at ``rows, cols``,
+        side by side (row ``i`` of every patch, then row ``i + 1``), from ``coarse`` (37
+        channels, at the backbone's resolution, resized here to half), the raw
+        half-resolution ``image`` (6) and the patches' raw 8x8 crops side by side ``(1, 6,
+        8, K * 8)``."""
         coarse = F.interpolate(coarse, image.shape[2:], mode="bilinear", align_corners=False)
         stage1 = torch.relu(self.conv2(torch.relu(self.conv1(coarse) + self.conv1_image(image))))
-        # Each patch's 4x4 window at (2r, 2c) of the padded map (an even width: the input's is
-        # a multiple of 4), gathered channels-last two pixels an index and stacked:
-        # (1, 16, K * 4, 4).
+        # Each patch's 4x4 window at (2r, 2c) of the padded map, gathered channels-last two
+        # pixels an index (the width is even: the input's is a multiple of 4), side by side:
+        # (1, 16, 4, K * 4). A 32-float row an index ran in a seventh of the time of a
+        # 16-float row (720p, f32: 0.9 ms a frame against 6.4).
         channels, height, width = stage1.shape[1:]
         flat = stage1.permute(0, 2, 3, 1).reshape(height * width // 2, 2 * channels)
-        windows = torch.index_select(flat, 0, _window_pairs(rows, cols, width).reshape(-1))
-        windows = windows.reshape(1, -1, 4, channels).permute(0, 3, 1, 2)
-        # Patch k's valid rows: 4k..4k+2 after conv3, 8k..8k+5 after the depth-to-space
+        windows = torch.index_select(flat, 0, _side_by_side(rows * 2, cols, 4, 2, width // 2).reshape(-1))
+        windows = windows.reshape(1, 4, -1, channels).permute(0, 3, 1, 2)
+        # Patch k's valid columns: 4k..4k+2 after conv3, 8k..8k+5 after the depth-to-space
         # (as after conv3_image on its crops), 8k..8k+3 after conv4.
         upsampled = F.pixel_shuffle(self.conv3(windows), 2)
         out = self.conv4(torch.relu(upsampled + self.conv3_image(crops)))
-        out = F.pad(out, (0, 0, 0, 4)).reshape(4, -1, 8, 4)[:, :, :4]
+        out = F.pad(out, (0, 4)).reshape(4, 4, -1, 8)[..., :4]
         return out.reshape(4, -1)
 
 
 class Crops(nn.Module):
-    """``(6, K * 64)``: each patch's 8x8 crop of the raw ``src`` and ``bgr`` at
-    ``(4r - 2, 4c - 2)``, zero outside the image (the original pads by 2 and crops), each
-    crop's 64 pixels row-major. A module so that its ops have a name: INT8 quantizes the
-    crops, not the full-resolution inputs they are gathered from."""
+    """``(6, 8 * K * 8)``: each patch's 8x8 crop of the raw ``src`` and ``bgr`` at
+    ``(4r - 2, 4c - 2)``, zero outside the image (the original pads by 2 and crops), side
+    by side (row ``i`` of every crop, then row ``i + 1``). A module so that its ops have a
+    name: INT8 quantizes the crops, not the full-resolution inputs they are gathered from."""
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         height, width = src.shape[2:]
         offsets = torch.arange(8)
-        y = (rows * 4 - 2).reshape(-1, 1) + offsets
-        x = (cols * 4 - 2).reshape(-1, 1) + offsets
-        inside = ((y >= 0) & (y < height)).reshape(-1, 8, 1) & ((x >= 0) & (x < width)).reshape(-1, 1, 8)
-        pixel = y.clamp(0, height - 1).reshape(-1, 8, 1) * width + x.clamp(0, width - 1).reshape(-1, 1, 8)
+        y = (rows * 4 - 2).reshape(1, -1) + offsets.reshape(-1, 1)  # (8, K)
+        x = (cols * 4 - 2).reshape(-1, 1) + offsets  # (K, 8)
+        inside = ((y >= 0) & (y < height)).reshape(8, -1, 1) & ((x >= 0) & (x < width)).reshape(1, -1, 8)
+        pixel = y.clamp(0, height - 1).reshape(8, -1, 1) * width + x.clamp(0, width - 1).reshape(1, -1, 8)
         pixel, inside = pixel.reshape(-1), inside.reshape(1, -1).to(src.dtype)
         crops = [torch.index_select(image.reshape(3, height * width), 1, pixel) for image in (src, bgr)]
         return torch.cat(crops, dim=0) * inside
@@ -282,7 +286,7 @@ class Compose(nn.Module):
         selected: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = src.shape[2:]
-        pixel = window_pixels(rows[None], cols[None], 4, 4, height, width).reshape(1, -1)
+        pixel = _side_by_side(rows * 4, cols * 4, 4, 4, width).reshape(1, -1)  # as the refiner orders patches
         pha = self.upsample(pha_sm).reshape(1, height * width).clamp(0.0, 1.0)
         # Each foreground plane plus its source plane (R + R: the source is BGR), clamped, and
         # the three stacked: no reversed copy of the source.
@@ -295,7 +299,7 @@ class Compose(nn.Module):
         inner = torch.index_select(src.reshape(3, -1), 1, pixel[0])[[2, 1, 0]] / 255.0
         pha_values = patches[:1].clamp(0.0, 1.0)
         fgr_values = (patches[1:] + inner).clamp(0.0, 1.0)
-        keep = selected.reshape(-1, 1).expand(-1, 16).reshape(1, -1)
+        keep = selected.reshape(1, -1, 1).expand(4, -1, 4).reshape(1, -1)
         pha_values = torch.where(keep, pha_values, torch.index_select(pha, 1, pixel[0]))
         fgr_values = torch.where(keep, fgr_values, torch.index_select(fgr, 1, pixel[0]))
         pha = pha.scatter(1, pixel, pha_values).reshape(1, 1, height, width)
@@ -343,8 +347,8 @@ class DeployRefine(nn.Module):
         rows, cols, selected, ref_sm = self.select(err)
 
         image = torch.cat([self.downsample_half(src), self.downsample_half(bgr)], dim=1)
-        crops = self.crops(src, bgr, rows, cols)  # (6, K * 64): raw BGR BGR
-        patches = self.refiner(coarse, image, crops.reshape(1, 6, -1, 8), rows, cols)  # pha, fgr residual
+        crops = self.crops(src, bgr, rows, cols)  # (6, 8 * K * 8): raw BGR BGR
+        patches = self.refiner(coarse, image, crops.reshape(1, 6, 8, -1), rows, cols)  # pha, fgr residual
         pha, fgr = self.compose(src, pha_sm, fgr_sm, patches, rows, cols, selected)
         found = {"pha": pha, "fgr": fgr, "err_sm": err_sm, "ref_sm": ref_sm}
         return tuple(found[name] for name in self.outputs)
