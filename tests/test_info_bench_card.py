@@ -42,8 +42,9 @@ def test_onnx_info(golden_onnx):
     assert info.nodes < info.nodes_before_simplify
     # The 5,006,839 trainable ones with batch norms folded (4,989,243), plus what the
     # deployed graph rearranged: conv3 as four 2x2 kernels a phase, conv1's zero weights
-    # for the error channel, the upsampling kernels and the head's clamp bounds.
-    assert info.graph_parameters == 4_991_054
+    # for the error channel, the upsampling kernels (the alpha's, and the foreground's in
+    # 0..255 steps) and the head's clamp bounds.
+    assert info.graph_parameters == 4_991_199
     # 65 in the original; conv1 and conv3 gain an image half, and four upsample the coarse
     # alpha and the foreground's three planes (one kernel, shared).
     assert info.ops["Conv"] == 71 and "NonZero" not in info.ops

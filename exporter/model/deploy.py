@@ -102,11 +102,11 @@ class Upsample(nn.Module):
     (the resize clamps at the border), one 3x3 convolution giving each of the
     ``factor**2`` output phases, and a depth-to-space."""
 
-    def __init__(self, factor: int) -> None:
+    def __init__(self, factor: int, scale: float = 1.0) -> None:
         super().__init__()
         phases = _bilinear_phases(factor)
         kernel = torch.einsum("pi,qj->pqij", phases, phases).reshape(factor * factor, 1, 3, 3)
-        self.register_buffer("kernel", kernel.float())
+        self.register_buffer("kernel", kernel.float() * scale)
         self.factor = factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,12 +204,14 @@ class _PatchRefiner(nn.Module):
             weight, bias = _fold_bn(refiner.conv3.weight, refiner.bn3)
             self.conv3 = _conv(_nearest_then_conv(weight[:, :16]), bias.repeat_interleave(4))
             self.conv3_image = _conv(weight[:, 16:][:, STACKED_RGB] / 255.0)
-        self.conv4 = refiner.conv4
+            # The foreground residual in 0..255 steps, as the source it is added to arrives.
+            scale = torch.tensor([1.0, 255.0, 255.0, 255.0])
+            self.conv4 = _conv(refiner.conv4.weight * scale[:, None, None, None], refiner.conv4.bias * scale)
 
     def forward(
         self, coarse: torch.Tensor, image: torch.Tensor, crops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
-        """``(4, 4 * K * 4)``: refined pha and fgr residual of the patches at ``rows, cols``,
+        """``(4, 4 * K * 4)``: refined pha and 255 x fgr residual of the patches at ``rows, cols``,
         side by side (row ``i`` of every patch, then row ``i + 1``), from ``coarse`` (37
         channels, at the backbone's resolution, resized here to half), the raw
         half-resolution ``image`` (6) and the patches' raw 8x8 crops side by side ``(1, 6,
@@ -268,12 +270,14 @@ class Select(nn.Module):
 
 class Compose(nn.Module):
     """The full-resolution outputs: the coarse alpha and foreground residual upsampled
-    (``Upsample``), the source added, the refined patches written over them; each clamped
-    before the write, the same numbers as clamping after with one pass fewer."""
+    (``Upsample``), the source added, the refined patches written over them; the foreground
+    clamped before the write, the same numbers as clamping after with one pass fewer (the
+    upsampled alpha needs no clamp)."""
 
     def __init__(self, factor: int) -> None:
         super().__init__()
         self.upsample = Upsample(factor)
+        self.upsample_255 = Upsample(factor, scale=255.0)
 
     def forward(
         self,
@@ -287,18 +291,24 @@ class Compose(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = src.shape[2:]
         pixel = _side_by_side(rows * 4, cols * 4, 4, 4, width).reshape(1, -1)  # as the refiner orders patches
-        pha = self.upsample(pha_sm).reshape(1, height * width).clamp(0.0, 1.0)
-        # Each foreground plane plus its source plane (R + R: the source is BGR), clamped, and
-        # the three stacked: no reversed copy of the source.
-        up = [self.upsample(plane) for plane in fgr_sm.split(1, dim=1)]
+        # No clamp of the upsampled alpha: the head clamps the coarse alpha to 0..1, and the
+        # upsampling weights are non-negative dyadic fractions summing to 1, so, rounding
+        # being monotonic, no sum of them leaves 0..1 (f32 and bf16 alike).
+        pha = self.upsample(pha_sm).reshape(1, height * width)
+        # Each foreground plane plus its source plane (R + R: the source is BGR), in the
+        # source's 0..255 steps (the upsampling scaled by 255), clamped, then x 1/255 in the
+        # same pass: no reversed copy of the source, no separate pass to scale it.
+        up = [self.upsample_255(plane) for plane in fgr_sm.split(1, dim=1)]
         planes = src.reshape(3, 1, height, width).split(1)[::-1]
-        fgr = torch.cat([(u + s / 255.0).clamp(0.0, 1.0) for u, s in zip(up, planes, strict=True)])
+        fgr = torch.cat([(u + s).clamp(0.0, 255.0) * (1 / 255) for u, s in zip(up, planes, strict=True)])
         fgr = fgr.reshape(3, height * width)
-        # The source under the patches, gathered from it, not sliced out of the crops: a
-        # strided slice of the crops ran as a reference kernel (1.8 ms a frame, 720p, f32).
-        inner = torch.index_select(src.reshape(3, -1), 1, pixel[0])[[2, 1, 0]] / 255.0
+        # The source under the patches, gathered from it, not sliced out of the crops (a
+        # strided slice of the crops ran as a reference kernel, 1.8 ms a frame at 720p, f32),
+        # and added unscaled to the 255 x residual (a 1/255 before the gather was moved onto
+        # the whole source by the CPU plugin: 0.6 ms).
+        inner = torch.index_select(src.reshape(3, -1), 1, pixel[0])[[2, 1, 0]]
         pha_values = patches[:1].clamp(0.0, 1.0)
-        fgr_values = (patches[1:] + inner).clamp(0.0, 1.0)
+        fgr_values = (patches[1:] + inner).clamp(0.0, 255.0) * (1 / 255)
         keep = selected.reshape(1, -1, 1).expand(4, -1, 4).reshape(1, -1)
         pha_values = torch.where(keep, pha_values, torch.index_select(pha, 1, pixel[0]))
         fgr_values = torch.where(keep, fgr_values, torch.index_select(fgr, 1, pixel[0]))
