@@ -28,6 +28,21 @@ def test_upsample_is_the_bilinear_resize(factor):
     torch.testing.assert_close(Upsample(factor)(x), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_upsampled_alpha_needs_no_clamp(factor, dtype):
+    """Compose does not clamp the upsampled alpha: each phase's weights are dyadic
+    fractions summing to exactly 1, so from 0..1 (ones and their neighbours below
+    included) no rounded sum leaves 0..1, in f32 or bf16."""
+    upsample = Upsample(factor).to(dtype)
+    assert torch.equal(upsample.kernel.float().sum((1, 2, 3)), torch.ones(factor * factor))
+    x = torch.rand(1, 1, 31, 47)
+    x[x > 0.6] = 1.0
+    x[(x > 0.3) & (x < 0.6)] = 1.0 - 2.0**-24 * torch.randint(1, 8, (1,)).item()
+    y = upsample(x.to(dtype))
+    assert 0.0 <= y.min() and y.max() <= 1.0 and (y == 1.0).any()
+
+
 @pytest.mark.parametrize("factor", [2, 4, 8])
 def test_downsample_is_the_bilinear_resize(factor):
     x = torch.rand(1, 3, 8 * factor, 5 * factor) * 255
