@@ -155,10 +155,10 @@ def test_no_full_resolution_resize_pad_or_copy(golden_onnx):
     assert [line.split()[0] for line in found] == ["Concat"] and found[0].endswith("[3, 1, 192, 320]")
     ops = [node.op_type for node in onnx.load(str(golden_onnx)).graph.node]
     # One Resize of the refiner's inputs (the coarse maps to half resolution) besides the
-    # decoder's four; one TopK; a depth-to-space for each upsampled plane (alpha and the
-    # foreground's three) and for conv3's phases.
+    # decoder's four; one TopK; one depth-to-space, of conv3's phases (the upsampled planes
+    # interleave whole rows instead).
     assert ops.count("Resize") == 5 and ops.count("TopK") == 1
-    assert ops.count("DepthToSpace") == 5 and "ConvTranspose" not in ops
+    assert ops.count("DepthToSpace") == 1 and "ConvTranspose" not in ops
 
 
 def test_refiner_windows_are_gathered_two_pixels_an_index(golden_onnx):

@@ -45,9 +45,9 @@ def test_onnx_info(golden_onnx):
     # for the error channel, the upsampling kernels (the alpha's, and the foreground's in
     # 0..255 steps) and the head's clamp bounds.
     assert info.graph_parameters == 4_991_199
-    # 65 in the original; conv1 and conv3 gain an image half, and four upsample the coarse
-    # alpha and the foreground's three planes (one kernel, shared).
-    assert info.ops["Conv"] == 71 and "NonZero" not in info.ops
+    # 65 in the original; conv1 and conv3 gain an image half, and 16 upsample the coarse
+    # alpha and the foreground's three planes (a convolution per row phase, 4 a plane).
+    assert info.ops["Conv"] == 83 and "NonZero" not in info.ops
     assert info.metadata["color_order"] == "BGR"
 
 
@@ -75,7 +75,7 @@ def test_checkpoint_info_at_720p(weights):
 def test_info_cli(golden_onnx, tmp_path, cli, one_error):
     result = cli("info", golden_onnx, "--json", tmp_path / "i.json")
     assert result.exit_code == 0, result.output
-    assert "GFLOPs" in result.stdout and "Conv 71" in result.stdout
+    assert "GFLOPs" in result.stdout and "Conv 83" in result.stdout
     assert json.loads((tmp_path / "i.json").read_text())["format"] == "onnx"
     one_error(cli("info", tmp_path / "none.onnx"), "does not exist")
 
