@@ -97,14 +97,25 @@ def _bilinear_phases(factor: int) -> torch.Tensor:
     return weights
 
 
+def _interleave_rows(rows: list[torch.Tensor], channels: int) -> torch.Tensor:
+    """``(N, channels, f * h, f * w)`` from the ``f`` row phases of an upsampling by ``f``,
+    each ``(N, f * channels, h, w)`` with its channels ordered (column phase, channel).
+    Channels-last, each is its output rows already (``w`` pixels of ``f`` column phases),
+    so the rows need only be interleaved, a whole row at a time, which OpenVINO writes in
+    place; a depth-to-space of all the phases moved a pixel's few values at a time (1.2-1.9
+    ms for a plane of 720p, one stream)."""
+    factor, (batch, _, height, width) = len(rows), rows[0].shape
+    lines = [row.permute(0, 2, 3, 1).reshape(batch, height, 1, factor * width, channels) for row in rows]
+    out = torch.cat(lines, dim=2).reshape(batch, factor * height, factor * width, channels)
+    if channels == 1:  # the same memory either way: a reshape, not a transposition, to export
+        return out.reshape(batch, 1, factor * height, factor * width)
+    return out.permute(0, 3, 1, 2)
+
+
 class Upsample(nn.Module):
     """Bilinear upsampling by an integer factor of a ``(N, 1, h, w)`` map: edge padding
     (the resize clamps at the border) and fixed 3x3 convolutions giving the ``factor**2``
-    output phases, ``factor`` of them at a time: those of output rows ``factor * i + a``.
-    Channels-last, such a convolution's output is those rows already (``w`` pixels of
-    ``factor`` phases), so the ``factor`` rows need only be interleaved, in runs of a whole
-    row; a depth-to-space of all the phases moved them four floats at a time (1.2-1.9 ms
-    a plane at 720p, one stream, against about 0.5 for the interleaving)."""
+    output phases, a convolution for each row phase (``_interleave_rows``)."""
 
     def __init__(self, factor: int, scale: float = 1.0) -> None:
         super().__init__()
@@ -114,15 +125,10 @@ class Upsample(nn.Module):
         self.factor = factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
         factor, padded = self.factor, F.pad(x, (1, 1, 1, 1), mode="replicate")
-        rows = [
-            F.conv2d(padded, self.kernel[a * factor : (a + 1) * factor])
-            .permute(0, 2, 3, 1)
-            .reshape(batch, 1, height, factor * width)
-            for a in range(factor)
-        ]
-        return torch.stack(rows, dim=3).reshape(batch, 1, factor * height, factor * width)
+        return _interleave_rows(
+            [F.conv2d(padded, self.kernel[a * factor : (a + 1) * factor]) for a in range(factor)], 1
+        )
 
 
 def _fold_bn(conv_weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +138,8 @@ def _fold_bn(conv_weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tenso
 
 def _nearest_then_conv(weight: torch.Tensor) -> torch.Tensor:
     """``(4 * out, in, 2, 2)``: a nearest 2x upsampling followed by ``weight``'s 3x3 valid
-    convolution, as one 2x2 convolution per output phase (then a depth-to-space). Output row
+    convolution, as one 2x2 convolution per output phase (as a depth-to-space orders
+    them: channel ``out * 4 + a * 2 + b`` is phase ``(a, b)``). Output row
     ``2m + a`` reads input rows ``(2m + a + t) // 2`` for taps ``t = 0, 1, 2``: rows ``m, m + 1``
     with taps ``(w0 + w1, w2)`` for ``a = 0`` and ``(w0, w1 + w2)`` for ``a = 1``."""
 
@@ -194,9 +201,10 @@ class _PatchRefiner(nn.Module):
     Stage one runs on whole maps: ``conv1`` on the 37 half-resolution coarse channels
     (zero weights for err) and ``conv1_image`` on the raw half-resolution image, both
     padded by 3 as the original pads its windows; then ``conv2``. Stage two runs on the
-    patches side by side in one wide image, ``K`` patches wide: ``conv3`` as one 2x2
-    convolution per phase of the nearest upsampling (then a depth-to-space) on the
-    stage-one windows, ``conv3_image`` on the raw 8x8 crops, and ``conv4``. Each patch's
+    patches side by side in one wide image, ``K`` patches wide: ``conv3`` as 2x2
+    convolutions, one per phase of the nearest upsampling, on the stage-one windows (a
+    convolution for each row phase, ``_interleave_rows``), ``conv3_image`` on the raw 8x8
+    crops, and ``conv4``. Each patch's
     columns stay at its own offset in every layer, the columns that straddle two patches
     are computed and dropped, and no layout transposition is needed on either side. Wide,
     not tall: the CPU's convolutions work along rows, and on 4- to 8-pixel rows of 4 to 12
@@ -213,7 +221,10 @@ class _PatchRefiner(nn.Module):
             weight, bias = _fold_bn(refiner.conv2.weight, refiner.bn2)
             self.conv2 = _conv(weight, bias)
             weight, bias = _fold_bn(refiner.conv3.weight, refiner.bn3)
-            self.conv3 = _conv(_nearest_then_conv(weight[:, :16]), bias.repeat_interleave(4))
+            phases = _nearest_then_conv(weight[:, :16]).reshape(12, 2, 2, 16, 2, 2)  # out, a, b
+            self.conv3 = nn.ModuleList(
+                _conv(phases[:, a].transpose(0, 1).reshape(24, 16, 2, 2), bias.repeat(2)) for a in range(2)
+            )
             self.conv3_image = _conv(weight[:, 16:][:, STACKED_RGB] / 255.0)
             # The foreground residual in 0..255 steps, as the source it is added to arrives.
             scale = torch.tensor([1.0, 255.0, 255.0, 255.0])
@@ -237,9 +248,9 @@ class _PatchRefiner(nn.Module):
         flat = stage1.permute(0, 2, 3, 1).reshape(height * width // 2, 2 * channels)
         windows = torch.index_select(flat, 0, _side_by_side(rows * 2, cols, 4, 2, width // 2).reshape(-1))
         windows = windows.reshape(1, 4, -1, channels).permute(0, 3, 1, 2)
-        # Patch k's valid columns: 4k..4k+2 after conv3, 8k..8k+5 after the depth-to-space
-        # (as after conv3_image on its crops), 8k..8k+3 after conv4.
-        upsampled = F.pixel_shuffle(self.conv3(windows), 2)
+        # Patch k's valid columns: 4k..4k+2 after conv3, 8k..8k+5 after the interleaving (as
+        # after conv3_image on its crops), 8k..8k+3 after conv4.
+        upsampled = _interleave_rows([conv(windows) for conv in self.conv3], 12)
         out = self.conv4(torch.relu(upsampled + self.conv3_image(crops)))
         out = F.pad(out, (0, 4)).reshape(4, 4, -1, 8)[..., :4]
         return out.reshape(4, -1)
