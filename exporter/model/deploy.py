@@ -17,12 +17,15 @@ same, rearranged:
   coarse features' and the image's, so no concatenation or padding is materialised) and
   each patch takes its 4x4 window of the result: what a patch computed from its 8x8
   window, without gathering 42 channels 64 times a patch;
-- the second stage runs on the patches stacked into one tall image; its nearest 2x
-  upsampling followed by a 3x3 convolution is one 2x2 convolution per output phase and a
-  depth-to-space, and its image half reads 8x8 crops of the raw inputs;
+- the second stage runs on the patches side by side in one wide image; its nearest 2x
+  upsampling followed by a 3x3 convolution is one 2x2 convolution per output phase, and
+  its image half reads 8x8 crops of the raw inputs;
 - the coarse alpha and foreground are upsampled to full resolution by a fixed 3x3
-  convolution per output phase and a depth-to-space, which the runtimes run in planar
-  layout (a bilinear resize of one to three channels ran at a fraction of memory speed).
+  convolution per output phase, plane by plane (a bilinear resize of one to three
+  channels ran at a fraction of memory speed), each foreground plane added to the
+  source's plane of its colour;
+- upsampling phases are computed a row phase at a time, channels-last, and interleaved a
+  whole row at a time (no depth-to-space).
 
 Every step is exact up to float rounding: ``verify`` compares the export against the
 plain ``MattingRefine`` under the usual bars, and the patches chosen are the same.
@@ -204,9 +207,9 @@ class _PatchRefiner(nn.Module):
     patches side by side in one wide image, ``K`` patches wide: ``conv3`` as 2x2
     convolutions, one per phase of the nearest upsampling, on the stage-one windows (a
     convolution for each row phase, ``_interleave_rows``), ``conv3_image`` on the raw 8x8
-    crops, and ``conv4``. Each patch's
-    columns stay at its own offset in every layer, the columns that straddle two patches
-    are computed and dropped, and no layout transposition is needed on either side. Wide,
+    crops, and ``conv4``. Each patch's columns stay at its own offset in every layer, the
+    columns that straddle two patches are computed and dropped, and no layout
+    transposition is needed on either side. Wide,
     not tall: the CPU's convolutions work along rows, and on 4- to 8-pixel rows of 4 to 12
     channels they ran at a third of the speed (720p, bf16, one stream: conv4 6.8 ms a
     frame, conv3_image 5.9).
@@ -380,7 +383,7 @@ class DeployRefine(nn.Module):
 
         image = torch.cat([self.downsample_half(src), self.downsample_half(bgr)], dim=1)
         crops = self.crops(src, bgr, rows, cols)  # (6, 8 * K * 8): raw BGR BGR
-        patches = self.refiner(coarse, image, crops.reshape(1, 6, 8, -1), rows, cols)  # pha, fgr residual
+        patches = self.refiner(coarse, image, crops.reshape(1, 6, 8, -1), rows, cols)  # pha, 255 x fgr residual
         pha, fgr = self.compose(src, pha_sm, fgr_sm, patches, rows, cols, selected)
         found = {"pha": pha, "fgr": fgr, "err_sm": err_sm, "ref_sm": ref_sm}
         return tuple(found[name] for name in self.outputs)
