@@ -224,11 +224,13 @@ class _PatchRefiner(nn.Module):
             weight, bias = _fold_bn(refiner.conv2.weight, refiner.bn2)
             self.conv2 = _conv(weight, bias)
             weight, bias = _fold_bn(refiner.conv3.weight, refiner.bn3)
-            phases = _nearest_then_conv(weight[:, :16]).reshape(12, 2, 2, 16, 2, 2)  # out, a, b
+            # conv3 reads stage one's channels (conv2's), then the image's 6.
+            out, features = weight.shape[0], self.conv2.out_channels
+            phases = _nearest_then_conv(weight[:, :features]).reshape(out, 2, 2, features, 2, 2)  # out, a, b
             self.conv3 = nn.ModuleList(
-                _conv(phases[:, a].transpose(0, 1).reshape(24, 16, 2, 2), bias.repeat(2)) for a in range(2)
+                _conv(phases[:, a].transpose(0, 1).reshape(2 * out, features, 2, 2), bias.repeat(2)) for a in range(2)
             )
-            self.conv3_image = _conv(weight[:, 16:][:, STACKED_RGB] / 255.0)
+            self.conv3_image = _conv(weight[:, features:][:, STACKED_RGB] / 255.0)
             # The foreground residual in 0..255 steps, as the source it is added to arrives.
             scale = torch.tensor([1.0, 255.0, 255.0, 255.0])
             self.conv4 = _conv(refiner.conv4.weight * scale[:, None, None, None], refiner.conv4.bias * scale)
@@ -253,7 +255,7 @@ class _PatchRefiner(nn.Module):
         windows = windows.reshape(1, 4, -1, channels).permute(0, 3, 1, 2)
         # Patch k's valid columns: 4k..4k+2 after conv3, 8k..8k+5 after the interleaving (as
         # after conv3_image on its crops), 8k..8k+3 after conv4.
-        upsampled = _interleave_rows([conv(windows) for conv in self.conv3], 12)
+        upsampled = _interleave_rows([conv(windows) for conv in self.conv3], self.conv3_image.out_channels)
         out = self.conv4(torch.relu(upsampled + self.conv3_image(crops)))
         out = F.pad(out, (0, 4)).reshape(4, 4, -1, 8)[..., :4]
         return out.reshape(4, -1)
