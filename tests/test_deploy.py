@@ -16,7 +16,7 @@ from exporter.config import ExportConfig
 from exporter.data import synthetic_case
 from exporter.export.onnx import BGRInputs, export_module, export_onnx
 from exporter.images import to_model_input
-from exporter.model.deploy import DeployRefine, Upsample, _downsample, _nearest_then_conv, deploy_applies
+from exporter.model.deploy import DeployRefine, Downsample, Upsample, _nearest_then_conv, deploy_applies
 from exporter.tolerances import FP32_ATOL
 from helpers import GOLDEN_CONFIG
 
@@ -44,10 +44,11 @@ def test_upsampled_alpha_needs_no_clamp(factor, dtype):
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
-def test_downsample_is_the_bilinear_resize(factor):
-    x = torch.rand(1, 3, 8 * factor, 5 * factor) * 255
-    expected = F.interpolate(x, (8, 5), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(_downsample(x, factor), expected, rtol=0, atol=1e-4)
+@pytest.mark.parametrize("columns", [5, 12, 40])  # blocks of the width itself, of 16 and of 32
+def test_downsample_is_the_bilinear_resize(factor, columns):
+    x = torch.rand(1, 3, 8 * factor, columns * factor) * 255
+    expected = F.interpolate(x, (8, columns), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(Downsample(factor)(x), expected, rtol=0, atol=1e-4)
 
 
 def test_nearest_upsampling_then_conv_is_one_conv_per_phase():
@@ -159,6 +160,41 @@ def test_no_full_resolution_resize_pad_or_copy(golden_onnx):
     # planes are interleaved a whole row at a time).
     assert ops.count("Resize") == 5 and ops.count("TopK") == 1
     assert "DepthToSpace" not in ops and "ConvTranspose" not in ops
+
+
+def test_inputs_are_downsampled_by_rows_and_a_column_matrix(golden_onnx):
+    """No average pool: each input's two rows are added whole and its columns averaged by a
+    constant 32-row matrix, at half resolution and at the backbone's (a 2x2 average pool
+    ran at a third of memory speed on the CPU, and each input was converted to bf16 twice)."""
+    model = onnx.load(str(golden_onnx))
+    constants = {init.name: init.dims for init in model.graph.initializer}
+    constants |= {n.output[0]: n.attribute[0].t.dims for n in model.graph.node if n.op_type == "Constant"}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert sorted(n.name.split("/")[1] for n in matmuls) == [
+        "downsample",
+        "downsample_1",
+        "downsample_half",
+        "downsample_half_1",
+    ]
+    assert sorted(tuple(constants[n.input[1]]) for n in matmuls) == [(32, 8), (32, 8), (32, 16), (32, 16)]
+    assert not any(n.op_type in ("AveragePool", "Resize") and "downsample" in n.name for n in model.graph.node)
+
+
+def test_patch_selection_does_not_read_the_heads_activation(golden_onnx):
+    """err is clamped on its own: the CPU plugin keeps in f32 whatever feeds an output
+    without a convolution between, and the patch indices feed the outputs, so a clamp of
+    all 37 channels before the top k ran in f32 between two conversions."""
+    model = onnx.load(str(golden_onnx))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    (topk,) = [n for n in model.graph.node if n.op_type == "TopK"]
+    seen, todo = [], [topk.input[0]]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.op_type == "Conv":
+            continue
+        seen.append(node.op_type)
+        todo.extend(node.input)
+    assert "Clip" in seen and not {"Min", "Max"} & set(seen), seen
 
 
 def test_refiner_windows_are_gathered_two_pixels_an_index(golden_onnx):

@@ -61,18 +61,19 @@ INT8_FP_LAYERS = (r"/refiner/conv4/.*",)
 # the fixed bilinear kernels that upsample the coarse alpha and foreground (in 8 bits each
 # output pixel would move by up to half a step of the coarse map's range), the source
 # added and the refined patches written; and its patch selection (the error map's top k
-# and whether each error is positive: rounded to 8 bits, a small positive error is 0).
-INT8_FIXED_LAYERS = (r"/compose/.*", r"/select/.*")
+# and whether each error is positive: rounded to 8 bits, a small positive error is 0); its
+# downsampling of the raw inputs (Downsample, a fixed matrix product; also a barrier, below).
+INT8_FIXED_LAYERS = (r"/compose/.*", r"/select/.*", r"/downsample(_half)?(_\d+)?/.*")
 # Ops NNCF must not move quantizers across (ignored, they stay in floating point).
 # - The plain graph's zero padding before the refiner's patch gather: otherwise NNCF places
 #   refiner.conv1's input quantizer above the padding, the CPU plugin dequantizes before
 #   the Pad, and conv1, the costliest layer, runs in floating point: 22.6 ms of an 83 ms
 #   INT8 frame (f32) against 6.9 ms of 68 ms with the barrier.
-# - The deployed graph's downsampling of the raw inputs (Downsample): otherwise the
-#   quantizer of refiner.conv1_image's input moves above the 2x2 average, onto the
-#   full-resolution inputs, and the CPU plugin averages in 8 bits at 11 ms an input a frame
-#   (720p, bf16, one stream) instead of under 2. Its crops of the raw inputs (Crops), for
-#   conv3_image's input the same way.
+# - The deployed graph's downsampling of the raw inputs (Downsample, in INT8_FIXED_LAYERS):
+#   otherwise the quantizer of refiner.conv1_image's input moves above the 2x2 average,
+#   onto the full-resolution inputs, and the CPU plugin averages in 8 bits at 11 ms an
+#   input a frame (720p, bf16, one stream) instead of under 2. Its crops of the raw inputs
+#   (Crops), for conv3_image's input the same way.
 # - Its sums of two convolutions (refiner.conv1 and conv1_image, conv3 and conv3_image)
 #   and the interleaving of conv3's phases: quantized, NNCF rounds each addend to 8 bits,
 #   and at 720p 2.1% of the foreground's patches were off by more than 0.05 (bar 2%)
@@ -83,7 +84,6 @@ INT8_FIXED_LAYERS = (r"/compose/.*", r"/select/.*")
 #   a frame at 720p, bf16, one stream), a second rounding before conv1's own.
 INT8_QUANTIZER_BARRIERS = (
     r"/refiner/Pad",
-    r"/downsample(_half)?(_\d+)?/.*",
     r"/crops/.*",
     r"/refiner/(Add|Concat|Resize)(_\d+)?$",
 )
@@ -265,7 +265,8 @@ def _validate(compiled: object, items: Iterable[tuple[dict[str, np.ndarray], np.
 def _kept_in_fp(model: object) -> list[str]:
     """Convolutions whose weights are not 8-bit (NNCF stores quantized weights as an int8
     constant behind Convert and Multiply): the layers that stayed in floating point. The
-    fixed upsampling kernels are arithmetic, not layers, and are not listed."""
+    fixed kernels that resample (``INT8_FIXED_LAYERS``) are arithmetic, not layers, and are
+    not listed."""
     kept = []
     for op in model.get_ordered_ops():
         if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul"):
