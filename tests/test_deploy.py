@@ -154,11 +154,17 @@ def _full_resolution_data_movement(path: Path, height: int, width: int) -> list[
 def test_no_full_resolution_resize_pad_or_copy(golden_onnx):
     found = _full_resolution_data_movement(golden_onnx, GOLDEN_CONFIG.height, GOLDEN_CONFIG.width)
     assert [line.split()[0] for line in found] == ["Concat"] and found[0].endswith("[3, 1, 192, 320]")
-    ops = [node.op_type for node in onnx.load(str(golden_onnx)).graph.node]
-    # One Resize of the refiner's inputs (the coarse maps to half resolution) besides the
-    # decoder's four; one TopK; no depth-to-space (the phases of conv3 and of the upsampled
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(golden_onnx)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+    ops = [node.op_type for node in model.graph.node]
+    # Besides the decoder's four Resizes, the refiner's resize the coarse maps only on the
+    # four strips at the image's edges (conv1 reads the whole coarse map through its row
+    # phases); one TopK; no depth-to-space (the phases of conv1, conv3 and the upsampled
     # planes are interleaved a whole row at a time).
-    assert ops.count("Resize") == 5 and ops.count("TopK") == 1
+    resized = [shapes[n.output[0]][2:] for n in model.graph.node if n.op_type == "Resize" and "/refiner/" in n.name]
+    half = (GOLDEN_CONFIG.height // 2, GOLDEN_CONFIG.width // 2)
+    assert sorted(resized) == sorted([[8, half[1]], [8, half[1]], [half[0], 8], [half[0], 8]])
+    assert ops.count("Resize") == 8 and ops.count("TopK") == 1
     assert "DepthToSpace" not in ops and "ConvTranspose" not in ops
 
 
@@ -199,13 +205,14 @@ def test_patch_selection_does_not_read_the_heads_activation(golden_onnx):
 
 def test_refiner_windows_are_gathered_two_pixels_an_index(golden_onnx):
     """The stage-one windows are gathered as 32-float rows (two pixels of 16 channels), 8
-    an index a patch: a 16-float row an index ran 7 times slower on the CPU."""
+    an index a patch, from the whole map and from the strips at the edges: a 16-float row
+    an index ran 7 times slower on the CPU."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(golden_onnx)))
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
     gathers = [
         shapes[n.output[0]] for n in model.graph.node if n.op_type == "Gather" and n.name.startswith("/refiner/")
     ]
-    assert gathers == [[GOLDEN_CONFIG.patches * 8, 32]]
+    assert gathers == [[GOLDEN_CONFIG.patches * 8, 32]] * 2
 
 
 def test_the_structure_check_catches_the_plain_graph(weights, tmp_path):

@@ -20,17 +20,30 @@ SMALL_ARGS = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
 
 def conv_gflops(config: ExportConfig) -> dict[str, float]:
     """Hand count of the deployed graph's convolutions and matrix products outside the
-    paper's blocks (exporter.model.deploy), 2 x MACs a computed output. Stage one on the
-    whole half-resolution map padded by 3: conv1 (37 coarse channels and 6 image ones in, 24
-    out), conv2 (16 out). Stage two on the K patches side by side in one wide image, the
-    columns between patches computed too: conv3 as 2x2 kernels for 4 phases of 12 channels
-    on 4-row windows, conv3_image 3x3 on 8-row crops, conv4 3x3. Outside the paper's
-    blocks: the fixed 3x3 kernels upsampling the coarse alpha and foreground (4 maps), one
-    per output phase, and the matrices averaging the downsampled inputs' columns (blocks of
-    32 columns to 32 / factor pixels, for both inputs' three channels, at half resolution
-    and at the backbone's)."""
-    k, half = config.patches, (config.height // 2, config.width // 2)
-    stage1 = (half[0] + 4) * (half[1] + 4) * 24 * 43 * 9 + (half[0] + 2) * (half[1] + 2) * 16 * 24 * 9
+    paper's blocks (exporter.model.deploy), 2 x MACs a computed output. Stage one: conv1 as
+    two row-phase convolutions of the coarse map padded by 2 (48 channels out, 37 in),
+    conv1_image on the half-resolution image padded by 3 (24 out, 6 in), conv2 (16 out);
+    and on the four strips at the image's edges (8 half-resolution rows or columns) as the
+    original computes it: conv1 on 37 + 6 channels, conv2. Stage two on the K patches side
+    by side in one wide image, the columns between patches computed too: conv3 as 2x2
+    kernels for 4 phases of 12 channels on 4-row windows, conv3_image 3x3 on 8-row crops,
+    conv4 3x3. Outside the paper's blocks: the fixed 3x3 kernels upsampling the coarse
+    alpha and foreground (4 maps), one per output phase, and the matrices averaging the
+    downsampled inputs' columns (blocks of 32 columns to 32 / factor pixels, for both
+    inputs' three channels, at half resolution and at the backbone's)."""
+    k, half, coarse = config.patches, (config.height // 2, config.width // 2), (config.height // 4, config.width // 4)
+    assert config.backbone_scale == 0.25
+
+    def stage_one(rows: int, cols: int) -> int:  # conv1 (43 in) and conv2 on a padded map
+        return (rows + 4) * (cols + 4) * 24 * 43 * 9 + (rows + 2) * (cols + 2) * 16 * 24 * 9
+
+    stage1 = (
+        2 * (coarse[0] + 2) * (coarse[1] + 2) * 48 * 37 * 9
+        + (half[0] + 4) * (half[1] + 4) * 24 * 6 * 9
+        + (half[0] + 2) * (half[1] + 2) * 16 * 24 * 9
+        + 2 * stage_one(8, half[1])
+        + 2 * stage_one(half[0], 8)
+    )
     stage2 = 48 * (4 * k - 1) * 3 * 16 * 4 + 12 * (8 * k - 2) * 6 * 6 * 9 + 4 * (8 * k - 4) * 4 * 12 * 9
     factor = round(1 / config.backbone_scale)
     small = (config.height // factor) * (config.width // factor)
@@ -46,14 +59,17 @@ def test_onnx_info(golden_onnx):
     assert set(info.gflops_by_block) == {"backbone", "aspp", "decoder", "refiner", "other"}
     assert info.nodes < info.nodes_before_simplify
     # The 5,006,839 trainable ones with batch norms folded (4,989,243), plus what the
-    # deployed graph rearranged: conv3 as four 2x2 kernels a phase, conv1's zero weights
+    # deployed graph rearranged: conv1 as two row-phase 3x3 kernels of the coarse map (48
+    # out, 37 in, one bias shared), conv3 as four 2x2 kernels a phase, conv1's zero weights
     # for the error channel, the upsampling kernels (the alpha's, and the foreground's in
     # 0..255 steps), the head's clamp bounds and the downsampling's column averages (32 x 16
     # and 32 x 8).
-    assert info.graph_parameters == 4_991_942
+    assert info.graph_parameters == 5_023_958
     # 65 in the original; conv1 and conv3 gain an image half, conv3 is one a row phase (2),
-    # and 16 upsample the coarse alpha and the foreground's three planes (4 a plane).
-    assert info.ops["Conv"] == 84 and "NonZero" not in info.ops
+    # conv1 is two row phases on the whole map and, with conv1_image and conv2, runs again on
+    # the four strips at the edges (12), and 16 upsample the coarse alpha and the foreground's
+    # three planes (4 a plane).
+    assert info.ops["Conv"] == 97 and "NonZero" not in info.ops
     assert info.metadata["color_order"] == "BGR"
 
 
@@ -81,7 +97,7 @@ def test_checkpoint_info_at_720p(weights):
 def test_info_cli(golden_onnx, tmp_path, cli, one_error):
     result = cli("info", golden_onnx, "--json", tmp_path / "i.json")
     assert result.exit_code == 0, result.output
-    assert "GFLOPs" in result.stdout and "Conv 84" in result.stdout
+    assert "GFLOPs" in result.stdout and "Conv 97" in result.stdout
     assert json.loads((tmp_path / "i.json").read_text())["format"] == "onnx"
     one_error(cli("info", tmp_path / "none.onnx"), "does not exist")
 
@@ -206,20 +222,20 @@ def test_card(golden_onnx, golden_irs, tmp_path, cli):
 @pytest.mark.slow
 def test_card_specification_does_not_depend_on_the_order_of_its_artifacts(int8_ir, golden_irs, weights):
     """MParams and GFlops come from the most exact artifact given, and an INT8 IR counts its
-    8-bit weights: 4.993 MParams whichever artifact comes first (0.065 when INT8 came first)."""
+    8-bit weights: 5.025 MParams whichever artifact comes first (0.065 when INT8 came first)."""
     from exporter.card import model_card
     from exporter.verify import verify
 
     paths = [int8_ir, golden_irs["FP32"]]
     report = verify(paths, weights, cases=1)
     infos = [artifact_info(path) for path in paths]
-    assert infos[0].graph_parameters == infos[1].graph_parameters == 4_992_740
+    assert infos[0].graph_parameters == infos[1].graph_parameters == 5_024_941
     cards = [model_card(report, infos), model_card(report, infos[::-1])]
     specification = [
         [line for line in card.splitlines() if line.startswith(("| MParams", "| GFlops"))] for card in cards
     ]
     assert specification[0] == specification[1]
-    assert "| MParams | 4.993 |" in specification[0]
+    assert "| MParams | 5.025 |" in specification[0]
 
 
 @pytest.mark.slow

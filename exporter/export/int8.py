@@ -78,10 +78,11 @@ INT8_FIXED_LAYERS = (r"/compose/.*", r"/select/.*", r"/downsample(_half)?(_\d+)?
 #   and the interleaving of conv3's phases: quantized, NNCF rounds each addend to 8 bits,
 #   and at 720p 2.1% of the foreground's patches were off by more than 0.05 (bar 2%)
 #   against 0.65% for the plain graph.
-# - Its bilinear resize of the coarse maps to half resolution (refiner.conv1's input): the
-#   CPU's low-precision transformations do not carry 8 bits through a bilinear resize, so
-#   the quantizer NNCF put on its input ran as a fake quantization in floating point (2 ms
-#   a frame at 720p, bf16, one stream), a second rounding before conv1's own.
+# - Its bilinear resizes of the coarse maps to half resolution (refiner.conv1's input, on
+#   the strips at the image's edges): the CPU's low-precision transformations do not carry
+#   8 bits through a bilinear resize, so the quantizer NNCF put on the resize's input ran
+#   as a fake quantization in floating point (2 ms a frame at 720p, bf16, one stream, when
+#   the whole map was resized), a second rounding before conv1's own.
 INT8_QUANTIZER_BARRIERS = (
     r"/refiner/Pad",
     r"/crops/.*",

@@ -18,6 +18,10 @@ same, rearranged:
   coarse features' and the image's, so no concatenation or padding is materialised) and
   each patch takes its 4x4 window of the result: what a patch computed from its 8x8
   window, without gathering 42 channels 64 times a patch;
+- the coarse features are not resized to half resolution: a bilinear 2x upsampling
+  followed by a 3x3 convolution is a 3x3 convolution of the coarse map per output phase,
+  exact but near the image's edge (the convolution's zero padding), so the patches at the
+  edge take their windows from the original computation on four thin strips;
 - the second stage runs on the patches side by side in one wide image; its nearest 2x
   upsampling followed by a 3x3 convolution is one 2x2 convolution per output phase, and
   its image half reads 8x8 crops of the raw inputs;
@@ -33,6 +37,8 @@ plain ``MattingRefine`` under the usual bars, and the patches chosen are the sam
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -172,6 +178,28 @@ def _nearest_then_conv(weight: torch.Tensor) -> torch.Tensor:
     return both.permute(2, 1, 0, 3, 4, 5).reshape(-1, weight.shape[1], 2, 2)
 
 
+def _bilinear_then_conv(weight: torch.Tensor, factor: int) -> list[torch.Tensor]:
+    """Bilinear (align_corners=False) upsampling by ``factor`` followed by ``weight``'s 3x3
+    convolution, as 3x3 convolutions of the coarse map, one per output row phase ``a``,
+    each ``(factor * out, in, 3, 3)`` with its channels ordered (column phase, channel).
+    Output row ``factor * m + a`` reads upsampled rows ``factor * m + a + t - 1`` (taps
+    ``t``), each a blend of two of the coarse rows ``m - 1, m, m + 1``: exact wherever the
+    upsampled map is the coarse map's resize (away from zero padding)."""
+    blend = torch.zeros(factor, 3, 3, dtype=torch.float64)  # (phase, tap, coarse row)
+    for a in range(factor):
+        for t in range(3):
+            position = (a + t - 0.5) / factor - 0.5  # relative to m, in (-1, 1]
+            first = math.floor(position)
+            blend[a, t, first + 1] += first + 1 - position
+            if position > first:  # (at a factor of 1 the position is a whole row)
+                blend[a, t, first + 2] += position - first
+    w = weight.double()
+    return [
+        torch.cat([torch.einsum("oitu,tx,uy->oixy", w, blend[a], blend[b]) for b in range(factor)]).float()
+        for a in range(factor)
+    ]
+
+
 def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int = 0) -> nn.Conv2d:
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2], padding=padding, bias=bias is not None)
     conv.weight.data.copy_(weight)
@@ -217,8 +245,9 @@ class _PatchRefiner(nn.Module):
     """``Refiner``'s four convolutions rearranged (names kept, so INT8's per-layer rules
     still find ``refiner.conv4``).
 
-    Stage one runs on whole maps: ``conv1`` on the 37 half-resolution coarse channels
-    (zero weights for err) and ``conv1_image`` on the raw half-resolution image, both
+    Stage one runs on whole maps: ``conv1`` on the 37 coarse channels (zero weights for
+    err) resized to half resolution, as the row phases ``conv1_phases`` of the coarse map
+    itself (``_windows``), and ``conv1_image`` on the raw half-resolution image, both
     padded by 3 as the original pads its windows; then ``conv2``. Stage two runs on the
     patches side by side in one wide image, ``K`` patches wide: ``conv3`` as 2x2
     convolutions, one per phase of the nearest upsampling, on the stage-one windows (a
@@ -231,11 +260,16 @@ class _PatchRefiner(nn.Module):
     frame, conv3_image 5.9).
     """
 
-    def __init__(self, refiner: Refiner) -> None:
+    def __init__(self, refiner: Refiner, scale: int) -> None:
         super().__init__()
+        self.scale = scale
         with torch.no_grad():
             weight, bias = _fold_bn(refiner.conv1.weight, refiner.bn1)
-            self.conv1 = _conv(F.pad(weight[:, :36], (0, 0, 0, 0, 0, 1)), bias, padding=3)
+            coarse_weight = F.pad(weight[:, :36], (0, 0, 0, 0, 0, 1))
+            self.conv1 = _conv(coarse_weight, bias, padding=3)
+            self.conv1_phases = nn.ModuleList(
+                _conv(kernel, bias.repeat(scale)) for kernel in _bilinear_then_conv(coarse_weight, scale)
+            )
             self.conv1_image = _conv(weight[:, 36:][:, STACKED_RGB] / 255.0, padding=3)
             weight, bias = _fold_bn(refiner.conv2.weight, refiner.bn2)
             self.conv2 = _conv(weight, bias)
@@ -256,25 +290,101 @@ class _PatchRefiner(nn.Module):
     ) -> torch.Tensor:
         """``(4, 4 * K * 4)``: refined pha and 255 x fgr residual of the patches at ``rows, cols``,
         side by side (row ``i`` of every patch, then row ``i + 1``), from ``coarse`` (37
-        channels, at the backbone's resolution, resized here to half), the raw
-        half-resolution ``image`` (6) and the patches' raw 8x8 crops side by side ``(1, 6,
-        8, K * 8)``."""
-        coarse = F.interpolate(coarse, image.shape[2:], mode="bilinear", align_corners=False)
-        stage1 = torch.relu(self.conv2(torch.relu(self.conv1(coarse) + self.conv1_image(image))))
-        # Each patch's 4x4 window at (2r, 2c) of the padded map, gathered channels-last two
-        # pixels an index (the width is even: the input's is a multiple of 4), side by side:
-        # (1, 16, 4, K * 4). A 32-float row an index ran in a seventh of the time of a
-        # 16-float row (720p, f32: 0.9 ms a frame against 6.4).
-        channels, height, width = stage1.shape[1:]
-        flat = stage1.permute(0, 2, 3, 1).reshape(height * width // 2, 2 * channels)
-        windows = torch.index_select(flat, 0, _side_by_side(rows * 2, cols, 4, 2, width // 2).reshape(-1))
-        windows = windows.reshape(1, 4, -1, channels).permute(0, 3, 1, 2)
+        channels, at ``1 / scale`` of half resolution), the raw half-resolution ``image`` (6)
+        and the patches' raw 8x8 crops side by side ``(1, 6, 8, K * 8)``."""
+        windows = self._windows(coarse, image, rows, cols)
         # Patch k's valid columns: 4k..4k+2 after conv3, 8k..8k+5 after the interleaving (as
         # after conv3_image on its crops), 8k..8k+3 after conv4.
         upsampled = _interleave_rows([conv(windows) for conv in self.conv3], self.conv3_image.out_channels)
         out = self.conv4(torch.relu(upsampled + self.conv3_image(crops)))
         out = F.pad(out, (0, 4)).reshape(4, 4, -1, 8)[..., :4]
         return out.reshape(4, -1)
+
+    def _stage_one(self, conv1: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(torch.relu(conv1 + self.conv1_image(image))))
+
+    def _windows(
+        self, coarse: torch.Tensor, image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """``(1, 16, 4, K * 4)``: each patch's 4x4 window of stage one at ``(2r, 2c)`` of the
+        padded map, side by side, gathered channels-last two pixels an index (the width is
+        even: the input's is a multiple of 4): a 32-float row an index ran in a seventh of
+        the time of a 16-float row (720p, f32: 0.9 ms a frame against 6.4)."""
+        height, width = image.shape[2:]
+        pairs = (width + 2) // 2  # a stage-one row: the half-resolution map padded by 3, less 2
+        index = _side_by_side(rows * 2, cols, 4, 2, pairs)
+        if self.scale == 1:  # no resize: conv1 runs on the map itself
+            return _as_windows(_gather_pairs(self._stage_one(self.conv1(coarse), image), index))
+        # conv1 of the resized map as row-phase convolutions of the coarse map (its edge
+        # replicated, as the resize clamps): a quarter of the pixels, 48 output channels
+        # rather than 24, and no resized map of 37 channels (720p, bf16, one stream: conv1
+        # 15.4 ms and the resize 3.4). Exact but within 3 pixels of the image's edge, where
+        # conv1 reads its zero padding; the patches of the outer two rows and columns, whose
+        # windows reach there, take theirs from the original computation on strips.
+        scale, padded = self.scale, F.pad(coarse, (2, 2, 2, 2), mode="replicate")
+        conv1 = _interleave_rows([conv(padded) for conv in self.conv1_phases], self.conv1.out_channels)
+        if scale > 2:  # the phases start at row -scale; the padded map at row -2
+            conv1 = conv1[:, :, scale - 2 : scale + height + 2, scale - 2 : scale + width + 2]
+        windows = _gather_pairs(self._stage_one(conv1, image), index)
+        # Coarse rows enough for the first STRIP stage-one rows: upsampled rows 0..STRIP (the
+        # windows, conv2 and conv1 each reach a row further), each a blend of two.
+        count = math.floor((STRIP + 0.5) / scale - 0.5) + 2
+        strips = [
+            self._strip(coarse[:, :, :count], image[:, :, : scale * count])[:, :, :STRIP],
+            self._strip(coarse[:, :, -count:], image[:, :, -scale * count :])[:, :, -STRIP:],
+            self._strip(coarse[:, :, :, :count], image[:, :, :, : scale * count])[:, :, :, :STRIP],
+            self._strip(coarse[:, :, :, -count:], image[:, :, :, -scale * count :])[:, :, :, -STRIP:],
+        ]
+        # Where each patch's window is in the strips, laid end to end: the top strip is as
+        # wide as the map, so a top patch's index is its index in the map.
+        bottom_start = STRIP * pairs
+        left_start = 2 * bottom_start
+        right_start = left_start + (height + 2) * STRIP // 2
+        row, col = rows.reshape(1, -1, 1), cols.reshape(1, -1, 1)
+        last_row, last_col = height // 2 - 2, width // 2 - 2  # the patch grid's, less one
+        in_strips = torch.where(
+            row < 2,
+            index,
+            torch.where(
+                row >= last_row,
+                _side_by_side(rows * 2 - (height + 2 - STRIP), cols, 4, 2, pairs) + bottom_start,
+                torch.where(
+                    col < 2,
+                    _side_by_side(rows * 2, cols, 4, 2, STRIP // 2) + left_start,
+                    _side_by_side(rows * 2, cols - last_col, 4, 2, STRIP // 2) + right_start,
+                ),
+            ),
+        )
+        edge = (row < 2) | (row >= last_row) | (col < 2) | (col >= last_col)
+        strip_pairs = torch.cat([_pixel_pairs(strip) for strip in strips])
+        from_strips = torch.index_select(strip_pairs, 0, in_strips.clamp(0, strip_pairs.shape[0] - 1).reshape(-1))
+        return _as_windows(torch.where(edge.expand(4, -1, 2).reshape(-1, 1), from_strips, windows))
+
+    def _strip(self, coarse: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Stage one as the original computes it (the coarse map resized, conv1 on it), on
+        a strip at the image's edge; exact at the strip's outer edge."""
+        resized = F.interpolate(coarse, image.shape[2:], mode="bilinear", align_corners=False)
+        return self._stage_one(self.conv1(resized), image)
+
+
+# Stage-one rows (columns) whose windows the patches of the outer two rows (columns) read.
+STRIP = 6
+
+
+def _pixel_pairs(stage1: torch.Tensor) -> torch.Tensor:
+    """``(H * W / 2, 2 * C)``: ``(1, C, H, W)`` channels-last, two pixels a row."""
+    channels, height, width = stage1.shape[1:]
+    return stage1.permute(0, 2, 3, 1).reshape(height * width // 2, 2 * channels)
+
+
+def _gather_pairs(stage1: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return torch.index_select(_pixel_pairs(stage1), 0, index.reshape(-1))
+
+
+def _as_windows(pairs: torch.Tensor) -> torch.Tensor:
+    """``(1, C, 4, K * 4)`` from the gathered pixel pairs of the windows' rows, ``(4 * K * 2,
+    2 * C)`` (``_side_by_side``'s order)."""
+    return pairs.reshape(1, 4, -1, pairs.shape[1] // 2).permute(0, 3, 1, 2)
 
 
 class Crops(nn.Module):
@@ -383,7 +493,7 @@ class DeployRefine(nn.Module):
         self.decoder = _Head(model.decoder)
         self.select = Select(model.refiner.sample_pixels)
         self.crops = Crops()
-        self.refiner = _PatchRefiner(model.refiner)
+        self.refiner = _PatchRefiner(model.refiner, self.factor // 2)
         self.compose = Compose(self.factor)
 
     def forward(self, src: torch.Tensor, bgr: torch.Tensor) -> tuple[torch.Tensor, ...]:
