@@ -98,6 +98,7 @@ def _both(model, config: ExportConfig, seed: int = 3) -> tuple[tuple[torch.Tenso
         ("mobilenetv2", {"height": 256, "width": 384, "backbone_scale": 0.125}),
         # Every patch refined: the border patches' crops and windows reach into the padding.
         ("mobilenetv2", {"height": 64, "width": 96, "sample_pixels": 64 * 96}),
+        ("mobilenetv2", {"height": 128, "width": 192, "backbone_scale": 0.125, "sample_pixels": 128 * 192}),
         ("resnet50", {}),
     ],
 )
