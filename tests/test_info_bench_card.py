@@ -30,7 +30,8 @@ def conv_gflops(config: ExportConfig) -> dict[str, float]:
     conv4 3x3. Outside the paper's blocks: the fixed 3x3 kernels upsampling the coarse
     alpha and foreground (4 maps), one per output phase, and the matrices averaging the
     downsampled inputs' columns (blocks of 32 columns to 32 / factor pixels, for both
-    inputs' three channels, at half resolution and at the backbone's)."""
+    inputs' three channels, at half resolution and at the backbone's), and the 1x1 copies
+    of the coarse map's err, pha and fgr channels."""
     k, half, coarse = config.patches, (config.height // 2, config.width // 2), (config.height // 4, config.width // 4)
     assert config.backbone_scale == 0.25
 
@@ -49,7 +50,8 @@ def conv_gflops(config: ExportConfig) -> dict[str, float]:
     small = (config.height // factor) * (config.width // factor)
     assert config.width % 32 == 0
     columns = sum(2 * 3 * (config.height // f) * config.width * 32 // f for f in (2, factor))
-    return {"refiner": 2 * (stage1 + stage2) / 1e9, "other": 2 * (4 * small * factor**2 * 9 + columns) / 1e9}
+    picks = small * 37 * 5  # 1x1 copies of the coarse map's err, and pha and fgr
+    return {"refiner": 2 * (stage1 + stage2) / 1e9, "other": 2 * (4 * small * factor**2 * 9 + columns + picks) / 1e9}
 
 
 def test_onnx_info(golden_onnx):
@@ -62,14 +64,14 @@ def test_onnx_info(golden_onnx):
     # deployed graph rearranged: conv1 as two row-phase 3x3 kernels of the coarse map (48
     # out, 37 in, one bias shared), conv3 as four 2x2 kernels a phase, conv1's zero weights
     # for the error channel, the upsampling kernels (the alpha's, and the foreground's in
-    # 0..255 steps), the head's clamp bounds and the downsampling's column averages (32 x 16
-    # and 32 x 8).
-    assert info.graph_parameters == 5_023_958
+    # 0..255 steps), the head's clamp bounds, the downsampling's column averages (32 x 16
+    # and 32 x 8) and the 1x1 copies of the coarse map's channels (37 x 5).
+    assert info.graph_parameters == 5_024_143
     # 65 in the original; conv1 and conv3 gain an image half, conv3 is one a row phase (2),
     # conv1 is two row phases on the whole map and, with conv1_image and conv2, runs again on
-    # the four strips at the edges (12), and 16 upsample the coarse alpha and the foreground's
-    # three planes (4 a plane).
-    assert info.ops["Conv"] == 97 and "NonZero" not in info.ops
+    # the four strips at the edges (12), 2 copy channels of the coarse map (1x1), and 16
+    # upsample the coarse alpha and the foreground's three planes (4 a plane).
+    assert info.ops["Conv"] == 99 and "NonZero" not in info.ops
     assert info.metadata["color_order"] == "BGR"
 
 
@@ -97,7 +99,7 @@ def test_checkpoint_info_at_720p(weights):
 def test_info_cli(golden_onnx, tmp_path, cli, one_error):
     result = cli("info", golden_onnx, "--json", tmp_path / "i.json")
     assert result.exit_code == 0, result.output
-    assert "GFLOPs" in result.stdout and "Conv 97" in result.stdout
+    assert "GFLOPs" in result.stdout and "Conv 99" in result.stdout
     assert json.loads((tmp_path / "i.json").read_text())["format"] == "onnx"
     one_error(cli("info", tmp_path / "none.onnx"), "does not exist")
 
@@ -229,7 +231,7 @@ def test_card_specification_does_not_depend_on_the_order_of_its_artifacts(int8_i
     paths = [int8_ir, golden_irs["FP32"]]
     report = verify(paths, weights, cases=1)
     infos = [artifact_info(path) for path in paths]
-    assert infos[0].graph_parameters == infos[1].graph_parameters == 5_024_941
+    assert infos[0].graph_parameters == infos[1].graph_parameters == 5_025_126
     cards = [model_card(report, infos), model_card(report, infos[::-1])]
     specification = [
         [line for line in card.splitlines() if line.startswith(("| MParams", "| GFlops"))] for card in cards

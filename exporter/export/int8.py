@@ -60,10 +60,11 @@ INT8_FP_LAYERS = (r"/refiner/conv4/.*",)
 # deployed graph's (exporter.model.deploy) assembly of the full-resolution outputs, with
 # the fixed bilinear kernels that upsample the coarse alpha and foreground (in 8 bits each
 # output pixel would move by up to half a step of the coarse map's range), the source
-# added and the refined patches written; and its patch selection (the error map's top k
-# and whether each error is positive: rounded to 8 bits, a small positive error is 0); its
-# downsampling of the raw inputs (Downsample, a fixed matrix product; also a barrier, below).
-INT8_FIXED_LAYERS = (r"/compose/.*", r"/select/.*", r"/downsample(_half)?(_\d+)?/.*")
+# added and the refined patches written; and its patch selection (the error map, taken
+# from the head by a 1x1 copy, its top k and whether each error is positive: rounded to 8
+# bits, a small positive error is 0, and other patches are refined); its downsampling of
+# the raw inputs (Downsample, a fixed matrix product; also a barrier, below).
+INT8_FIXED_LAYERS = (r"/compose/.*", r"/error/.*", r"/select/.*", r"/downsample(_half)?(_\d+)?/.*")
 # Ops NNCF must not move quantizers across (ignored, they stay in floating point).
 # - The plain graph's zero padding before the refiner's patch gather: otherwise NNCF places
 #   refiner.conv1's input quantizer above the padding, the CPU plugin dequantizes before

@@ -208,6 +208,16 @@ def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int =
     return conv
 
 
+def _pick(channels: list[int], total: int) -> nn.Conv2d:
+    """A 1x1 convolution copying ``channels`` of ``total``, exactly in any arithmetic (one
+    weight of 1 an output). On a CPU a channel slice of a channels-last map ran as a
+    reference kernel, and a slice feeding an output made the plugin convert the whole map
+    to f32 first; a convolution writes its few channels at once, in the map's arithmetic."""
+    weight = torch.zeros(len(channels), total, 1, 1)
+    weight[range(len(channels)), channels] = 1.0
+    return _conv(weight)
+
+
 def _side_by_side(top: torch.Tensor, left: torch.Tensor, rows: int, cols: int, width: int) -> torch.Tensor:
     """``(rows, K, cols)``: flat indices into a ``width``-wide plane of the ``rows x cols``
     windows at ``(top, left)`` (each ``(K,)``), row ``i`` of every window before row
@@ -236,9 +246,10 @@ class _Head(nn.Module):
         self.register_buffer("high", torch.tensor([inf] * 32 + [1.0] + [inf] * 3 + [1.0]).reshape(1, 37, 1, 1))
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The 37 channels, activated, and err alone (see ``DeployRefine.forward``)."""
+        """The 37 channels, activated, and as they are (err is activated on its own:
+        ``Select``)."""
         x = self.conv4(self.decoder.head_input(*features))
-        return torch.minimum(torch.maximum(x, self.low), self.high), x[:, 36:37].clamp(0.0, 1.0)
+        return torch.minimum(torch.maximum(x, self.low), self.high), x
 
 
 class _PatchRefiner(nn.Module):
@@ -405,6 +416,20 @@ class Crops(nn.Module):
         return torch.cat(crops, dim=0) * inside
 
 
+class ErrorMap(nn.Module):
+    """``err_sm`` from the head's 37 channels before their activation, activated on its
+    own. What decides the patches feeds the outputs through indices only, so the CPU
+    plugin keeps it all in f32; from the activated channels, their activation ran in f32
+    between two conversions (2.6 ms a frame at 720p, bf16, one stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pick = _pick([36], 37)
+
+    def forward(self, head: torch.Tensor) -> torch.Tensor:
+        return self.pick(head).clamp(0.0, 1.0)
+
+
 class Select(nn.Module):
     """The patches to refine (``top_patches``): their grid ``rows`` and ``cols``, whether
     each one's error is positive (``prevent_oversampling``: the others keep the coarse
@@ -429,14 +454,14 @@ class Compose(nn.Module):
 
     def __init__(self, factor: int) -> None:
         super().__init__()
+        self.planes = _pick([32, 33, 34, 35], 37)  # pha, fgr of the coarse map
         self.upsample = Upsample(factor)
         self.upsample_255 = Upsample(factor, scale=255.0)
 
     def forward(
         self,
         src: torch.Tensor,
-        pha_sm: torch.Tensor,
-        fgr_sm: torch.Tensor,
+        coarse: torch.Tensor,
         patches: torch.Tensor,
         rows: torch.Tensor,
         cols: torch.Tensor,
@@ -447,11 +472,12 @@ class Compose(nn.Module):
         # No clamp of the upsampled alpha: the head clamps the coarse alpha to 0..1, and the
         # upsampling weights are non-negative dyadic fractions summing to 1, so, rounding
         # being monotonic, no sum of them leaves 0..1 (f32 and bf16 alike).
+        pha_sm, *fgr_sm = self.planes(coarse).split(1, dim=1)
         pha = self.upsample(pha_sm).reshape(1, height * width)
         # Each foreground plane plus its source plane (R + R: the source is BGR), in the
         # source's 0..255 steps (the upsampling scaled by 255), clamped, then x 1/255 in the
         # same pass: no reversed copy of the source, no separate pass to scale it.
-        up = [self.upsample_255(plane) for plane in fgr_sm.split(1, dim=1)]
+        up = [self.upsample_255(plane) for plane in fgr_sm]
         planes = src.reshape(3, 1, height, width).split(1)[::-1]
         fgr = torch.cat([(u + s).clamp(0.0, 255.0) * (1 / 255) for u, s in zip(up, planes, strict=True)])
         fgr = fgr.reshape(3, height * width)
@@ -473,8 +499,8 @@ class Compose(nn.Module):
 class DeployRefine(nn.Module):
     """``MattingRefine`` (``sampling``, batch 1) as deployed, as a pipeline of named stages
     (INT8 quantizes the convolutions of ``decoder`` and ``refiner`` and the base network's,
-    and leaves the arithmetic of ``downsample``, ``select``, ``crops`` and ``compose``
-    alone).
+    and leaves the arithmetic of ``downsample``, ``error``, ``select``, ``crops`` and
+    ``compose`` alone).
 
     Inputs: ``src``, ``bgr`` ``(1, 3, H, W)`` float, **BGR, 0..255**.
     Returns the ``outputs`` named, of ``pha (1, 1, H, W)``, ``fgr (1, 3, H, W)`` RGB 0..1,
@@ -491,6 +517,7 @@ class DeployRefine(nn.Module):
         self.downsample = Downsample(self.factor)
         self.downsample_half = Downsample(2)
         self.decoder = _Head(model.decoder)
+        self.error = ErrorMap()
         self.select = Select(model.refiner.sample_pixels)
         self.crops = Crops()
         self.refiner = _PatchRefiner(model.refiner, self.factor // 2)
@@ -501,11 +528,8 @@ class DeployRefine(nn.Module):
         small = torch.cat([self.downsample(src), self.downsample(bgr)], dim=1)
         rgb = torch.index_select(small, 1, torch.tensor(STACKED_RGB)) / 255.0
         x, *shortcuts = self.model.backbone(rgb)
-        # err is activated on its own: what decides the patches feeds the outputs through
-        # indices only, so the CPU plugin keeps all of it in f32, and activating all 37 channels
-        # in one op kept those in f32 too, between two conversions (2.6 ms a frame at 720p, bf16).
-        coarse, err_sm = self.decoder(self.model.aspp(x), *shortcuts)  # hid, pha, fgr, err
-        pha_sm, fgr_sm = coarse[:, 32:33], coarse[:, 33:36]
+        coarse, head = self.decoder(self.model.aspp(x), *shortcuts)  # hid, pha, fgr, err
+        err_sm = self.error(head)
 
         err = err_sm  # the resize to a quarter of the size is the identity at a scale of 1/4
         if self.factor != 4:
@@ -515,6 +539,6 @@ class DeployRefine(nn.Module):
         image = torch.cat([self.downsample_half(src), self.downsample_half(bgr)], dim=1)
         crops = self.crops(src, bgr, rows, cols)  # (6, 8 * K * 8): raw BGR BGR
         patches = self.refiner(coarse, image, crops.reshape(1, 6, 8, -1), rows, cols)  # pha, 255 x fgr residual
-        pha, fgr = self.compose(src, pha_sm, fgr_sm, patches, rows, cols, selected)
+        pha, fgr = self.compose(src, coarse, patches, rows, cols, selected)
         found = {"pha": pha, "fgr": fgr, "err_sm": err_sm, "ref_sm": ref_sm}
         return tuple(found[name] for name in self.outputs)
