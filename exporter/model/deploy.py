@@ -52,6 +52,8 @@ __all__ = ["STACKED_RGB", "DeployRefine", "deploy_applies"]
 
 # src and bgr stacked as they arrive (B, G, R, B, G, R), to the model's RGB RGB.
 STACKED_RGB = (2, 1, 0, 5, 4, 3)
+# Stage-one rows (columns) whose windows the patches of the outer two rows (columns) read.
+STRIP = 6
 
 
 def deploy_applies(model: nn.Module, dynamic: bool) -> bool:
@@ -247,7 +249,7 @@ class _Head(nn.Module):
 
     def forward(self, *features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The 37 channels, activated, and as they are (err is activated on its own:
-        ``Select``)."""
+        ``ErrorMap``)."""
         x = self.conv4(self.decoder.head_input(*features))
         return torch.minimum(torch.maximum(x, self.low), self.high), x
 
@@ -337,6 +339,16 @@ class _PatchRefiner(nn.Module):
         if scale > 2:  # the phases start at row -scale; the padded map at row -2
             conv1 = conv1[:, :, scale - 2 : scale + height + 2, scale - 2 : scale + width + 2]
         windows = _gather_pairs(self._stage_one(conv1, image), index)
+        edge, from_strips = self._edge_windows(coarse, image, rows, cols, index)
+        return _as_windows(torch.where(edge, from_strips, windows))
+
+    def _edge_windows(
+        self, coarse: torch.Tensor, image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whether each gathered pixel pair (``_side_by_side``'s order) is of a patch of the
+        outer two rows or columns, and the pairs as the original computes them, from the
+        four strips at the image's edges (garbage for the other patches)."""
+        scale, (height, width), pairs = self.scale, image.shape[2:], (image.shape[3] + 2) // 2
         # Coarse rows enough for the first STRIP stage-one rows: upsampled rows 0..STRIP (the
         # windows, conv2 and conv1 each reach a row further), each a blend of two.
         count = math.floor((STRIP + 0.5) / scale - 0.5) + 2
@@ -369,17 +381,13 @@ class _PatchRefiner(nn.Module):
         edge = (row < 2) | (row >= last_row) | (col < 2) | (col >= last_col)
         strip_pairs = torch.cat([_pixel_pairs(strip) for strip in strips])
         from_strips = torch.index_select(strip_pairs, 0, in_strips.clamp(0, strip_pairs.shape[0] - 1).reshape(-1))
-        return _as_windows(torch.where(edge.expand(4, -1, 2).reshape(-1, 1), from_strips, windows))
+        return edge.expand(4, -1, 2).reshape(-1, 1), from_strips
 
     def _strip(self, coarse: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Stage one as the original computes it (the coarse map resized, conv1 on it), on
         a strip at the image's edge; exact at the strip's outer edge."""
         resized = F.interpolate(coarse, image.shape[2:], mode="bilinear", align_corners=False)
         return self._stage_one(self.conv1(resized), image)
-
-
-# Stage-one rows (columns) whose windows the patches of the outer two rows (columns) read.
-STRIP = 6
 
 
 def _pixel_pairs(stage1: torch.Tensor) -> torch.Tensor:
