@@ -187,14 +187,12 @@ def _bilinear_then_conv(weight: torch.Tensor, factor: int) -> list[torch.Tensor]
     Output row ``factor * m + a`` reads upsampled rows ``factor * m + a + t - 1`` (taps
     ``t``), each a blend of two of the coarse rows ``m - 1, m, m + 1``: exact wherever the
     upsampled map is the coarse map's resize (away from zero padding)."""
-    blend = torch.zeros(factor, 3, 3, dtype=torch.float64)  # (phase, tap, coarse row)
-    for a in range(factor):
-        for t in range(3):
-            position = (a + t - 0.5) / factor - 0.5  # relative to m, in (-1, 1]
-            first = math.floor(position)
-            blend[a, t, first + 1] += first + 1 - position
-            if position > first:  # (at a factor of 1 the position is a whole row)
-                blend[a, t, first + 2] += position - first
+    phases = _bilinear_phases(factor)  # upsampled rows factor * m + 0 .. factor - 1
+    # Upsampled rows factor * m - 1 .. factor * m + factor, over coarse rows m - 1 .. m + 1:
+    # the row before is the last phase of m - 1, the row after the first phase of m + 1.
+    rows = torch.zeros(factor + 2, 3, dtype=torch.float64)
+    rows[0, :2], rows[1:-1], rows[-1, 1:] = phases[-1, 1:], phases, phases[0, :2]
+    blend = torch.stack([rows[a : a + 3] for a in range(factor)])  # (phase, tap, coarse row)
     w = weight.double()
     return [
         torch.cat([torch.einsum("oitu,tx,uy->oixy", w, blend[a], blend[b]) for b in range(factor)]).float()
@@ -232,10 +230,10 @@ class _Head(nn.Module):
     """The decoder with its last convolution's output channels reordered to what the
     refiner reads first: hid, pha, fgr, then err (the original's order is pha, fgr, err,
     hid), each with its own activation (ReLU, clamp, none, clamp) as one per-channel
-    clamp. The refiner then resizes and convolves all 37 channels (err with zero weights),
-    so nothing is split off: the original's per-channel split of its 37 channels is a
-    strided copy the CPU runs as a reference kernel (4.9 ms a frame at 720p, bf16, one
-    stream)."""
+    clamp. The refiner then convolves all 37 channels (err with zero weights), so they are
+    not split: the original's per-channel split of its 37 channels is a strided copy the
+    CPU runs as a reference kernel (4.9 ms a frame at 720p, bf16, one stream); what else
+    reads a few of them copies them by a 1x1 convolution (``_pick``)."""
 
     def __init__(self, decoder: Decoder) -> None:
         super().__init__()
@@ -280,8 +278,10 @@ class _PatchRefiner(nn.Module):
             weight, bias = _fold_bn(refiner.conv1.weight, refiner.bn1)
             coarse_weight = F.pad(weight[:, :36], (0, 0, 0, 0, 0, 1))
             self.conv1 = _conv(coarse_weight, bias, padding=3)
+            # (None at a scale of 1: conv1 then runs on the coarse map as it is.)
             self.conv1_phases = nn.ModuleList(
-                _conv(kernel, bias.repeat(scale)) for kernel in _bilinear_then_conv(coarse_weight, scale)
+                _conv(kernel, bias.repeat(scale))
+                for kernel in (_bilinear_then_conv(coarse_weight, scale) if scale > 1 else [])
             )
             self.conv1_image = _conv(weight[:, 36:][:, STACKED_RGB] / 255.0, padding=3)
             weight, bias = _fold_bn(refiner.conv2.weight, refiner.bn2)
