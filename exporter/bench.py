@@ -9,10 +9,11 @@ is measured here and now; nothing is asserted about it in tests.
 
 from __future__ import annotations
 
+import re
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -59,6 +60,8 @@ class BenchRow:
     speedup_throughput: float = 0.0
     conv_share: float | None = None  # share of the profiled time (LATENCY hint) in convolutions
     profile: list[LayerTime] = field(default_factory=list)  # the costliest layers
+    # The profiled ms: "convolutions", then the rest by the stage it belongs to, costliest first.
+    time_by_stage: dict[str, float] = field(default_factory=dict)
 
     @property
     def gflops_per_second(self) -> float:
@@ -155,10 +158,34 @@ def _video_feeds(cases: list) -> list[dict[str, np.ndarray]]:
     return [{"src": to_model_input(case.src), "bgr": bgr} for case in cases]
 
 
-def conv_share(layers: list[LayerTime]) -> float:
-    """Share of a profiled inference's time spent in convolutions."""
-    total = sum(layer.milliseconds for layer in layers)
-    return sum(layer.milliseconds for layer in layers if layer.type in CONVOLUTIONS) / total if total else 0.0
+def stage_of(layer: LayerTime, inputs: Iterable[str]) -> str:
+    """What a layer's time is spent on: ``convolutions``; ``inputs`` for the conversion of the
+    model's inputs to the device's arithmetic; else the module it was exported from
+    (``/refiner/Gather_6`` -> ``refiner``, ``/downsample_half_1/Add`` -> ``downsample_half``:
+    the deployed graph's stages, the original's blocks), or ``other``. OpenVINO names a
+    reorder after the layers on both sides (``src_f32_bf16_/downsample/Reshape``,
+    ``/Reshape_abcd_acdb_/refiner/conv3_image/Conv``): it counts for the layer it feeds."""
+    if layer.type in CONVOLUTIONS:
+        return "convolutions"
+    if any(layer.name.startswith(f"{name}_") for name in inputs):
+        return "inputs"
+    name = layer.name
+    if layer.type == "Reorder" and "_/" in name:
+        name = "/" + name.rsplit("_/", 1)[1]
+    match = re.match(r"/([a-z][a-z0-9_.]*?)(_\d+)?/", name)  # a module's (an op's is capitalised: /Div)
+    return match.group(1) if match else "other"
+
+
+def time_by_stage(layers: list[LayerTime], inputs: Iterable[str]) -> dict[str, float]:
+    """A profiled inference's ms by ``stage_of``: convolutions first, then the rest costliest
+    first (stages whose work all went into convolutions are left out)."""
+    stages: dict[str, float] = {"convolutions": 0.0}
+    for layer in layers:
+        stage = stage_of(layer, inputs)
+        stages[stage] = stages.get(stage, 0.0) + layer.milliseconds
+    convolutions = stages.pop("convolutions")
+    rest = sorted(((stage, ms) for stage, ms in stages.items() if ms > 0), key=lambda item: -item[1])
+    return {"convolutions": convolutions, **dict(rest)}
 
 
 @dataclass
@@ -192,9 +219,12 @@ def _openvino_rows(variants: list[_Variant], feeds: dict, runs: int, say: Callab
             runner.infer(feeds)
         layers = runner.layer_times()
         runner.close()
+        stages = time_by_stage(layers, feeds)
+        total = sum(stages.values())
         rows.append(BenchRow(variant.name, "openvino", variant.precision, "", 0.0, 0.0, 0.0, variant.gflops,
-                             conv_share=conv_share(layers),
-                             profile=sorted(layers, key=lambda c: -c.milliseconds)[:10]))  # fmt: skip
+                             conv_share=stages["convolutions"] / total if total else 0.0,
+                             profile=sorted(layers, key=lambda c: -c.milliseconds)[:10],
+                             time_by_stage=stages))  # fmt: skip
     say("latency, one request at a time (rounds interleaved across the IRs)")
     runners = [load_runner(v.xml, "openvino", inference_precision=v.arithmetic) for v in variants]
     for row, runner in zip(rows, runners, strict=True):
@@ -274,7 +304,7 @@ def bench(
         row.speedup_latency = eager_row.median_ms / row.median_ms
         row.speedup_throughput = row.throughput_fps / eager_row.throughput_fps
         if not profile:
-            row.profile = []
+            row.profile, row.time_by_stage = [], {}
     return BenchReport(config, weights.label, torch.get_num_threads(), rows, cpu_description())
 
 
@@ -303,6 +333,12 @@ def format_bench(report: BenchReport) -> str:
             f"{ratio['row']} vs {ratio['against']}: latency x{ratio['latency']:.2f}, "
             f"throughput x{ratio['throughput']:.2f}"
         )
+    if any(r.time_by_stage for r in report.rows):
+        lines += ["", "Where one request's time goes (LATENCY hint), ms: convolutions, then the rest by stage:"]
+    for r in report.rows:
+        if r.time_by_stage:
+            stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in r.time_by_stage.items())
+            lines.append(f"  {r.label}: {stages}")
     for r in report.rows:
         if r.profile:
             lines += ["", f"Top layers, {r.label}, ms in one request (LATENCY hint):"]

@@ -503,7 +503,9 @@ def bench(
     sample_pixels: PixelsOpt = None,
     model_type: ModelTypeOpt = None,
     runs: Annotated[Optional[int], typer.Option(min=1, help="Timed runs per model after warm-up (default 20).")] = None,
-    profile: Annotated[bool, typer.Option("--profile", help="Top ten layers from OpenVINO's counters.")] = False,
+    profile: Annotated[
+        bool, typer.Option("--profile", help="Top ten layers, and the time by stage, from OpenVINO's counters.")
+    ] = False,
     matte: Annotated[
         Optional[Path],
         typer.Option(help="Instead: time `matte` on a synthetic video against this IR alone (THROUGHPUT hint)."),

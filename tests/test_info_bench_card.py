@@ -8,14 +8,17 @@ import re
 
 import pytest
 
-from exporter.bench import ORIGINAL, BenchReport, BenchRow, bench, format_bench
+from exporter.bench import ORIGINAL, BenchReport, BenchRow, bench, format_bench, stage_of
 from exporter.config import ExportConfig
 from exporter.info import artifact_info, checkpoint_info
-from exporter.runtime import default_inference_precision, load_runner
+from exporter.runtime import LayerTime, default_inference_precision, load_runner
 from helpers import GOLDEN_CONFIG
 
 SMALL = ExportConfig(height=128, width=192, sample_pixels=8_000)
 SMALL_ARGS = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
+# DeployRefine's stages, and what bench's time by stage may name besides.
+DEPLOYED_STAGES = {"downsample", "downsample_half", "backbone", "aspp", "decoder", "error", "select", "crops",
+                   "refiner", "compose", "inputs", "other", "convolutions"}  # fmt: skip
 
 
 def conv_gflops(config: ExportConfig) -> dict[str, float]:
@@ -104,6 +107,27 @@ def test_info_cli(golden_onnx, tmp_path, cli, one_error):
     one_error(cli("info", tmp_path / "none.onnx"), "does not exist")
 
 
+@pytest.mark.parametrize(
+    ("name", "kind", "stage"),
+    [
+        ("/refiner/conv1_phases.0/Conv/WithoutBiases", "Convolution", "convolutions"),
+        ("/compose/upsample/Conv_2", "GroupConvolution", "convolutions"),
+        ("/refiner/Gather_6", "Gather", "refiner"),
+        ("/downsample_half_1/MatMul", "FullyConnected", "downsample_half"),  # the module's second call
+        ("/decoder/Resize_3", "Interpolate", "decoder"),
+        ("src_f32_bf16_/downsample/Reshape", "Reorder", "inputs"),  # the input's conversion
+        ("/Reshape_abcd_acdb_/refiner/conv3_image/Conv", "Reorder", "refiner"),  # counts for what it feeds
+        ("/refiner/Pad_1_acdb_abcd_/compose/Reshape_24", "Reorder", "compose"),
+        ("/Concat_1", "Concatenation", "other"),  # the top level's own ops
+        ("/Div/fq_output_0", "Subgraph", "other"),
+        ("VariadicSplit_9383", "VariadicSplit", "other"),
+        ("fgr", "Subgraph", "other"),
+    ],
+)
+def test_stage_of(name, kind, stage):
+    assert stage_of(LayerTime(name, kind, "jit_avx512", 1.0), ["src", "bgr"]) == stage
+
+
 def bench_rows(golden_irs) -> list[tuple[str, str, str, str]]:
     """bench's rows in order (name, runtime, weights, arithmetic): eager PyTorch and ONNX
     Runtime in f32, then each IR in f32 and in the arithmetic this machine's CPU computes in
@@ -163,12 +187,20 @@ def test_bench_small(weights, golden_irs, bench_without_pauses):
             times = [layer.milliseconds for layer in r.profile]
             assert len(times) == 10 and times == sorted(times, reverse=True), r.label
             assert len({layer.name for layer in r.profile}) == 10 and 0 < r.conv_share <= 1, r.label
+            # The same request's time by stage: convolutions first, the rest costliest first.
+            convolutions, *rest = r.time_by_stage.items()
+            assert convolutions[0] == "convolutions", r.label
+            assert [ms for _, ms in rest] == sorted((ms for _, ms in rest), reverse=True), r.label
+            assert r.conv_share == pytest.approx(convolutions[1] / sum(r.time_by_stage.values())), r.label
+            if r.name != ORIGINAL:  # the deployed graph's named stages, each with work outside convolutions
+                assert {"refiner", "compose", "crops", "select"} <= set(r.time_by_stage) <= DEPLOYED_STAGES, r.label
         else:
-            assert r.profile == [] and r.conv_share is None, r.label
+            assert r.profile == [] and r.conv_share is None and r.time_by_stage == {}, r.label
     check_ratios(report.to_dict()["ratios"], report.to_dict()["rows"])
     text = format_bench(report)
     assert f"{rows[1].gflops:.2f} GFLOP a frame as exported ({eager.gflops:.2f} as the original computes it)" in text
     assert text.count("Top layers, ") == 8
+    assert sum(line.startswith(f"  {r.label}: convolutions ") for r in rows for line in text.splitlines()) == 8
 
 
 RATIO = re.compile(r"^(.+ \(\w+\)) vs (.+ \(\w+\)): latency x([\d.]+), throughput x([\d.]+)$", re.M)
@@ -190,7 +222,7 @@ def test_bench_cli(tmp_path, golden_irs, cli, one_error, bench_without_pauses):
     assert [(r["name"], r["runtime"], r["precision"], r["inference"]) for r in rows] == bench_rows(golden_irs)
     for r in rows:
         assert r["gflops_per_second"] == pytest.approx(r["gflops"] * r["throughput_fps"]), r["name"]
-        assert r["profile"] == []  # without --profile
+        assert r["profile"] == [] and r["time_by_stage"] == {}  # without --profile
     check_ratios(data["ratios"], rows)
     # The lines printed are the JSON's ratios, rounded.
     printed = RATIO.findall(result.stdout)
