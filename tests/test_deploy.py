@@ -16,7 +16,7 @@ from exporter.config import ExportConfig
 from exporter.data import synthetic_case
 from exporter.export.onnx import BGRInputs, export_module, export_onnx
 from exporter.images import to_model_input
-from exporter.model.deploy import DeployRefine, Downsample, Upsample, _nearest_then_conv, deploy_applies
+from exporter.model.deploy import STRIP, DeployRefine, Downsample, Upsample, _nearest_then_conv, deploy_applies
 from exporter.tolerances import FP32_ATOL
 from helpers import GOLDEN_CONFIG
 
@@ -207,14 +207,18 @@ def test_patch_selection_does_not_read_the_heads_activation(golden_onnx):
 
 def test_refiner_windows_are_gathered_two_pixels_an_index(golden_onnx):
     """The stage-one windows are gathered as 32-float rows (two pixels of 16 channels), 8
-    an index a patch, from the whole map and from the strips at the edges: a 16-float row
-    an index ran 7 times slower on the CPU."""
+    an index a patch, in one gather from one table: the whole map's pairs, then the four
+    strips' at the image's edges (a 16-float row an index ran 7 times slower on the CPU; a
+    gather from each with a choice between them cost two more passes over the windows)."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(golden_onnx)))
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
-    gathers = [
-        shapes[n.output[0]] for n in model.graph.node if n.op_type == "Gather" and n.name.startswith("/refiner/")
-    ]
-    assert gathers == [[GOLDEN_CONFIG.patches * 8, 32]] * 2
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.name.startswith("/refiner/")]
+    assert [shapes[n.output[0]] for n in gathers] == [[GOLDEN_CONFIG.patches * 8, 32]]
+    half = (GOLDEN_CONFIG.height // 2, GOLDEN_CONFIG.width // 2)
+    pairs, strips = (half[0] + 2) * (half[1] + 2) // 2, 2 * STRIP * (half[1] + 2) // 2 + 2 * (half[0] + 2) * STRIP // 2
+    assert shapes[gathers[0].input[0]] == [pairs + strips, 32]
+    windows = [GOLDEN_CONFIG.patches * 8, 32]
+    assert not [n.name for n in model.graph.node if n.op_type == "Where" and windows in map(shapes.get, n.input)]
 
 
 def test_the_structure_check_catches_the_plain_graph(weights, tmp_path):

@@ -226,6 +226,39 @@ def _side_by_side(top: torch.Tensor, left: torch.Tensor, rows: int, cols: int, w
     return first * width + left.reshape(1, -1, 1) + torch.arange(cols).reshape(1, 1, -1)
 
 
+def _window_index(rows: torch.Tensor, cols: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(4, K, 2)``: the stage-one windows of the patches at ``rows, cols`` (``_side_by_side``'s
+    order) as pixel-pair indices into the map's pairs followed by the four strips' (top,
+    bottom, left, right: ``_PatchRefiner._strips``), for a ``height x width`` half-resolution
+    image. A patch of the outer two rows reads a top or bottom strip (as wide as the map),
+    one of the outer two columns otherwise a left or right one (``STRIP`` wide); the others
+    read the map."""
+    pairs, side = (width + 2) // 2, STRIP // 2  # a row of the map, of a side strip
+    top = (height + 2) * pairs  # where each strip starts in the table
+    bottom = top + STRIP * pairs
+    left = bottom + STRIP * pairs
+    right = left + (height + 2) * side
+    last_row, last_col = height // 2 - 2, width // 2 - 2  # the patch grid's, less one
+    row = rows * 2  # the window's first stage-one row
+    in_map = row * pairs + cols
+    first = torch.where(
+        rows < 2,
+        in_map + top,
+        torch.where(
+            rows >= last_row,
+            (row - (height + 2 - STRIP)) * pairs + cols + bottom,
+            torch.where(
+                cols < 2,
+                row * side + cols + left,
+                torch.where(cols >= last_col, row * side + cols - last_col + right, in_map),
+            ),
+        ),
+    )
+    beside = (rows >= 2) & (rows < last_row) & ((cols < 2) | (cols >= last_col))
+    pitch = torch.where(beside, side, pairs)
+    return first.reshape(1, -1, 1) + torch.arange(4).reshape(-1, 1, 1) * pitch.reshape(1, -1, 1) + torch.arange(2)
+
+
 class _Head(nn.Module):
     """The decoder with its last convolution's output channels reordered to what the
     refiner reads first: hid, pha, fgr, then err (the original's order is pha, fgr, err,
@@ -324,9 +357,8 @@ class _PatchRefiner(nn.Module):
         even: the input's is a multiple of 4): a 32-float row an index ran in a seventh of
         the time of a 16-float row (720p, f32: 0.9 ms a frame against 6.4)."""
         height, width = image.shape[2:]
-        pairs = (width + 2) // 2  # a stage-one row: the half-resolution map padded by 3, less 2
-        index = _side_by_side(rows * 2, cols, 4, 2, pairs)
         if self.scale == 1:  # no resize: conv1 runs on the map itself
+            index = _side_by_side(rows * 2, cols, 4, 2, (width + 2) // 2)
             return _as_windows(_gather_pairs(self._stage_one(self.conv1(coarse), image), index))
         # conv1 of the resized map as row-phase convolutions of the coarse map (its edge
         # replicated, as the resize clamps): a quarter of the pixels, 48 output channels
@@ -338,50 +370,25 @@ class _PatchRefiner(nn.Module):
         conv1 = _interleave_rows([conv(padded) for conv in self.conv1_phases], self.conv1.out_channels)
         if scale > 2:  # the phases start at row -scale; the padded map at row -2
             conv1 = conv1[:, :, scale - 2 : scale + height + 2, scale - 2 : scale + width + 2]
-        windows = _gather_pairs(self._stage_one(conv1, image), index)
-        edge, from_strips = self._edge_windows(coarse, image, rows, cols, index)
-        return _as_windows(torch.where(edge, from_strips, windows))
+        # One table, the map's pixel pairs then the strips', and one gather from it: the
+        # patches' indices are chosen per patch (5,000 at 720p), not per gathered pair.
+        stage1 = [self._stage_one(conv1, image), *self._strips(coarse, image)]
+        table = torch.cat([_pixel_pairs(part) for part in stage1])
+        return _as_windows(torch.index_select(table, 0, _window_index(rows, cols, height, width).reshape(-1)))
 
-    def _edge_windows(
-        self, coarse: torch.Tensor, image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whether each gathered pixel pair (``_side_by_side``'s order) is of a patch of the
-        outer two rows or columns, and the pairs as the original computes them, from the
-        four strips at the image's edges (garbage for the other patches)."""
-        scale, (height, width), pairs = self.scale, image.shape[2:], (image.shape[3] + 2) // 2
+    def _strips(self, coarse: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
+        """Stage one at the image's top, bottom, left and right edges (``STRIP`` rows or
+        columns each), as the original computes it."""
+        scale = self.scale
         # Coarse rows enough for the first STRIP stage-one rows: upsampled rows 0..STRIP (the
         # windows, conv2 and conv1 each reach a row further), each a blend of two.
         count = math.floor((STRIP + 0.5) / scale - 0.5) + 2
-        strips = [
+        return [
             self._strip(coarse[:, :, :count], image[:, :, : scale * count])[:, :, :STRIP],
             self._strip(coarse[:, :, -count:], image[:, :, -scale * count :])[:, :, -STRIP:],
             self._strip(coarse[:, :, :, :count], image[:, :, :, : scale * count])[:, :, :, :STRIP],
             self._strip(coarse[:, :, :, -count:], image[:, :, :, -scale * count :])[:, :, :, -STRIP:],
         ]
-        # Where each patch's window is in the strips, laid end to end: the top strip is as
-        # wide as the map, so a top patch's index is its index in the map.
-        bottom_start = STRIP * pairs
-        left_start = 2 * bottom_start
-        right_start = left_start + (height + 2) * STRIP // 2
-        row, col = rows.reshape(1, -1, 1), cols.reshape(1, -1, 1)
-        last_row, last_col = height // 2 - 2, width // 2 - 2  # the patch grid's, less one
-        in_strips = torch.where(
-            row < 2,
-            index,
-            torch.where(
-                row >= last_row,
-                _side_by_side(rows * 2 - (height + 2 - STRIP), cols, 4, 2, pairs) + bottom_start,
-                torch.where(
-                    col < 2,
-                    _side_by_side(rows * 2, cols, 4, 2, STRIP // 2) + left_start,
-                    _side_by_side(rows * 2, cols - last_col, 4, 2, STRIP // 2) + right_start,
-                ),
-            ),
-        )
-        edge = (row < 2) | (row >= last_row) | (col < 2) | (col >= last_col)
-        strip_pairs = torch.cat([_pixel_pairs(strip) for strip in strips])
-        from_strips = torch.index_select(strip_pairs, 0, in_strips.clamp(0, strip_pairs.shape[0] - 1).reshape(-1))
-        return edge.expand(4, -1, 2).reshape(-1, 1), from_strips
 
     def _strip(self, coarse: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Stage one as the original computes it (the coarse map resized, conv1 on it), on
