@@ -167,7 +167,7 @@ def stage_of(layer: LayerTime, inputs: Iterable[str]) -> str:
     ``/Reshape_abcd_acdb_/refiner/conv3_image/Conv``): it counts for the layer it feeds."""
     if layer.type in CONVOLUTIONS:
         return "convolutions"
-    if any(layer.name.startswith(f"{name}_") for name in inputs):
+    if any(layer.name.startswith(f"{model_input}_") for model_input in inputs):
         return "inputs"
     name = layer.name
     if layer.type == "Reorder" and "_/" in name:
