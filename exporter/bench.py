@@ -164,7 +164,8 @@ def stage_of(layer: LayerTime, inputs: Iterable[str]) -> str:
     (``/refiner/Gather_6`` -> ``refiner``, ``/downsample_half_1/Add`` -> ``downsample_half``:
     the deployed graph's stages, the original's blocks), or ``other``. OpenVINO names a
     reorder after the layers on both sides (``src_f32_bf16_/downsample/Reshape``,
-    ``/Reshape_abcd_acdb_/refiner/conv3_image/Conv``): it counts for the layer it feeds."""
+    ``/Reshape_abcd_acdb_/refiner/conv3_image/Conv``): it counts for the layer it feeds (one
+    that feeds an output, named after the output alone, for the layer it reads)."""
     if layer.type in CONVOLUTIONS:
         return "convolutions"
     if any(layer.name.startswith(f"{model_input}_") for model_input in inputs):

@@ -99,6 +99,8 @@ def _both(model, config: ExportConfig, seed: int = 3) -> tuple[tuple[torch.Tenso
         # Every patch refined: the border patches' crops and windows reach into the padding.
         ("mobilenetv2", {"height": 64, "width": 96, "sample_pixels": 64 * 96}),
         ("mobilenetv2", {"height": 128, "width": 192, "backbone_scale": 0.125, "sample_pixels": 128 * 192}),
+        # Half-resolution sides of 2 mod 4: the right strip starts at an odd pixel pair.
+        ("mobilenetv2", {"height": 100, "width": 100, "sample_pixels": 100 * 100}),
         ("resnet50", {}),
     ],
 )

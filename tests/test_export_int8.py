@@ -120,6 +120,19 @@ def test_no_quantizer_before_the_refiners_resize(int8_ir):
 
 
 @pytest.mark.slow
+def test_the_window_gather_is_quantized_after_not_before(int8_ir):
+    """conv3's input is quantized after the refiner gathers the stage-one windows, not on
+    the whole table of pixel pairs it gathers from (three times as many at 720p)."""
+    import openvino as ov
+
+    ops = ov.Core().read_model(int8_ir).get_ordered_ops()
+    (gather,) = [op for op in ops if op.get_type_name() == "Gather" and op.get_friendly_name().startswith("/refiner/")]
+    assert gather.get_friendly_name().startswith("/refiner/windows/")
+    assert gather.input_value(0).get_node().get_type_name() != "FakeQuantize"
+    assert {i.get_node().get_type_name() for i in gather.output(0).get_target_inputs()} == {"FakeQuantize"}
+
+
+@pytest.mark.slow
 def test_int8_quantizes_conv1s_phases_and_not_the_error_map(int8_ir):
     """conv1's row phases, the refiner's costliest layers, run in 8 bits; the 1x1 copy of
     the error channel does not: rounded to 8 bits, the errors would choose other patches."""

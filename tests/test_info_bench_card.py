@@ -191,7 +191,8 @@ def test_bench_small(weights, golden_irs, bench_without_pauses):
             convolutions, *rest = r.time_by_stage.items()
             assert convolutions[0] == "convolutions", r.label
             assert [ms for _, ms in rest] == sorted((ms for _, ms in rest), reverse=True), r.label
-            assert r.conv_share == pytest.approx(convolutions[1] / sum(r.time_by_stage.values())), r.label
+            # The stages hold every profiled layer: the ten costliest are in them.
+            assert sum(r.time_by_stage.values()) >= sum(times) * (1 - 1e-9), r.label
             if r.name != ORIGINAL:  # the deployed graph's named stages, each with work outside convolutions
                 assert {"refiner", "compose", "crops", "select"} <= set(r.time_by_stage) <= DEPLOYED_STAGES, r.label
         else:

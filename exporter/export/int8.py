@@ -84,13 +84,14 @@ INT8_FIXED_LAYERS = (r"/compose/.*", r"/error/.*", r"/select/.*", r"/downsample(
 #   8 bits through a bilinear resize, so the quantizer NNCF put on the resize's input ran
 #   as a fake quantization in floating point (2 ms a frame at 720p, bf16, one stream, when
 #   the whole map was resized), a second rounding before conv1's own.
-# - Its gather of the stage-one windows: otherwise NNCF moves conv3's input quantizer above
-#   it, onto every pixel pair of the table it gathers from (122,226 at 720p for 40,000
-#   gathered).
+# - Its gather of the stage-one windows (refiner.windows): otherwise NNCF moves conv3's input
+#   quantizer above it, onto every pixel pair of the table it gathers from (122,226 at 720p
+#   for 40,000 gathered).
 INT8_QUANTIZER_BARRIERS = (
     r"/refiner/Pad",
     r"/crops/.*",
-    r"/refiner/(Add|Concat|Resize|Gather)(_\d+)?$",
+    r"/refiner/(Add|Concat|Resize)(_\d+)?$",
+    r"/refiner/windows/.*",
 )
 
 

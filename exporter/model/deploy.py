@@ -285,6 +285,15 @@ class _Head(nn.Module):
         return torch.minimum(torch.maximum(x, self.low), self.high), x
 
 
+class Rows(nn.Module):
+    """``table``'s rows at ``index`` (any shape, flattened): a module so that its op has a
+    name (INT8 keeps the quantizer of what reads the rows after the gather, not on the
+    whole table)."""
+
+    def forward(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(table, 0, index.reshape(-1))
+
+
 class _PatchRefiner(nn.Module):
     """``Refiner``'s four convolutions rearranged (names kept, so INT8's per-layer rules
     still find ``refiner.conv4``).
@@ -307,6 +316,7 @@ class _PatchRefiner(nn.Module):
     def __init__(self, refiner: Refiner, scale: int) -> None:
         super().__init__()
         self.scale = scale
+        self.windows = Rows()  # the stage-one windows' pixel pairs
         with torch.no_grad():
             weight, bias = _fold_bn(refiner.conv1.weight, refiner.bn1)
             coarse_weight = F.pad(weight[:, :36], (0, 0, 0, 0, 0, 1))
@@ -359,7 +369,7 @@ class _PatchRefiner(nn.Module):
         height, width = image.shape[2:]
         if self.scale == 1:  # no resize: conv1 runs on the map itself
             index = _side_by_side(rows * 2, cols, 4, 2, (width + 2) // 2)
-            return _as_windows(_gather_pairs(self._stage_one(self.conv1(coarse), image), index))
+            return _as_windows(self.windows(_pixel_pairs(self._stage_one(self.conv1(coarse), image)), index))
         # conv1 of the resized map as row-phase convolutions of the coarse map (its edge
         # replicated, as the resize clamps): a quarter of the pixels, 48 output channels
         # rather than 24, and no resized map of 37 channels (720p, bf16, one stream: conv1
@@ -374,7 +384,7 @@ class _PatchRefiner(nn.Module):
         # patches' indices are chosen per patch (5,000 at 720p), not per gathered pair.
         stage1 = [self._stage_one(conv1, image), *self._strips(coarse, image)]
         table = torch.cat([_pixel_pairs(part) for part in stage1])
-        return _as_windows(torch.index_select(table, 0, _window_index(rows, cols, height, width).reshape(-1)))
+        return _as_windows(self.windows(table, _window_index(rows, cols, height, width)))
 
     def _strips(self, coarse: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
         """Stage one at the image's top, bottom, left and right edges (``STRIP`` rows or
@@ -401,10 +411,6 @@ def _pixel_pairs(stage1: torch.Tensor) -> torch.Tensor:
     """``(H * W / 2, 2 * C)``: ``(1, C, H, W)`` channels-last, two pixels a row."""
     channels, height, width = stage1.shape[1:]
     return stage1.permute(0, 2, 3, 1).reshape(height * width // 2, 2 * channels)
-
-
-def _gather_pairs(stage1: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return torch.index_select(_pixel_pairs(stage1), 0, index.reshape(-1))
 
 
 def _as_windows(pairs: torch.Tensor) -> torch.Tensor:
