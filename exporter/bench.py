@@ -35,7 +35,7 @@ from exporter.info import count_flops
 from exporter.pipeline.infer import InferStage
 from exporter.remote import PROTOCOLS, Remote
 from exporter.resources import cpu_description
-from exporter.runtime import LayerTime, Runner, load_runner
+from exporter.runtime import LayerTime, Runner, default_inference_precision, load_runner
 from exporter.table import format_table
 
 __all__ = ["BenchReport", "BenchRow", "ServerBench", "bench", "bench_server", "format_bench", "format_server_bench"]
@@ -194,7 +194,7 @@ class _Variant:
     name: str
     xml: Path
     precision: str
-    arithmetic: str  # asked for: f32 or auto
+    arithmetic: str  # asked for: f32, the device's default, or the user's choice
     gflops: float  # what this graph computes a frame
 
 
@@ -264,15 +264,21 @@ def bench(
     on_progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Export every variant at ``config`` into a scratch folder and time each: eager PyTorch
-    and ONNX Runtime in f32; each IR in f32 and in the device's default arithmetic (or only
-    in ``inference_precision``). ``profile``: keep each IR's costliest layers in the report
+    and ONNX Runtime in f32; each IR in f32 and, where it differs, in the device's default
+    arithmetic (or only in ``inference_precision``). ``profile``: keep each IR's costliest layers in the report
     (their convolution share is always measured)."""
     import onnx
 
     say = on_progress or (lambda message: None)
     (case,) = synthetic_cases(config.height, config.width, 1, use="bench")
     inputs = case.feeds()
-    arithmetics = ("f32", "auto") if inference_precision is None else (inference_precision,)
+    # Where the device's default is f32 (CPUs without bf16), one row an IR: two rows of the same
+    # arithmetic would time the same thing twice under one label.
+    arithmetics = (
+        tuple(dict.fromkeys(("f32", default_inference_precision())))
+        if inference_precision is None
+        else (inference_precision,)
+    )
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory(prefix="bgm-bench-") as scratch:
         root = Path(scratch)
