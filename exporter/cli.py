@@ -25,7 +25,7 @@ from typer.core import TyperGroup
 from exporter import __version__
 from exporter.backbones import BACKBONES
 from exporter.config import MODEL_TYPES, PRECISIONS, PRESETS, REFINE_MODES, ExportConfig
-from exporter.errors import BgmExportError, ConfigError, Terminated
+from exporter.errors import BgmExportError, ConfigError, interruption, raise_terminated
 from exporter.files import write_json
 from exporter.runtime import INFERENCE_PRECISIONS
 from exporter.serve import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MAX_REQUEST_MB
@@ -34,10 +34,6 @@ if TYPE_CHECKING:
     from exporter.checkpoint import Weights
 
 F = TypeVar("F", bound=Callable[..., object])
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
 
 
 def error_line(message: str) -> None:
@@ -54,7 +50,7 @@ class Commands(TyperGroup):
 
         # Handlers can only be set from the main thread (an embedding host may call us elsewhere).
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+        previous = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except NoArgsIsHelpError as exc:  # Typer has printed the help already
@@ -63,8 +59,11 @@ class Commands(TyperGroup):
             where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
             error_line(f"{exc.format_message()}{where}")
             code = exc.exit_code
-        except Abort:
+        except Abort as exc:  # Click's word for Ctrl-C (or SIGTERM) while it parses
             code = 1
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                what, code = interruption(exc.__cause__)
+                error_line(what)
         finally:
             if main_thread:  # None: the previous handler was not Python's; the default is the nearest
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
@@ -92,12 +91,10 @@ def user_errors(command: F) -> F:
         except BgmExportError as exc:
             error_line(str(exc))
             raise typer.Exit(code=exc.exit_code) from None
-        except Terminated:
-            error_line("terminated; no partial output was left")
-            raise typer.Exit(code=128 + signal.SIGTERM) from None
-        except KeyboardInterrupt:
-            error_line("interrupted; no partial output was left")
-            raise typer.Exit(code=128 + signal.SIGINT) from None
+        except KeyboardInterrupt as exc:
+            what, code = interruption(exc)
+            error_line(f"{what}; no partial output was left")
+            raise typer.Exit(code=code) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "ArtifactError",
     "BgmExportError",
@@ -61,3 +63,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` that removes a
     temporary file runs; told apart from Ctrl-C only by the exit code (and by a live source,
     which stops cleanly on either)."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler: ``Terminated`` in the main thread."""
+    raise Terminated
+
+
+def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """What an interruption is called and its exit code: the shell's 128 + the signal's number."""
+    if isinstance(exc, Terminated):
+        return "terminated", 128 + signal.SIGTERM
+    return "interrupted", 128 + signal.SIGINT

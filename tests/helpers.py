@@ -21,7 +21,7 @@ GOLDEN_CONFIG = ExportConfig(height=192, width=320, sample_pixels=16_000, thresh
 
 # The command line in a process of its own (real standard streams, signals, C libraries'
 # own output on descriptor 2), as the installed `bgm-export` runs it.
-CLI_COMMAND = [sys.executable, "-c", "import sys; from exporter.cli import app; sys.argv[0] = 'bgm-export'; app()"]
+CLI_COMMAND = [sys.executable, "-m", "exporter"]
 
 
 def huge_png(path: Path, width: int, height: int) -> Path:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from exporter.errors import ArtifactError
@@ -131,3 +136,42 @@ def test_verify_refuses_metadata_copied_from_another_model(weights, tmp_path):
     onnx.save(model, str(tmp_path / "lying.onnx"))
     with pytest.raises(ArtifactError, match=r"takes inputs of shape \[1, 3, 128, 192\] \(src\), but its metadata says"):
         verify([tmp_path / "lying.onnx"], weights, cases=1)
+
+
+# A child that stops inside the command line's imports (at Typer, its first heavy one) and says
+# so: the signal then arrives at a known point of start-up, whatever the machine's load.
+STALL_IN_IMPORTS = """
+import importlib.abc, sys, time
+class Stall(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "typer":
+            print("importing", flush=True)
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, Stall())
+sys.argv = ["bgm-export", "--version"]
+from exporter.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    "signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_during_start_up_ends_it_with_one_line(signum, code, word):
+    child = subprocess.Popen([sys.executable, "-c", STALL_IN_IMPORTS], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"importing\n"
+        child.send_signal(signum)
+        _, stderr = child.communicate(timeout=5)
+    finally:
+        child.kill()
+        child.wait()
+    assert (child.returncode, stderr.decode()) == (code, f"error: {word} while starting\n")
+
+
+def test_the_installed_command_is_the_entry_point_that_handles_start_up():
+    """The console script runs ``exporter.__main__:main`` (importing the CLI inside its signal
+    handling), not the Typer app directly."""
+    (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "bgm-export"]
+    assert script.value == "exporter.__main__:main"
