@@ -2,8 +2,12 @@
 
 User mistakes arrive as ``BgmExportError`` (or as Typer's usage errors: a bad number, an
 unknown option); each is printed as one ``error:`` line on stderr and ends the command with
-exit code 2, never a traceback. Ctrl-C ends it with 130 and SIGTERM with 143, after the
-command has removed every temporary file it made.
+exit code 2, never a traceback. Ctrl-C ends it with 130, SIGTERM with 143 (SIGHUP, a closed
+terminal, with 129), after the command has removed every temporary file it made; a signal
+while Typer parses ends it the same way. A reader that closes our standard output early ends
+it quietly with 141, as SIGPIPE ends other tools; a standard output that cannot be written
+(a full disk) is an error like any other. Every line on stderr is ``printable``: secrets
+masked, control characters escaped.
 """
 
 from __future__ import annotations
@@ -25,10 +29,26 @@ from typer.core import TyperGroup
 from exporter import __version__
 from exporter.backbones import BACKBONES
 from exporter.config import MODEL_TYPES, PRECISIONS, PRESETS, REFINE_MODES, ExportConfig
-from exporter.errors import BgmExportError, ConfigError, interruption, raise_terminated
+from exporter.errors import (
+    TERMINATING_SIGNALS,
+    BgmExportError,
+    ConfigError,
+    OutputError,
+    StandardOutputClosed,
+    interruption,
+    raise_terminated,
+)
 from exporter.files import write_json
+from exporter.redact import printable
+from exporter.remote import DEFAULT_TIMEOUT_SECONDS
 from exporter.runtime import INFERENCE_PRECISIONS
-from exporter.serve import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_MAX_REQUEST_MB
+from exporter.serve import (
+    DEFAULT_BODY_TIMEOUT_SECONDS,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_MAX_REQUEST_MB,
+)
 
 if TYPE_CHECKING:
     from exporter.checkpoint import Weights
@@ -37,12 +57,81 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 def error_line(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    typer.secho(f"error: {printable(message)}", err=True, fg=typer.colors.RED)
+
+
+class _Interrupted(BaseException):
+    """A signal outside a command's own handling (while Typer builds or parses it), carried past
+    Typer, which would turn the ``KeyboardInterrupt`` into a silent exit 130 whatever the signal."""
+
+    def __init__(self, interrupt: KeyboardInterrupt) -> None:
+        super().__init__(interrupt)
+        self.interrupt = interrupt
+
+
+class _Stdout:
+    """``sys.stdout`` while a command runs: a write that fails is the command's error (one line,
+    or quiet when the reader left), never a traceback from the middle of a print."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _guarded(self, operation: Callable[..., Any], *args: Any) -> Any:
+        import errno
+
+        try:
+            return operation(*args)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise StandardOutputClosed("") from None
+            raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+    def write(self, text: str) -> int:
+        return self._guarded(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _guarded_stdout() -> Iterator[None]:
+    stream = sys.stdout
+    if stream is None:  # closed by the caller (`>&-`): nothing to guard; each command checks its own need
+        yield
+        return
+    sys.stdout = _Stdout(stream)
+    try:
+        yield
+    except StandardOutputClosed:
+        # Python flushes stdout again at exit: point it at nothing so that flush says nothing.
+        import os
+
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        raise
+    finally:
+        sys.stdout = stream
 
 
 class Commands(TyperGroup):
     """Typer's usage errors (a bad integer, a missing option, an unknown command) printed as
-    one ``error:`` line like every other error, not as a panel."""
+    one ``error:`` line like every other error, not as a panel; a signal while Typer parses
+    ends the command like one during its work."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(exc) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted(exc) from None
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -50,23 +139,29 @@ class Commands(TyperGroup):
 
         # Handlers can only be set from the main thread (an embedding host may call us elsewhere).
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, raise_terminated) if main_thread else None
+        previous = {s: signal.signal(s, raise_terminated) for s in TERMINATING_SIGNALS} if main_thread else {}
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            with _guarded_stdout():
+                code = super().main(*args, standalone_mode=False, **kwargs)
         except NoArgsIsHelpError as exc:  # Typer has printed the help already
             code = exc.exit_code
         except UsageError as exc:
             where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
             error_line(f"{exc.format_message()}{where}")
             code = exc.exit_code
-        except Abort as exc:  # Click's word for Ctrl-C (or SIGTERM) while it parses
+        except (_Interrupted, Abort) as exc:  # Abort: Click's word for a signal while it parses
+            interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc.__cause__
             code = 1
-            if isinstance(exc.__cause__, KeyboardInterrupt):
-                what, code = interruption(exc.__cause__)
+            if isinstance(interrupt, KeyboardInterrupt):
+                what, code = interruption(interrupt)
                 error_line(what)
+        except BgmExportError as exc:  # standard output failing outside a command (--help, --version)
+            if str(exc):
+                error_line(str(exc))
+            code = exc.exit_code
         finally:
-            if main_thread:  # None: the previous handler was not Python's; the default is the nearest
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            for signum, handler in previous.items():  # None: not Python's; the default is the nearest
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
@@ -89,11 +184,13 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except BgmExportError as exc:
-            error_line(str(exc))
+            if str(exc):  # StandardOutputClosed has nothing to say, and nowhere to say it but stderr
+                error_line(str(exc))
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt as exc:
             what, code = interruption(exc)
-            error_line(f"{what}; no partial output was left")
+            # ``outcome``: what a signal after the output was complete found (exporter.matte).
+            error_line(f"{what}; {getattr(exc, 'outcome', 'no partial output was left')}")
             raise typer.Exit(code=code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -106,12 +203,12 @@ def printer(quiet: bool) -> Callable[[str, float], None] | None:
 
 
 def progress(message: str) -> None:
-    typer.echo(f"  {message}", err=True)
+    typer.echo(f"  {printable(message)}", err=True)
 
 
 def warn(message: str | None) -> None:
     if message:
-        typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+        typer.secho(f"warning: {printable(message)}", err=True, fg=typer.colors.YELLOW)
 
 
 @contextlib.contextmanager
@@ -187,6 +284,13 @@ ModelTypeOpt = Annotated[
     typer.Option(
         help="refine (default): MattingRefine, outputs pha, fgr; base: MattingBase, the network without the "
         "refiner at the input's resolution, outputs pha, fgr, err, hid (the original's --model-type mattingbase)."
+    ),
+]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="With --server: seconds to wait for the server to connect and for each answer "
+        f"(default {DEFAULT_TIMEOUT_SECONDS:g}).",
     ),
 ]
 ArtifactsArg = Annotated[
@@ -528,6 +632,7 @@ def bench(
         Optional[Path],
         typer.Option(help="With --server: the IR it serves, timed here too (THROUGHPUT hint) for comparison."),
     ] = None,
+    timeout: TimeoutOpt = None,
     inference_precision: ArithmeticOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
@@ -539,7 +644,7 @@ def bench(
     exporting = given(checkpoint=checkpoint, backbone=backbone, preset=preset, height=height, width=width,
                       sample_pixels=sample_pixels, model_type=model_type, runs=runs,
                       profile=profile or None)  # fmt: skip
-    serving = given(model_name=model_name, clients=clients, local=local)
+    serving = given(model_name=model_name, clients=clients, local=local, timeout=timeout)
     if serving and server is None:
         raise ConfigError(f"{option_names(serving)} apply with --server only")
     if server is not None:
@@ -549,8 +654,8 @@ def bench(
         if exporting or matte is not None:
             raise ConfigError(f"{option_names([*exporting, *given(matte=matte)])} cannot apply with --server")
         result = bench_server(
-            parse_remote(server, model_name), clients or 4, frames or 48, local=local, json_path=json_path,
-            inference_precision=inference_precision or "auto", on_progress=progress,
+            parse_remote(server, model_name, timeout=timeout), clients or 4, frames or 48, local=local,
+            json_path=json_path, inference_precision=inference_precision or "auto", on_progress=progress,
         )  # fmt: skip
         typer.echo(format_server_bench(result))
     elif matte is not None:
@@ -646,12 +751,15 @@ def serve(
     max_request_mb: Annotated[
         float, typer.Option(help="Largest request body (REST) or message (gRPC) taken, in MiB.")
     ] = DEFAULT_MAX_REQUEST_MB,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request body may take to arrive; a slower one is answered 408.")
+    ] = DEFAULT_BODY_TIMEOUT_SECONDS,
 ) -> None:
     """Serve every model of a repository (or one artifact) over the Open Inference Protocol (KServe V2).
 
     REST (JSON and binary tensors) and gRPC, as OpenVINO Model Server, Triton and KServe speak
     it; health, model metadata and Prometheus metrics at /metrics. SIGTERM or Ctrl-C: the
-    requests in flight finish, then it exits 0.
+    bodies still arriving are cut off (503), the requests being computed finish, then it exits 0.
     """
     from exporter.serve import Listening
     from exporter.serve import serve as run_serve
@@ -669,12 +777,10 @@ def serve(
 
     summary = run_serve(
         target, host=host, http_port=http_port, grpc_port=grpc_port, device=device,
-        inference_precision=inference_precision, max_request_mb=max_request_mb, on_ready=ready,
+        inference_precision=inference_precision, max_request_mb=max_request_mb, body_timeout=body_timeout,
+        on_ready=ready,
     )  # fmt: skip
-    answered = ", ".join(f"{name} {count}" for name, count in summary.answered.items())
-    refused = ", ".join(f"{name} {count}" for name, count in summary.refused.items())
-    typer.echo(f"stopped by {summary.stopped_by}; every request in flight was answered (answered: {answered}; "
-               f"refused as bad requests: {refused})")  # fmt: skip
+    typer.echo(summary.line())
 
 
 @contextlib.contextmanager
@@ -704,6 +810,7 @@ def matte(
     model_version: Annotated[
         Optional[str], typer.Option(help="With --server: its version (default: the server's choice).")
     ] = None,
+    timeout: TimeoutOpt = None,
     *,
     src: Annotated[
         str,
@@ -740,6 +847,10 @@ def matte(
         bool,
         typer.Option("--align", help="Warp the background onto each frame first (hand-held captures)."),
     ] = False,
+    open_timeout: Annotated[
+        Optional[float],
+        typer.Option(help="Seconds a stream URL may take to open and send its first frame (default 10)."),
+    ] = None,
 ) -> None:
     """Replace the background of images, video, a camera, a stream or piped frames with an exported model
     (or one on a model server: --server).
@@ -747,13 +858,23 @@ def matte(
     Cameras and streams run in latency mode (the newest frame wins when the model falls
     behind); they and piped frames stop cleanly on Ctrl-C or SIGTERM.
     """
-    from exporter.matte import PipeOut, parse_background, parse_model, parse_outputs, parse_source, parse_target
+    from exporter.matte import (
+        PipeOut,
+        output_complete,
+        parse_background,
+        parse_model,
+        parse_out,
+        parse_outputs,
+        parse_source,
+        parse_target,
+    )
     from exporter.matte import matte as run_matte
+    from exporter.remote import with_timeout
 
-    destination = PipeOut(sys.stdout.buffer) if out == "-" else Path(out)  # before stdout is redirected
+    destination = parse_out(out)  # before stdout is redirected
     with summary_stream(isinstance(destination, PipeOut)), frame_bar("matting") as on_frame:
         summary = run_matte(
-            parse_model(model, server, model_name, model_version),
+            with_timeout(parse_model(model, server, model_name, model_version), timeout),
             parse_source(src, size),
             parse_background(bgr),
             target=None if target is None else parse_target(target),
@@ -763,10 +884,38 @@ def matte(
             outputs=None if outputs is None else parse_outputs(outputs),
             align=align,
             on_frame=on_frame,
+            open_timeout=open_timeout,
+            on_status=progress,
         )
-        for message in summary.warnings:
-            warn(message)
-        typer.echo("\n".join(summary.lines(destination)))
+        with output_complete(destination):
+            for message in summary.warnings:
+                warn(message)
+            typer.echo("\n".join(summary.lines(destination)))
+
+
+@app.command()
+@user_errors
+def web(
+    target: Annotated[Path, typer.Argument(help="An .onnx artifact (with --out), or a site folder (with --serve).")],
+    out: Annotated[Optional[Path], typer.Option(help="Build the site into this new or empty folder.")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the site on loopback (Ctrl-C stops).")] = False,
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="Port (default 8090; 0: any free one).")] = None,
+) -> None:
+    """Run a model in the browser: a static site (the JavaScript module bgm.js, ONNX Runtime Web,
+    the artifact byte for byte, a live camera page) that works offline, served here with the
+    cross-origin isolation headers multi-threaded WebAssembly needs (docs/web.md)."""
+    from exporter.web import Site, publish
+
+    def ready(url: str) -> None:
+        typer.echo(f"serving at {url} (loopback only; frames never leave the browser); Ctrl-C stops")
+        sys.stdout.flush()
+
+    def built(site: Site) -> None:
+        typer.echo("\n".join(site.lines()))
+
+    result = publish(target, out, serve, port, on_built=built, on_ready=ready)
+    if result.stopped_by:
+        typer.echo(f"stopped by {result.stopped_by}")
 
 
 @app.callback(invoke_without_command=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import signal
 
 __all__ = [
@@ -14,6 +15,12 @@ __all__ = [
     "OutputError",
     "RepositoryError",
     "ServerError",
+    "StandardOutputClosed",
+    "TERMINATING_SIGNALS",
+    "Terminated",
+    "interruption",
+    "raise_terminated",
+    "shown",
 ]
 
 
@@ -60,18 +67,63 @@ class ExportError(BgmExportError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that every ``finally`` that removes a
-    temporary file runs; told apart from Ctrl-C only by the exit code (and by a live source,
-    which stops cleanly on either)."""
+    """SIGTERM (or SIGHUP: the terminal closed), raised in the main thread like Ctrl-C so that
+    every ``finally`` that removes a temporary file runs; told apart from Ctrl-C only by the
+    exit code (and by a live source, which stops cleanly on either)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StandardOutputClosed(OutputError):
+    """Whoever read our standard output stopped reading (``| head``): nothing more can be said
+    there, so the command ends quietly with the code SIGPIPE gives other tools."""
+
+    exit_code = 128 + signal.SIGPIPE
+
+
+# The signals that end a command like SIGTERM: every one whose default would kill it without
+# running a ``finally`` (a closed terminal sends SIGHUP).
+TERMINATING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def raise_terminated(signum: int, frame: object) -> None:
-    """The SIGTERM handler: ``Terminated`` in the main thread."""
-    raise Terminated
+    """The handler of ``TERMINATING_SIGNALS``: ``Terminated`` in the main thread."""
+    raise Terminated(signum)
 
 
 def interruption(exc: KeyboardInterrupt) -> tuple[str, int]:
     """What an interruption is called and its exit code: the shell's 128 + the signal's number."""
     if isinstance(exc, Terminated):
-        return "terminated", 128 + signal.SIGTERM
+        return "terminated", 128 + exc.signum
     return "interrupted", 128 + signal.SIGINT
+
+
+# What a message shows of one name or value read from a file: enough to recognise it (the
+# longest key of the original's state_dicts has 50 characters), never the megabytes a hostile
+# file can hold, nor an integer Python refuses to print (over 4300 digits).
+SHOWN_CHARS = 100
+_BIG_INT_BITS = 4 * SHOWN_CHARS  # ~120 digits: printed, then cut like any value
+
+
+class _Shown(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > _BIG_INT_BITS:
+            return f"<an integer of {x.bit_length():,} bits>"
+        return super().repr_int(x, level)
+
+
+_SHOWN = _Shown()
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = SHOWN_CHARS
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = 8
+
+
+def shown(value: object) -> str:
+    """``value`` for a message, at most ~``SHOWN_CHARS`` characters: a string as it is (quoted,
+    with escapes, if it holds control characters), anything else as its shortened repr."""
+    if isinstance(value, str):
+        head = value[:SHOWN_CHARS]
+        text = head if head.isprintable() else repr(head)
+        return text + (f"... ({len(value):,} characters)" if len(value) > SHOWN_CHARS else "")
+    return _SHOWN.repr(value)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from exporter.errors import ArtifactError
+from exporter.errors import ArtifactError, shown
 
 __all__ = [
     "ModelInfo",
@@ -85,12 +85,19 @@ def count_flops(model: onnx.ModelProto) -> tuple[float, dict[str, float]]:
     """Total GFLOPs and GFLOPs per block (backbone, aspp, decoder, refiner, other)."""
     shapes = _shapes(model)
     by_block: dict[str, float] = {}
+
+    def shape(node: onnx.NodeProto, name: str) -> tuple[int, ...]:
+        if name not in shapes:  # a graph that is not ours: a weight that is no constant, a dynamic shape
+            raise ArtifactError(f"cannot count the FLOPs of {node.op_type} node {shown(node.name)}: "
+                                f"the shape of {shown(name)} is not known")  # fmt: skip
+        return shapes[name]
+
     for node in model.graph.node:
         if node.op_type == "Conv":
-            weight = shapes[node.input[1]]  # (Cout, Cin/groups, kh, kw)
-            flops = 2 * math.prod(shapes[node.output[0]]) * math.prod(weight[1:])
+            weight = shape(node, node.input[1])  # (Cout, Cin/groups, kh, kw)
+            flops = 2 * math.prod(shape(node, node.output[0])) * math.prod(weight[1:])
         elif node.op_type in ("MatMul", "Gemm"):
-            a, out = shapes[node.input[0]], shapes[node.output[0]]
+            a, out = shape(node, node.input[0]), shape(node, node.output[0])
             flops = 2 * math.prod(out) * a[-1]
         else:
             continue
@@ -116,13 +123,10 @@ def graph_parameters(model: onnx.ModelProto) -> int:
 
 
 def onnx_info(path: Path, nodes_before: int | None = None, trainable: int | None = None) -> ModelInfo:
-    from exporter.artifact import op_histogram
+    from exporter.artifact import load_onnx, op_histogram
 
     path = Path(path)
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
+    model = load_onnx(path, external_data=True)  # a model, its external data beside it only
     gflops, by_block = count_flops(_at_resolution(model))
     return ModelInfo(
         path=str(path),
@@ -202,14 +206,13 @@ def ir_parameters(model: object) -> int:
 def ir_info(xml: Path) -> ModelInfo:
     import collections
 
-    import openvino as ov
-
     from exporter.artifact import read_ir
+    from exporter.runtime import openvino_core
 
     xml = Path(xml)
     metadata = read_ir(xml)
     try:
-        model = ov.Core().read_model(str(xml))
+        model = openvino_core().read_model(str(xml))
     except Exception as exc:  # OpenVINO raises RuntimeError with a long report
         raise ArtifactError(f"{xml} is not a readable OpenVINO IR: {str(exc).splitlines()[0]}") from None
     ops = collections.Counter(op.get_type_name() for op in model.get_ordered_ops())

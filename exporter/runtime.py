@@ -18,6 +18,8 @@ objects. Torch-free: the deployment side imports it.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -31,6 +33,8 @@ from exporter.artifact import IO_NAMES, artifact_metadata, check_io
 from exporter.errors import ArtifactError, ConfigError
 
 __all__ = [
+    "keep_signal_stack",
+    "openvino_core",
     "INFERENCE_PRECISIONS",
     "Feeds",
     "LayerTime",
@@ -111,6 +115,10 @@ class Runner(ABC):
         """Per-layer times of the last ``infer``, where the runner was loaded to profile."""
         return []
 
+    def cancel(self) -> None:  # noqa: B027 - most runtimes' requests cannot be given up
+        """Give up the requests in flight (their results raise), where the runtime can: a
+        remote server's can; OpenVINO's are waited for (abandoned, they abort the exit)."""
+
     def close(self) -> None:  # noqa: B027 - not every runtime holds anything
         """Free what the runtime holds (threads, memory); the runner is unusable after."""
 
@@ -171,7 +179,7 @@ class OpenVINORunner(Runner):
         if device.split(":")[0] not in DEVICES:
             raise ArtifactError(f"device {device!r} is not one of {', '.join(DEVICES)}")
         check_inference_precision(inference_precision)
-        core = ov.Core()
+        core = openvino_core()
         available = core.available_devices
         if device.split(":")[0] != "AUTO" and not any(d.startswith(device) for d in available):
             raise ArtifactError(f"OpenVINO device {device} is not available here (available: {', '.join(available)})")
@@ -255,6 +263,54 @@ class OpenVINORunner(Runner):
         self._free.clear()
         self._requests.clear()
         self._sync = self._compiled = None
+        keep_signal_stack()
+
+
+# The main thread's alternate signal stack, ours (see ``keep_signal_stack``): a few times
+# glibc's SIGSTKSZ, room for Python's C-level signal handler, which only sets a flag.
+SIGNAL_STACK_BYTES = 64 * 1024
+
+
+class _StackT(ctypes.Structure):  # struct stack_t (sigaltstack(2)), as glibc lays it out on Linux
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@functools.cache
+def _signal_stack() -> ctypes.Array:
+    return ctypes.create_string_buffer(SIGNAL_STACK_BYTES)  # held for the process's life
+
+
+def keep_signal_stack() -> None:
+    """Give the main thread an alternate signal stack that lives as long as the process.
+
+    OpenVINO's CPU plugin sets the loading thread's alternate signal stack when a Core loads
+    it and, unloaded, puts back the one it found. Two Cores unloaded out of order (ours and
+    one NNCF made) left the stack pointing at freed memory; Python's handlers run on that
+    stack (SA_ONSTACK), so the next Ctrl-C or SIGTERM crashed the process with SIGSEGV
+    instead of ending it with 130 / 143. Called after OpenVINO has loaded or unloaded a
+    plugin; a no-op where there is no glibc or off the main thread (signals reach Python's
+    main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        sigaltstack = ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):
+        return
+    buffer = _signal_stack()
+    stack = _StackT(ctypes.cast(buffer, ctypes.c_void_p), 0, ctypes.sizeof(buffer))
+    sigaltstack(ctypes.byref(stack), None)
+
+
+@functools.cache
+def openvino_core() -> object:
+    """The process's one ``openvino.Core``: each Core loads a CPU plugin of its own, and every
+    load and unload moves the main thread's signal stack (``keep_signal_stack``)."""
+    import openvino as ov
+
+    core = ov.Core()
+    _ = core.available_devices  # loads the plugins now, so that the stack is ours from here on
+    keep_signal_stack()
+    return core
 
 
 def _port_name(port: object) -> str:
@@ -291,10 +347,8 @@ def check_inference_precision(inference_precision: str) -> str:
 def default_inference_precision(device: str = "CPU") -> str:
     """The arithmetic OpenVINO computes in on ``device`` when not told (``f32``, ``bf16``,
     ``f16``): what a user's ``compile_model`` gets."""
-    import openvino as ov
-
     try:
-        return ov.Core().get_property(device, "INFERENCE_PRECISION_HINT").get_type_name()
+        return openvino_core().get_property(device, "INFERENCE_PRECISION_HINT").get_type_name()
     except RuntimeError:  # a device without the property, or one not here
         return "f32"
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
+from typer.core import TyperGroup
 
-from exporter.errors import ArtifactError
+from exporter.errors import ArtifactError, Terminated
+from exporter.redact import MAX_PRINTED
+from helpers import CLI_COMMAND
 
 SMALL = ["--height", "128", "--width", "192", "--sample-pixels", "8000"]
 
@@ -155,19 +159,90 @@ main()
 """
 
 
-@pytest.mark.parametrize(
-    "signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
-)
-def test_a_signal_during_start_up_ends_it_with_one_line(signum, code, word):
-    child = subprocess.Popen([sys.executable, "-c", STALL_IN_IMPORTS], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "terminated")]
+
+
+def stalled(module: str, *argv: str) -> subprocess.Popen:
+    """``bgm-export ARGV`` in a child that stops at the import of ``module`` once it has said
+    "importing": a signal sent then arrives at a known point, whatever the machine's load."""
+    code = STALL_IN_IMPORTS.replace('"typer"', repr(module))
+    code = code.replace('["bgm-export", "--version"]', repr(["bgm-export", *argv]))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout.readline() == b"importing\n"
+    return child
+
+
+def ended_by(child: subprocess.Popen, signum: int) -> tuple[int, str]:
     try:
-        assert child.stdout.readline() == b"importing\n"
         child.send_signal(signum)
         _, stderr = child.communicate(timeout=5)
     finally:
         child.kill()
         child.wait()
-    assert (child.returncode, stderr.decode()) == (code, f"error: {word} while starting\n")
+    return child.returncode, stderr.decode()
+
+
+@pytest.mark.parametrize("signum, code, word", SIGNALS)
+def test_a_signal_during_start_up_ends_it_with_one_line(signum, code, word):
+    child = stalled("typer", "--version")
+    assert ended_by(child, signum) == (code, f"error: {word} while starting\n")
+
+
+@pytest.mark.parametrize("signum, code, word", SIGNALS)
+def test_a_signal_inside_a_command_ends_it_with_one_line(signum, code, word):
+    """SIGHUP (a closed terminal) too: its default would kill the command before any ``finally``
+    removed a temporary file."""
+    child = stalled("exporter.info", "info", "--backbone", "mobilenetv2")
+    assert ended_by(child, signum) == (code, f"error: {word}; no partial output was left\n")
+
+
+@pytest.mark.parametrize(
+    "raised, code, word", [(KeyboardInterrupt(), 130, "interrupted"), (Terminated(), 143, "terminated")]
+)
+def test_a_signal_while_typer_parses_is_not_a_silent_130(raised, code, word, monkeypatch, cli, one_error):
+    """Typer turns any KeyboardInterrupt while it parses into a silent exit 130, SIGTERM's too."""
+
+    def interrupted(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(TyperGroup, "make_context", interrupted)
+    one_error(cli("info", "--backbone", "mobilenetv2"), word, code=code)
+
+
+def test_standard_output_that_cannot_be_written_is_one_line():
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([*CLI_COMMAND, "--version"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: cannot write to standard output: No space left on device\n",
+    )
+
+
+def test_a_reader_that_left_ends_the_command_quietly():
+    """``bgm-export ... | head``: the reader closed the pipe before we wrote (its read end is
+    closed before the command starts, so the write always fails): 141 as SIGPIPE gives, nothing
+    on stderr (Python's own "Exception ignored ... BrokenPipeError" at exit included)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [*CLI_COMMAND, "--version"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_names_from_files_and_peers_print_as_one_escaped_line(cli, one_error, tmp_path):
+    """A newline in a path (or a key, or a server's answer) cannot forge a second error line, a
+    terminal escape is shown, not obeyed, and a megabyte of it is cut to a line."""
+    forged = tmp_path / "x\nwarning: forged \x1b]0;title\x07"
+    result = cli("info", "--checkpoint", forged)
+    one_error(result, "x\\nwarning: forged \\x1b]0;title\\x07")
+    assert result.stderr.count("\n") == 1
+    result = cli("onnx", "--preset", "z" * 1_000_000)
+    one_error(result, "characters left out")
+    assert len(result.stderr) < 2 * MAX_PRINTED
 
 
 def test_the_installed_command_is_the_entry_point_that_handles_start_up():

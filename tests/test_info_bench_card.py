@@ -301,3 +301,18 @@ def test_outputs_are_checked_before_the_work(argv, golden_onnx, tmp_path, cli, o
     result = cli(*(re.sub("ONNX|FILE", lambda m: places[m[0]], arg) for arg in argv))
     one_error(result, "is not a folder")
     assert "exporting" not in result.stderr and "reference" not in result.stderr
+
+
+def test_info_of_a_graph_whose_shapes_are_unknown_is_one_error_line(tmp_path, cli, one_error):
+    """An ONNX that is not ours (a Conv whose weight nothing gives): no FLOPs to count, said in
+    one line naming the node, not a KeyError."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "none"], ["y"], name="c" * 500)], "g", [x], [y])
+    path = tmp_path / "other.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    result = cli("info", path)
+    one_error(result, "cannot count the FLOPs of Conv node")
+    assert "c" * 101 not in result.stderr

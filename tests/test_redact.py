@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.redact import MASK, redact, redact_url
+from exporter.redact import MASK, MAX_PRINTED, printable, redact, redact_url
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,31 @@ def test_every_url_in_a_message_is_masked():
     masked = redact(message)
     assert not any(secret in masked for secret in ("one", "two", "three")), masked
     assert masked.count(MASK) == 4 and masked.startswith("could not open rtsp://a:***@cam1/x (timeout)")
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        # A password with a space: no pattern finds its end in free text, the URL's own reading does.
+        ("http://admin:pa ss@127.0.0.1:9/x", "opening http://admin:pa ss@127.0.0.1:9/x failed (pa ss)"),
+        # A URL taken for a path prints with one slash.
+        ("mms://admin:S3CRETpw@127.0.0.1/x", "source mms:/admin:S3CRETpw@127.0.0.1/x does not exist"),
+        # Vendors' own names for the password (Foscam's loginpas).
+        (
+            "http://cam/v?loginuse=admin&loginpas=S3CRET&user_password=S3CRET2",
+            "GET /v?loginpas=S3CRET user_password=S3CRET2",
+        ),
+    ],
+)
+def test_a_shown_urls_secrets_are_masked_wherever_they_appear_later(url, message):
+    shown = redact_url(url)
+    assert "S3CRET" not in shown and "pa ss" not in shown, shown
+    masked = redact(message)
+    assert "S3CRET" not in masked and "pa ss" not in masked, masked
+
+
+def test_printable_is_one_line_of_plain_text_and_bounded():
+    assert printable("a\nb\r\x1b]0;title\x07\u202e\x00") == "a\\nb\\r\\x1b]0;title\\x07\\u202e\\x00"
+    assert printable("rtsp://u:pw@h/x") == f"rtsp://u:{MASK}@h/x"
+    long = printable("k" * 10_000_000)
+    assert len(long) < MAX_PRINTED + 100 and "characters left out" in long

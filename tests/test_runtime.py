@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -60,3 +63,28 @@ def test_refusals(golden_onnx, golden_irs, tmp_path, artifact, runtime, device, 
     path = {"onnx": golden_onnx, "FP32": golden_irs["FP32"], "missing": tmp_path / "m.onnx"}[artifact]
     with pytest.raises(ArtifactError, match=message):
         load_runner(path, runtime, device)
+
+
+# Two other Cores (NNCF makes its own) loaded after ours and unloaded out of order: each CPU
+# plugin puts back the signal stack it found, so the main thread's ends up on freed memory.
+CORES_UNLOADED_OUT_OF_ORDER = """
+import gc, signal, sys
+import openvino as ov
+from exporter.runtime import load_runner
+runner = load_runner(sys.argv[1], "openvino")
+first = ov.Core(); first.available_devices
+second = ov.Core(); second.available_devices
+del first; gc.collect()
+del second; gc.collect()
+runner.close()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))
+signal.raise_signal(signal.SIGTERM)
+"""
+
+
+def test_a_signal_after_openvino_unloaded_plugins_is_handled_not_a_crash(golden_onnx):
+    """Python's handlers run on the alternate signal stack: one left on freed memory by
+    OpenVINO's plugins made Ctrl-C and SIGTERM a SIGSEGV (seen in the suite and by users)."""
+    code = CORES_UNLOADED_OUT_OF_ORDER
+    result = subprocess.run([sys.executable, "-c", code, str(golden_onnx)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 7, (result.returncode, result.stderr[-2000:])

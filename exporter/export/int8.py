@@ -13,6 +13,7 @@ composites; validation frames for accuracy control are never calibration frames.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -252,9 +253,9 @@ def _validation_items(
 ) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Each held-out frame with its target alpha: the truth (``TARGET_TRUTH``) or the FP32
     model's (``TARGET_FP32``), the same for every frame."""
-    import openvino as ov
+    from exporter.runtime import openvino_core
 
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     items = []
     for case in cases:
         inputs = case.feeds()
@@ -348,6 +349,11 @@ def quantize_model(
                 drop_type=nncf.DropType.ABSOLUTE,
                 **common,
             )
+    # NNCF's own Cores are gone once collected: the signal stack they put back is ours again.
+    from exporter.runtime import keep_signal_stack
+
+    gc.collect()
+    keep_signal_stack()
     fp_layers = _kept_in_fp(quantized)
     metadata = {
         "int8_calibration": frames.source,
