@@ -14,7 +14,14 @@ The library takes typed values; ``parse_*`` turn the command line's strings into
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
+import os
 import re
+import signal
+import stat
+import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -24,13 +31,15 @@ from typing import BinaryIO
 import numpy as np
 
 from exporter.artifact import artifact_files, artifact_metadata
-from exporter.errors import ConfigError, InputError, OutputError, Terminated
+from exporter.errors import TERMINATING_SIGNALS, ConfigError, InputError, OutputError, Terminated
 from exporter.files import staging_folder
 from exporter.images import read_image, same_aspect
 from exporter.pipeline.infer import LATENCY_DEPTH, InferStage
 from exporter.pipeline.prepare import Backdrop, Composite, Prepare, median_background, resize
 from exporter.pipeline.sinks import PNG_SUFFIXES, PipeSink, PngSink, Sink, VideoSink
 from exporter.pipeline.sources import (
+    MAX_CAMERA_INDEX,
+    MAX_PIPE_PIXELS,
     STREAM_SCHEMES,
     Camera,
     Frame,
@@ -42,7 +51,9 @@ from exporter.pipeline.sources import (
     read_ahead,
 )
 from exporter.pipeline.timings import Timings, timed
+from exporter.pipeline.waits import STOP_GRACE
 from exporter.pipeline.writebehind import WriteBehind
+from exporter.redact import redact_url
 from exporter.remote import Remote, parse_remote
 from exporter.runtime import load_runner
 
@@ -52,8 +63,10 @@ __all__ = [
     "MatteSummary",
     "PipeOut",
     "matte",
+    "output_complete",
     "parse_background",
     "parse_model",
+    "parse_out",
     "parse_outputs",
     "parse_source",
     "parse_target",
@@ -73,6 +86,14 @@ WRITE_BEHIND = 8
 PNG_WRITERS = 2
 # The most frames ``--bgr first:N`` takes (their median is held in memory).
 MAX_BACKGROUND_FRAMES = 100
+# ``--open-timeout``'s bounds: under a millisecond FFmpeg reads as "none"; a day is a typo.
+MAX_OPEN_TIMEOUT = 24 * 3600.0
+# Digits as ``int`` reads them and ``str.isdigit`` does not refuse: ASCII only ("²" is a digit
+# to isdigit, not to int).
+_NUMBER = re.compile(r"[0-9]+")
+# The signals a run's final moves hold back until every result is in place: those the CLI
+# turns into an interrupt (an embedding host may handle them another way).
+_HELD_SIGNALS = (signal.SIGINT, *TERMINATING_SIGNALS)
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,13 @@ class PipeOut:
     """Composite frames as raw BGR24 on ``stream`` (None: standard output)."""
 
     stream: BinaryIO | None = None
+
+    @classmethod
+    def standard(cls) -> PipeOut:
+        """Standard output as it is now (before a summary is redirected onto stderr)."""
+        if sys.stdout is None:
+            raise OutputError("--out -: standard output is closed")
+        return cls(sys.stdout.buffer)
 
 
 Target = tuple[int, int, int] | Path
@@ -107,6 +135,7 @@ class MatteSummary:
     seconds: float
     files: list[Path]
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was chosen, for the summary (not warnings)
     timings: dict[str, float] = field(default_factory=dict)
     alignment: str | None = None
     inference_precision: str = ""
@@ -133,7 +162,8 @@ class MatteSummary:
     def lines(self, out: Path | PipeOut) -> list[str]:
         """What a person wants to read after the run (warnings are shown apart)."""
         split = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())
-        lines = [f"background aligned: {self.alignment}"] if self.alignment else []
+        lines = list(self.notes)
+        lines += [f"background aligned: {self.alignment}"] if self.alignment else []
         if self.stopped:
             lines.append(f"stopped by {self.stopped}; every frame taken was written")
         lines += [
@@ -148,30 +178,67 @@ class MatteSummary:
                 f"{self.frames + self.dropped} frames ({self.drop_rate:.0%})"
             )
         where = "standard output" if isinstance(out, PipeOut) else out
-        lines.append(f"wrote {len(self.files)} files to {where}" if self.files else f"wrote the frames to {where}")
+        count = len(self.files)
+        lines.append(f"wrote {count} file{'s' * (count != 1)} to {where}" if count else f"wrote the frames to {where}")
         return lines
 
 
 # ---- the command line's strings as typed values ----
 
 
+def _bounded(text: str, low: int, high: int) -> int | None:
+    """``text`` (ASCII digits) as a number from ``low`` to ``high``, or None. The digits are
+    counted before ``int()`` reads them: Python refuses strings of more than 4,300 digits with
+    a ValueError, and a number that long is never meant."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if low <= value <= high else None
+
+
+def _shown(text: str) -> str:
+    """``text`` for an error line, cut short when it is long (a 5,000-digit number)."""
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text):,} characters)"
+
+
+def _named(spec: str, option: str) -> str:
+    """``spec`` unless it is empty: ``Path("")`` is the current folder, which nobody means."""
+    if not spec.strip():
+        raise InputError(f"{option} is empty: give a name")
+    return spec
+
+
 def parse_source(spec: str, size: str | None = None) -> SourceSpec:
     """``camera:N``, a stream URL, ``-`` (raw BGR24 frames of ``size`` WxH on standard input),
     or a path."""
+    _named(spec, "--src")
     if size is not None and spec != "-":
         raise InputError("--size applies to --src - (raw frames on standard input) only")
     if spec == "-":
         if size is None:
             raise InputError("--src - needs --size WxH: raw frames carry no size")
-        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", size)
-        if not match or min(int(match[1]), int(match[2])) < 1:
-            raise InputError(f"--size {size!r} is not WIDTHxHEIGHT (for example 1280x720)")
-        return Pipe(int(match[1]), int(match[2]))
+        match = re.fullmatch(r"\s*([0-9]+)\s*[xX]\s*([0-9]+)\s*", size)
+        if not match or not all(side.strip("0") for side in match.groups()):
+            raise InputError(f"--size {_shown(size)!r} is not WIDTHxHEIGHT (for example 1280x720)")
+        width, height = (_bounded(side, 1, MAX_PIPE_PIXELS) for side in match.groups())
+        if width is None or height is None or width * height > MAX_PIPE_PIXELS:
+            raise InputError(f"--size {_shown(size)}: larger than 8K (7680x4320); is --size right?")
+        return Pipe(width, height)
     if spec.startswith("camera:"):
-        index = spec.removeprefix("camera:")
-        if not index.isdigit():
-            raise InputError(f"--src {spec}: a camera is camera:N, N its number (camera:0 is /dev/video0)")
-        return Camera(int(index))
+        index = _bounded(spec.removeprefix("camera:"), 0, MAX_CAMERA_INDEX)
+        if index is None:
+            raise InputError(
+                f"--src {_shown(spec)}: a camera is camera:N, N its number from 0 to {MAX_CAMERA_INDEX} "
+                "(camera:0 is /dev/video0)"
+            )
+        return Camera(index)
+    if spec.lower().startswith("file://"):  # a local file: read as a file, in order
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(spec).path))
     if spec.lower().startswith(STREAM_SCHEMES):
         return Stream(spec)
     return Path(spec)
@@ -184,6 +251,7 @@ def parse_model(
     if (model is None) == (server is None):
         raise InputError("give --model PATH (an exported model) or --server URL --model-name NAME, one of the two")
     if model is not None:
+        _named(str(model), "--model")  # "" arrives as Path("."), a folder, refused as an artifact
         if model_name is not None or version is not None:
             raise InputError("--model-name and --model-version apply with --server only")
         return Path(model)
@@ -192,26 +260,32 @@ def parse_model(
 
 def parse_target(spec: str) -> Target:
     """``R,G,B`` -> a colour; anything else -> the path of an image or a video."""
-    parts = spec.split(",")
-    if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
-        colour = tuple(int(p) for p in parts)
-        if any(c > 255 for c in colour):
-            raise InputError(f"target colour {spec} has a channel above 255")
+    parts = [part.strip() for part in _named(spec, "--target").split(",")]
+    if len(parts) == 3 and all(_NUMBER.fullmatch(part) for part in parts):
+        colour = tuple(_bounded(part, 0, 255) for part in parts)
+        if None in colour:
+            raise InputError(f"target colour {_shown(spec)} has a channel above 255")
         return colour  # type: ignore[return-value]
     path = Path(spec)
     if not path.is_file():
-        raise InputError(f"target {spec} is neither a colour R,G,B nor an existing image or video")
+        raise InputError(f"target {_shown(spec)} is neither a colour R,G,B nor an existing image or video")
     return path
 
 
 def parse_background(spec: str) -> Path | FirstFrames:
     """``first:N`` -> the median of the source's first N frames; anything else -> an image."""
-    if spec.startswith("first:"):
-        count = spec.removeprefix("first:")
-        if not count.isdigit() or not 1 <= int(count) <= MAX_BACKGROUND_FRAMES:
-            raise InputError(f"--bgr {spec}: first:N takes N from 1 to {MAX_BACKGROUND_FRAMES}")
-        return FirstFrames(int(count))
+    if _named(spec, "--bgr").startswith("first:"):
+        count = _bounded(spec.removeprefix("first:"), 1, MAX_BACKGROUND_FRAMES)
+        if count is None:
+            raise InputError(f"--bgr {_shown(spec)}: first:N takes N from 1 to {MAX_BACKGROUND_FRAMES}")
+        return FirstFrames(count)
     return Path(spec)
+
+
+def parse_out(spec: str) -> Path | PipeOut:
+    """``-`` -> raw frames on standard output (taken now, before a summary is redirected
+    onto stderr); anything else -> the output folder."""
+    return PipeOut.standard() if _named(spec, "--out") == "-" else Path(spec)
 
 
 def parse_outputs(spec: str) -> tuple[str, ...]:
@@ -295,7 +369,7 @@ def _check_inputs_kept(
 
 
 def _background(bgr: Path | FirstFrames, source: Source, frames: Iterator[Frame], align: bool) -> tuple:
-    """The background at the frames' size, and the warnings about it."""
+    """The background at the frames' size, and notes on how it was made."""
     if isinstance(bgr, FirstFrames):
         first = [frame.image for _, frame in zip(range(bgr.count), frames, strict=False)]
         if len(first) < bgr.count:
@@ -315,23 +389,125 @@ def _background(bgr: Path | FirstFrames, source: Source, frames: Iterator[Frame]
     return resize(background, fw, fh), [f"background {bw}x{bh} resized to the source's {fw}x{fh}"]
 
 
+def _check_outputs_free(out: Path, source: Source, kinds: set[str]) -> None:
+    """No file this run writes may be named like a folder in ``out``: a file cannot replace a
+    folder, and the run would fail after its work (checked before anything is written)."""
+    planned = _planned_files(source, kinds)
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(out) as entries:
+        for entry in entries:
+            if planned(entry.name) and entry.is_dir(follow_symlinks=False):
+                raise OutputError(f"output {out / entry.name} is a folder; move it away or choose another --out")
+
+
 @contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A folder inside ``out`` whose files are moved into ``out`` only on success."""
-    with staging_folder(out, "matte") as staging:
-        yield staging
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP held back while the block runs, then handed to their own handlers:
+    for a block that must not stop halfway. Signals reach Python's main thread only, so
+    elsewhere nothing can stop the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, object] = {}
+    try:
+        for signum in _HELD_SIGNALS:
+            previous[signum] = signal.signal(signum, lambda number, _: caught.append(number))
+        yield
+    finally:
+        for signum, handler in previous.items():
+            # None: the handler was not set from Python; the default is the nearest.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
+
+
+def _land(staging: Path, out: Path) -> None:
+    """Every file of ``staging`` moved into ``out``, or none: a failed move undoes the moves
+    before it and puts back the files they replaced (set aside in ``staging`` meanwhile)."""
+    aside = staging / ".replaced"  # results never start with a dot
+    moved: list[tuple[Path, Path | None]] = []  # (where a result landed, what it replaced)
+    try:
         for item in sorted(staging.iterdir()):
-            item.replace(out / item.name)
+            final, kept = out / item.name, None
+            if os.path.lexists(final):
+                if stat.S_ISDIR(os.lstat(final).st_mode):  # a rename cannot replace it
+                    raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(final))
+                aside.mkdir(exist_ok=True)
+                kept = aside / item.name
+                final.replace(kept)
+            try:
+                item.replace(final)
+            except OSError:
+                if kept is not None:
+                    kept.replace(final)
+                raise
+            moved.append((final, kept))
+    except OSError as exc:
+        for final, kept in reversed(moved):
+            with contextlib.suppress(OSError):
+                final.unlink()
+                if kept is not None:
+                    kept.replace(final)
+        where = exc.filename or out
+        raise OutputError(
+            f"cannot move the results into {out} ({where}: {exc.strerror or exc}); none was left"
+        ) from None
 
 
-def _sinks(kinds: set[str], source: Source, out: Path | PipeOut, folder: Path | None, timings: Timings) -> list[Sink]:
+@contextlib.contextmanager
+def output_complete(out: Path | PipeOut, landed: threading.Event | None = None) -> Iterator[None]:
+    """An interrupt in the block says what it leaves as its ``outcome`` where "no partial
+    output was left" would be false: the frames already written to standard output stay
+    there; a run's results, once all in the folder ``out`` (``landed`` set; always when not
+    given), are complete."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if isinstance(out, PipeOut):
+            exc.outcome = "the frames written to standard output stay there"  # type: ignore[attr-defined]
+        elif landed is None or landed.is_set():
+            exc.outcome = f"the run had finished: its output in {out} is complete"  # type: ignore[attr-defined]
+        raise
+
+
+@contextlib.contextmanager
+def _staging(out: Path, landed: threading.Event) -> Iterator[Path]:
+    """A folder inside ``out`` whose files land in ``out`` on success, all of them or none.
+    Ctrl-C and SIGTERM wait for the moves (a rename each) and for the staging folder's
+    removal, which a failed run needs too: a folder half removed is partial output.
+    ``landed``: set once the results are in ``out``."""
+    with contextlib.ExitStack() as held, staging_folder(out, "matte") as staging:
+        try:
+            yield staging
+        finally:
+            held.enter_context(output_complete(out, landed))  # entered first: it sees a held signal
+            held.enter_context(_signals_held())
+        _land(staging, out)
+        landed.set()
+
+
+def _pipe_stream(out: PipeOut) -> BinaryIO:
+    """Where ``--out -`` writes: refused when closed, or a terminal (raw video would flood it,
+    as gzip refuses)."""
+    stream = out.stream if out.stream is not None else PipeOut.standard().stream
+    if getattr(stream, "closed", False):
+        raise OutputError("--out -: standard output is closed")
+    if stream.isatty():
+        raise OutputError("--out - writes raw video: refusing to write it to a terminal; pipe it (| ffplay ...)")
+    return stream
+
+
+def _sinks(
+    kinds: set[str], source: Source, out: Path | PipeOut, folder: Path | None, timings: Timings, stop: threading.Event
+) -> list[Sink]:
     if isinstance(out, PipeOut):
-        import sys
-
-        return [PipeSink(out.stream if out.stream is not None else sys.stdout.buffer)]
+        stream, shown = _pipe_stream(out), "the output pipe"
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            shown = "standard output" if stream.fileno() == 1 else "the output pipe"
+        return [PipeSink(stream, stop, shown)]
     sinks: list[Sink] = []
     if source.video and "composite" in kinds:
-        sinks.append(VideoSink(folder / "composite.mp4", source.fps, source.size))
+        sinks.append(VideoSink(folder / "composite.mp4", source.fps, source.size, out / "composite.mp4"))
     pngs = _png_kinds(kinds, source.video)
     if pngs:
         sinks.append(PngSink(folder, pngs, out, timings))
@@ -342,9 +518,17 @@ class _Writer:
     """The writing side of a run: compositing and every sink, behind the write-behind
     threads; a frame's latency is taken when its last ordered write is done."""
 
-    def __init__(self, sinks: list[Sink], composite: Composite, backdrop: Backdrop | None, timings: Timings) -> None:
+    def __init__(
+        self,
+        sinks: list[Sink],
+        composite: Composite,
+        backdrop: Backdrop | None,
+        timings: Timings,
+        stop: threading.Event,
+    ) -> None:
         self.sinks, self.composite, self.backdrop, self.timings = sinks, composite, backdrop, timings
-        self.behind = WriteBehind(WRITE_BEHIND, PNG_WRITERS)
+        self.stop = stop
+        self.behind = WriteBehind(WRITE_BEHIND, PNG_WRITERS, stop)
 
     def put(self, frame: Frame, outputs: dict[str, np.ndarray]) -> None:
         self.behind.put(lambda: self._write(frame, outputs))
@@ -357,12 +541,25 @@ class _Writer:
         self.timings.latency(time.perf_counter() - frame.captured)
         return jobs
 
-    def close(self, finished: bool) -> None:
+    def close(self, finished: bool, grace: float | None = None) -> bool:
+        """Wait for the writers (at most ``grace`` seconds when given); False when they were
+        abandoned instead: past the grace, on an error, on an interrupt in the wait. A writer
+        blocked on a reader that does not read gives up once abandoned."""
         try:
-            self.behind.close(finished)
+            if finished and not self.behind.drain(grace):
+                finished = False
+        except BaseException:
+            finished = False
+            raise
         finally:
-            for sink in self.sinks:
-                sink.close()
+            if not finished:
+                self.stop.set()
+            try:
+                self.behind.close(finished)
+            finally:
+                for sink in self.sinks:
+                    sink.close()
+        return finished
 
 
 def _frames(source: Source, timings: Timings) -> Iterator[Frame]:
@@ -384,13 +581,23 @@ def matte(
     outputs: Collection[str] | None = None,
     align: bool = False,
     on_frame: Callable[[int, int], None] | None = None,
+    open_timeout: float | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> MatteSummary:
     """Matte every frame of ``src`` against the background ``bgr`` and write ``outputs``
     (``OUTPUT_KINDS``; default: the composite video for a sequence, alpha, foreground and
     composite PNGs for images) into ``out``, composited over ``target`` (default green).
     ``align``: warp the background onto each frame first (``exporter.align``). A live source
     (camera, stream) or a pipe stopped by Ctrl-C or SIGTERM ends the run cleanly. ``model``:
-    an exported model, or a ``Remote`` one on a V2 server (which chooses device and arithmetic)."""
+    an exported model, or a ``Remote`` one on a V2 server (which chooses device and arithmetic).
+    ``open_timeout``: seconds a stream may take to open (default ``STREAM_OPEN_TIMEOUT``);
+    ``on_status``: told what a wait of unknown length waits for (a stream's open)."""
+    if open_timeout is not None:
+        if not isinstance(src, Stream):
+            raise InputError("--open-timeout applies to a stream URL (--src rtsp://..., http://, ...) only")
+        if not (math.isfinite(open_timeout) and 0.001 <= open_timeout <= MAX_OPEN_TIMEOUT):
+            raise InputError(f"--open-timeout {open_timeout}: give seconds from 0.001 to {MAX_OPEN_TIMEOUT:g}")
+        src = Stream(src.url, open_timeout)
     remote = model if isinstance(model, Remote) else None
     metadata = None
     if remote is None:
@@ -398,13 +605,20 @@ def matte(
         metadata = artifact_metadata(model)  # a missing or wrong model file is named before any frame is read
     elif (device, inference_precision) != ("CPU", "auto"):
         raise ConfigError("--device and --inference-precision are the server's: give them to the server")
-    with contextlib.ExitStack() as stack:
+    if isinstance(out, PipeOut):
+        _pipe_stream(out)  # closed or a terminal: said before anything is opened
+    stop = threading.Event()  # set: every stage's blocked wait gives up (the writers were abandoned)
+    landed = threading.Event()  # set: the results are in ``out``; an interrupt after it says so
+    with output_complete(out, landed), contextlib.ExitStack() as stack:
+        if isinstance(src, Stream) and on_status:
+            on_status(f"opening {redact_url(src.url)} (up to {src.timeout:g} s)")
         source = open_source(src)
         stack.callback(source.close)
         kinds = _kinds(outputs, source, out, target)
         _check_maps(kinds, model, metadata)
         if isinstance(out, Path):
             _check_inputs_kept(out, source, kinds, None if remote else model, bgr, target)
+            _check_outputs_free(out, source, kinds)
         if remote:
             runner = remote.connect()
         else:
@@ -414,23 +628,35 @@ def matte(
         timings = Timings("decode", "prepare", "model", "write")
         frames = _frames(source, timings)
         stack.callback(frames.close)  # the reader thread stops before its source is released
-        background, warnings = _background(bgr, source, frames, align)
+        stack.callback(source.stop)  # ...and a read it is blocked in gives up first
+        background, notes = _background(bgr, source, frames, align)
         _, _, height, width = runner.input_shape
         prepare = Prepare(height, width, background, align)
         backdrop = Backdrop(target or DEFAULT_TARGET, source.size) if kinds & {"composite", "composite-png"} else None
-        infer = InferStage(runner, LATENCY_DEPTH if source.live else None, timings)
+        infer = InferStage(runner, LATENCY_DEPTH if source.live else None, timings, stop)
         start = time.perf_counter()
-        with contextlib.nullcontext(None) if isinstance(out, PipeOut) else _staging(out) as folder:
-            writer = _Writer(_sinks(kinds, source, out, folder, timings), Composite(source.size, height, width),
-                             backdrop, timings)  # fmt: skip
+        with contextlib.nullcontext(None) if isinstance(out, PipeOut) else _staging(out, landed) as folder:
+            writer = _Writer(_sinks(kinds, source, out, folder, timings, stop), Composite(source.size, height, width),
+                             backdrop, timings, stop)  # fmt: skip
             stopped = _run(frames, prepare, infer, writer, source, on_frame)
+            warnings = []
+            if source.stalled:
+                if not infer.completed:
+                    raise InputError(f"{source.stalled}; no frame was matted")
+                warnings.append(f"stopped early: {source.stalled}; the frames before it were written")
+                stopped = stopped or f"a stall ({source.stalled})"
+            if not infer.completed:  # zero frames is a failure, never an empty success
+                if isinstance(bgr, FirstFrames):
+                    raise InputError(f"--bgr first:{bgr.count} took every frame of {source.label}: none was left "
+                                     "to matte")  # fmt: skip
+                raise InputError(f"{source.label} gave no frame to matte")
             written = [out / p.name for p in sorted(folder.iterdir())] if folder is not None else []
     timings.add("model", infer.model_seconds)
     latency = timings.latency_percentiles(50, 95)
     return MatteSummary(
-        frames=infer.completed, seconds=time.perf_counter() - start, files=written, warnings=warnings,
+        frames=infer.completed, seconds=time.perf_counter() - start, files=written, warnings=warnings, notes=notes,
         timings=timings.seconds(), alignment="; ".join(prepare.aligner.fits) if prepare.aligner else None,
-        inference_precision=arithmetic, device=remote.url if remote else device, live=source.live,
+        inference_precision=arithmetic, device=redact_url(remote.url) if remote else device, live=source.live,
         dropped=source.dropped,
         latency_ms={f"p{p}": s * 1000 for p, s in latency.items()}, stopped=stopped,
     )  # fmt: skip
@@ -445,7 +671,8 @@ def _run(
     on_frame: Callable[[int, int], None] | None,
 ) -> str | None:
     """Frames through the stages until the source ends; a live source or a pipe also ends on
-    Ctrl-C or SIGTERM (returned as what stopped it), after writing every frame taken."""
+    Ctrl-C or SIGTERM (returned as what stopped it), after writing every frame taken, when
+    that takes at most ``STOP_GRACE`` seconds."""
 
     def feeds() -> Iterator[tuple[Frame, dict[str, np.ndarray]]]:
         for frame in frames:
@@ -458,14 +685,21 @@ def _run(
         if on_frame:
             on_frame(infer.completed, source.total or 0)
 
-    finished, stopped = False, None
+    finished, stopped, grace = False, None, None
     try:
         infer.run(feeds(), written)
         finished = True
     except KeyboardInterrupt as exc:
-        if source.total is not None:  # files: an interrupted run leaves nothing
+        # Files: an interrupted run leaves nothing. Live sources and pipes: what was taken is
+        # written, unless nothing was, or the writers cannot finish within the grace (a reader
+        # of our output that stopped reading): then it is an interrupt like any other.
+        if source.total is not None or not infer.completed or writer.stop.is_set():
             raise
-        finished, stopped = True, "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        finished, stopped, grace = True, "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C", STOP_GRACE
+        if not writer.close(finished, grace):
+            raise
+        return stopped
     finally:
-        writer.close(finished)
+        if grace is None:
+            writer.close(finished)
     return stopped

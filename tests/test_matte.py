@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import signal
+import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def test_other_size_is_letterboxed_and_mapped_back(model, tmp_path):
     bgr = save(np.array(Image.fromarray(case.bgr).resize((400, 300))), tmp_path / "bgr.png")
     target = save(synthetic_case(90, 90, 13).bgr, tmp_path / "beach.png")
     summary = matte(model, src, bgr, target=target, out=tmp_path / "out")
-    assert summary.warnings == ["background 400x300 resized to the source's 200x150"]
+    # Said, but not as a warning: it is what the user asked for.
+    assert summary.notes == ["background 400x300 resized to the source's 200x150"] and not summary.warnings
     for name in ("src_alpha.png", "src_fgr.png", "src_composite.png"):
         assert read(tmp_path / "out" / name).shape[:2] == (150, 200)
 
@@ -449,7 +451,8 @@ def test_a_network_stream_runs_in_latency_mode(model, tmp_path):
     with mjpeg_stream(frames, fps=500) as url:
         summary = matte(model, Stream(url), bgr, out=tmp_path / "out")
     assert summary.live and summary.frames >= 1
-    assert summary.frames + summary.dropped == len(frames)
+    # The first frame, read on opening, only tells the size: neither matted nor dropped.
+    assert summary.frames + summary.dropped == len(frames) - 1
     assert summary.dropped > 0  # 500 frames/s is faster than the model and the writer
     assert set(summary.latency_ms) == {"p50", "p95"} and 0 < summary.latency_ms["p50"] <= summary.latency_ms["p95"]
     assert any("dropped" in line and "p95" in line for line in summary.lines(tmp_path / "out"))
@@ -466,7 +469,7 @@ def test_background_from_the_first_frames(model, tmp_path):
     frames = [scene.bgr] * 3 + [scene.src] * 2
     stream = io.BytesIO(raw_bgr(frames))
     summary = matte(model, Pipe(160, 96, stream), FirstFrames(3), out=tmp_path / "out", outputs=("alpha",))
-    assert summary.frames == 2 and "background: the median of the first 3 frames" in summary.warnings
+    assert summary.frames == 2 and "background: the median of the first 3 frames" in summary.notes
     # Frames keep the source's numbers: the first matted one is the fourth.
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["frame_000003_alpha.png", "frame_000004_alpha.png"]
     with_image = matte(model, save(scene.src, tmp_path / "src.png"), save(scene.bgr, tmp_path / "bgr.png"),
@@ -586,3 +589,381 @@ def test_bench_refuses_options_that_do_not_apply(model, args, message, cli, one_
     before = model.with_suffix(".bin").read_bytes()
     one_error(cli("bench", *argv), message)
     assert model.with_suffix(".bin").read_bytes() == before
+
+
+# ---- every blocking wait ends on SIGINT and SIGTERM (HOSTILE.md, class 1) ----
+
+# A signal at a blocking point ends the run within this many seconds (the issue's bound).
+SIGNAL_EXIT_SECONDS = 5
+# How long a test waits for the process to reach its blocking point (a model loads first).
+READY_SECONDS = 90
+
+
+class Process:
+    """``bgm-export`` in a process of its own, its stderr lines collected as they come."""
+
+    def __init__(self, *args: object, stdout: int = subprocess.DEVNULL) -> None:
+        self.popen = subprocess.Popen([*CLI_COMMAND, *map(str, args)], stdin=subprocess.PIPE, stdout=stdout,
+                                      stderr=subprocess.PIPE)  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.popen.stderr:
+            self.lines.append(line.decode(errors="replace"))
+
+    def wait_for(self, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        while not ready():
+            assert self.popen.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, "never reached its blocking point: " + "".join(self.lines)
+            time.sleep(0.02)
+
+    def stop_with(self, signum: int) -> None:
+        """``signum`` now: the run ends within SIGNAL_EXIT_SECONDS with 128 + signum and one
+        error line, no traceback."""
+        self.popen.send_signal(signum)
+        try:
+            code = self.popen.wait(SIGNAL_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.close()
+        stderr = "".join(self.lines)
+        assert code == 128 + signum, f"exit {code} {stderr}"
+        errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in stderr, stderr
+
+    def close(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
+        self._reader.join(5)
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def queued(fd: int) -> int:
+    """Bytes waiting in a pipe (either of its ends)."""
+    import fcntl
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+@contextlib.contextmanager
+def silent_peer(kind: str) -> Iterator[tuple[str, Callable[[], bool]]]:
+    """A loopback peer that never sends a byte, and when a matte process is blocked on it:
+    ``tcp`` and ``http`` accept the connection and stay silent; ``listen`` is a client that
+    connects to matte's ``?listen=1`` and stays silent; ``udp`` is a port nobody sends to."""
+    import socket
+
+    sockets: list[socket.socket] = []
+    try:
+        if kind in ("tcp", "http"):
+            server = socket.create_server(("127.0.0.1", 0))
+            server.settimeout(0.05)
+            sockets.append(server)
+            port = server.getsockname()[1]
+
+            def accepted() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    sockets.append(server.accept()[0])
+                return len(sockets) > 1
+
+            url = f"tcp://127.0.0.1:{port}" if kind == "tcp" else f"http://admin:s3cr3tPW@127.0.0.1:{port}/cam.mjpg"
+            yield url, accepted
+        elif kind == "listen":
+            with socket.create_server(("127.0.0.1", 0)) as probe:
+                port = probe.getsockname()[1]
+
+            def connected() -> bool:
+                client = socket.socket()
+                try:
+                    client.connect(("127.0.0.1", port))
+                except OSError:
+                    client.close()
+                    return False
+                sockets.append(client)
+                return True
+
+            yield f"tcp://127.0.0.1:{port}?listen=1", connected
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            yield f"udp://127.0.0.1:{port}", lambda: False
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("kind", ["tcp", "http", "listen", "udp"])
+def test_a_signal_ends_a_stream_open_nobody_answers(kind, signum, model, tmp_path):
+    """OpenCV's open blocks in FFmpeg for its 30 s default; a signal waited for that."""
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    with silent_peer(kind) as (url, peer_ready):
+        process = Process("matte", "--model", model, "--src", url, "--bgr", bgr, "--out", tmp_path / "out",
+                          "--open-timeout", 60)  # fmt: skip
+        try:
+            # Ready: the peer sees matte's connection; a UDP port has no connection to see, so
+            # matte's line saying it is opening the stream, then a tick for the open to begin.
+            process.wait_for(lambda: any("opening" in line for line in process.lines))
+            if kind == "udp":
+                time.sleep(0.3)
+            else:
+                process.wait_for(peer_ready)
+            process.stop_with(signum)
+        finally:
+            process.close()
+    assert "s3cr3tPW" not in "".join(process.lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stream_that_never_answers_is_an_error_after_the_open_timeout(model, tmp_path):
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    with silent_peer("http") as (url, _):
+        result = bgm_export("matte", "--model", model, "--src", url, "--bgr", bgr, "--out", tmp_path / "out",
+                            "--open-timeout", 1, timeout=60)  # fmt: skip
+    stderr = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: cannot read stream http://admin:***@127.0.0.1:")
+    assert "s3cr3tPW" not in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_a_run_whose_output_nobody_reads(signum, model, tmp_path):
+    """``--out -`` into a pipe nobody reads: the writes wait forever; a signal ends them."""
+    import fcntl
+
+    bgr = save(synthetic_case(192, 320, 0).bgr, tmp_path / "bgr.png")
+    process = Process("matte", "--model", model, "--src", "-", "--size", "320x192", "--bgr", bgr, "--out", "-",
+                      stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        frame = raw_bgr([synthetic_case(192, 320, 1).src])  # 184,320 bytes: more than a pipe holds
+        threading.Thread(target=lambda: [process.popen.stdin.write(frame) for _ in range(4)], daemon=True).start()
+        out = process.popen.stdout.fileno()
+        capacity = fcntl.fcntl(out, fcntl.F_GETPIPE_SZ)
+        process.wait_for(lambda: queued(out) >= capacity)  # full: matte's next write blocks
+        process.stop_with(signum)
+    finally:
+        process.close()
+    assert "standard output stay there" in "".join(process.lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("where", ["first-frames", "silent-stdin"])
+def test_a_signal_ends_a_run_waiting_for_piped_frames(where, signum, model, tmp_path):
+    """``--bgr first:5`` with one frame sent, and a stdin nobody writes to: the read waits for
+    frames that do not come; a signal ends it, and nothing is left."""
+    bgr = "first:5" if where == "first-frames" else save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    process = Process("matte", "--model", model, "--src", "-", "--size", "160x96", "--bgr", bgr,
+                      "--out", tmp_path / "out")  # fmt: skip
+    try:
+        stdin = process.popen.stdin
+        if where == "first-frames":
+            stdin.write(raw_bgr([synthetic_case(96, 160, 1).src]))  # 46,080 bytes: the pipe holds them
+            stdin.flush()
+            process.wait_for(lambda: queued(stdin.fileno()) == 0)  # read: matte waits for the second
+        else:
+            process.wait_for(lambda: any((tmp_path / "out").glob(".matte-*")))  # the model is loaded
+        process.stop_with(signum)
+    finally:
+        process.close()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["first-takes-the-image", "first-takes-the-pipe", "empty-stdin"])
+def test_zero_frames_matted_is_an_error(case, model, tmp_path):
+    scene = synthetic_case(96, 160, 5)
+    if case == "first-takes-the-image":
+        src, bgr, message = save(scene.src, tmp_path / "src.png"), FirstFrames(1), "first:1 took every frame of"
+    elif case == "first-takes-the-pipe":
+        src, bgr = Pipe(160, 96, io.BytesIO(raw_bgr([scene.src] * 4))), FirstFrames(4)
+        message = "first:4 took every frame of the pipe"
+    else:
+        src, bgr, message = Pipe(160, 96, io.BytesIO()), save(scene.bgr, tmp_path / "bgr.png"), "gave no frame"
+    with pytest.raises(InputError, match=message):
+        matte(model, src, bgr, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["stdout-closed", "stdin-closed", "dev-full", "terminal"])
+def test_hostile_standard_streams_are_one_line(case, model, tmp_path):
+    """Closed standard streams, ``/dev/full`` and a terminal: one error line, exit 2."""
+    import os
+    import pty
+
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    args = [*CLI_COMMAND, "matte", "--model", str(model), "--src", "-", "--size", "160x96", "--bgr", str(bgr)]
+    frames = raw_bgr([synthetic_case(96, 160, 1).src] * 2)
+    kwargs: dict = {"stdout": subprocess.DEVNULL, "input": frames}
+    out, message = ["--out", "-"], "standard output is closed"
+    if case == "stdout-closed":
+        kwargs["stdout"] = None
+        kwargs["preexec_fn"] = lambda: os.close(1)
+    elif case == "stdin-closed":
+        out, message = ["--out", str(tmp_path / "out")], "standard input is closed"
+        kwargs.update(input=None, preexec_fn=lambda: os.close(0))
+    elif case == "dev-full":
+        kwargs["stdout"] = open("/dev/full", "wb")  # noqa: SIM115 - closed below
+        message = "cannot write standard output: No space left on device"
+    else:
+        leader, follower = pty.openpty()
+        kwargs["stdout"], message = follower, "refusing to write it to a terminal"
+    try:
+        result = subprocess.run([*args, *out], stderr=subprocess.PIPE, timeout=120, **kwargs)
+    finally:
+        if case == "dev-full":
+            kwargs["stdout"].close()
+        elif case == "terminal":
+            os.close(leader)
+            os.close(follower)
+    stderr = result.stderr.decode()
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stream_that_stalls_midway_says_so(model, tmp_path, monkeypatch):
+    """A stream that stops sending without closing: FFmpeg's read timeout ends the run, which
+    says why instead of passing for the stream's end."""
+    from exporter.pipeline import sources
+
+    monkeypatch.setattr(sources, "STREAM_READ_TIMEOUT", 1.0)
+    cases = [synthetic_case(96, 160, 70 + i) for i in range(4)]
+    bgr = save(cases[0].bgr, tmp_path / "bgr.png")
+    stall = threading.Event()
+
+    class Stalling(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for frame in [c.src for c in cases]:
+                jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1]
+                head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                self.wfile.write(head + jpeg.tobytes() + b"\r\n")
+                time.sleep(0.1)
+            stall.wait(30)  # silent, the connection open
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        summary = matte(model, Stream(f"http://127.0.0.1:{server.server_port}/v.mjpg"), bgr, out=tmp_path / "out")
+    finally:
+        stall.set()
+        server.shutdown()
+        server.server_close()
+    assert summary.frames >= 1 and summary.stopped.startswith("a stall")
+    assert summary.warnings == [f"stopped early: stream http://127.0.0.1:{server.server_port}/v.mjpg sent no frame "
+                                "for 1 s; the frames before it were written"]  # fmt: skip
+
+
+# ---- output names and the final moves (HOSTILE.md, classes 5 and 7) ----
+
+
+@pytest.mark.parametrize("source", ["image", "video"])
+def test_an_output_name_taken_by_a_folder_is_refused_before_writing(source, model, tmp_path, cli, one_error):
+    """A file cannot replace a folder: the run failed at its last move, leaving the files moved before."""
+    case = synthetic_case(96, 160, 1)
+    bgr = save(case.bgr, tmp_path / "bgr.png")
+    if source == "image":
+        src, taken = save(case.src, tmp_path / "src.png"), "src_fgr.png"
+    else:
+        src, taken = write_video(tmp_path / "in.mp4", [case.src] * 2), "composite.mp4"
+    (tmp_path / "out" / taken).mkdir(parents=True)
+    one_error(cli("matte", "--model", model, "--src", src, "--bgr", bgr, "--out", tmp_path / "out"), "is a folder")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [taken] and not any((tmp_path / "out" / taken).iterdir())
+
+
+def test_a_failed_move_puts_back_what_it_replaced(model, tmp_path, monkeypatch):
+    """The third move fails: the two results moved before it go, the files they replaced come back."""
+    case = synthetic_case(96, 160, 1)
+    src, bgr = save(case.src, tmp_path / "src.png"), save(case.bgr, tmp_path / "bgr.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("src_alpha.png", "src_composite.png", "notes.txt"):
+        (out / name).write_text(f"old {name}")
+    real, moves = Path.replace, []
+
+    def failing(self: Path, target: Path) -> Path:
+        if ".matte-" in str(self) and ".replaced" not in str(self) and ".replaced" not in str(target):
+            moves.append(self.name)
+            if len(moves) == 3:
+                raise PermissionError(13, "Permission denied", str(target))
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", failing)
+    with pytest.raises(OutputError, match="cannot move the results into .*none was left"):
+        matte(model, src, bgr, out=out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        name: f"old {name}" for name in ("src_alpha.png", "src_composite.png", "notes.txt")
+    }
+
+
+@pytest.mark.parametrize("when", ["during-the-moves", "after-the-moves", "during-the-summary"])
+def test_a_signal_at_the_end_leaves_all_results_or_none_and_says_which(when, model, tmp_path, cli, monkeypatch):
+    """SIGTERM while the results are moved into place left some of them; after they were all in
+    place, the run still said that no partial output was left."""
+    from exporter import files
+    from exporter.errors import raise_terminated
+    from exporter.matte import MatteSummary
+
+    for i in range(4):
+        save(synthetic_case(96, 160, i).src, tmp_path / "frames" / f"f{i}.png")
+    bgr = save(synthetic_case(96, 160, 0).bgr, tmp_path / "bgr.png")
+    out = tmp_path / "out"
+
+    def terminate_after(function: Callable, test: Callable[..., bool] = lambda *_: True) -> Callable:
+        sent = []
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            result = function(*args, **kwargs)
+            if not sent and test(*args):
+                sent.append(True)
+                signal.raise_signal(signal.SIGTERM)  # as `kill` sends it: handled between two statements
+            return result
+
+        return wrapper
+
+    if when == "during-the-moves":  # after the first result landed
+        monkeypatch.setattr(Path, "replace", terminate_after(Path.replace, lambda item, _: ".matte-" in str(item)))
+    elif when == "after-the-moves":  # while the emptied staging folder is removed
+        monkeypatch.setattr(files.shutil, "rmtree", terminate_after(files.shutil.rmtree))
+    else:
+        monkeypatch.setattr(MatteSummary, "lines", terminate_after(MatteSummary.lines))
+    previous = signal.signal(signal.SIGTERM, raise_terminated)  # a missed one must not end pytest
+    try:
+        result = cli("matte", "--model", model, "--src", tmp_path / "frames", "--bgr", bgr, "--out", out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 143, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"f{i}_{k}.png" for i in range(4)
+                                                         for k in ("alpha", "fgr", "composite"))  # fmt: skip
+    assert result.stderr.splitlines()[-1] == f"error: terminated; the run had finished: its output in {out} is complete"
+
+
+@pytest.mark.parametrize("name", ["concat:t1.mp4|short.mp4", "10:30.mp4", "./10:30.mp4"])
+def test_a_video_named_like_a_url_is_read_as_that_file(name, model, tmp_path, monkeypatch):
+    """FFmpeg took ``concat:a|b`` for its concat protocol (reading other files) and refused
+    ``10:30.mp4`` (an unknown protocol ``10``); outputs and targets are opened the same way."""
+    monkeypatch.chdir(tmp_path)
+    case = synthetic_case(96, 160, 1)
+    write_video(Path("t1.mp4"), [case.src])
+    write_video(Path("short.mp4"), [case.src] * 2)
+    Path(name).write_bytes(write_video(Path("plain.mp4"), [case.src] * 5).read_bytes())
+    Path("14:00.mp4").write_bytes(write_video(Path("plain.mp4"), [case.bgr] * 2).read_bytes())
+    bgr = save(case.bgr, Path("bgr.png"))
+    summary = matte(model, Path(name), bgr, target=Path("14:00.mp4"), out=Path("at:12"))
+    assert summary.frames == 5
+    capture = cv2.VideoCapture(str(tmp_path / "at:12/composite.mp4"))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 5

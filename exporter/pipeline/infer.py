@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from exporter.pipeline.timings import Timings
+from exporter.pipeline.waits import STOP_GRACE, wait_until
 from exporter.runtime import Feeds, Runner
 
 __all__ = ["LATENCY_DEPTH", "InferStage"]
@@ -38,8 +39,18 @@ class InferStage:
     ``items`` only when a request is free, so a live source is asked for its newest frame as
     late as possible."""
 
-    def __init__(self, runner: Runner, depth: int | None = None, timings: Timings | None = None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        depth: int | None = None,
+        timings: Timings | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """``stop``: set when an interrupt's wait for the results in flight outlasts
+        ``STOP_GRACE`` (their consumer is blocked: a reader that does not read), so that the
+        consumer gives up."""
         self.runner = runner
+        self.stop = stop
         self.depth = max(1, depth or runner.parallel)
         self.timings = timings or Timings()
         self.completed = 0
@@ -73,6 +84,7 @@ class InferStage:
 
         collector = threading.Thread(target=collect, name="bgm-collector", daemon=True)
         collector.start()
+        interrupted = False
         try:
             iterator = iter(items)
             while True:
@@ -84,9 +96,12 @@ class InferStage:
                     break
                 tag, feeds = item
                 in_flight.put((tag, self.runner.submit(feeds)))
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             in_flight.put(_DONE)
-            _wait_for(collected)
+            _wait_for(collected, self.stop, interrupted, self.runner.cancel)
         if failures:
             raise failures[0]
 
@@ -97,18 +112,33 @@ class InferStage:
         return self._model_seconds / max(1, min(self.depth, self.completed))
 
 
-def _wait_for(collected: threading.Event) -> None:
+def _wait_for(
+    collected: threading.Event,
+    stop: threading.Event | None,
+    interrupted: bool = False,
+    cancel: Callable[[], None] | None = None,
+) -> None:
     """Wait until the collector is done even when Ctrl-C or SIGTERM lands in the wait (they
     are raised in this thread), then raise the interrupt: the requests in flight are waited
     for and their results handed on, as when the interrupt lands anywhere else in ``run``.
     Left running, the collector waited on OpenVINO requests while the process exited, and
     OpenVINO aborted the exit ("terminate called without an active exception", 134 instead
     of 143). Not ``Thread.join``: interrupted, Python 3.11's marks the thread as ended while
-    it still runs, and every later join returns at once."""
+    it still runs, and every later join returns at once. Once interrupted, a collector still
+    busy after ``STOP_GRACE`` is told to ``stop`` (its results are dropped, its requests still
+    waited for, or given up where the runner can: ``cancel``, a remote server's, whose requests
+    would otherwise hold the run for their whole timeout); ``interrupted``: the interrupt
+    landed before this wait."""
     interrupt = None
     while True:
         try:
-            collected.wait()
+            if (interrupt is None and not interrupted) or stop is None:
+                collected.wait()
+            elif not wait_until(collected, STOP_GRACE):
+                stop.set()
+                if cancel is not None:
+                    cancel()
+                continue
             break
         except BaseException as exc:
             interrupt = interrupt or exc

@@ -7,6 +7,7 @@ parallel (PNG encoding) it returns as jobs.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,8 +18,9 @@ import numpy as np
 
 from exporter.errors import OutputError
 from exporter.pipeline.prepare import Matted
-from exporter.pipeline.sources import Frame
+from exporter.pipeline.sources import Frame, ffmpeg_path
 from exporter.pipeline.timings import Timings
+from exporter.pipeline.waits import write_fd
 
 __all__ = ["PNG_COMPRESSION", "PNG_SUFFIXES", "VIDEO_CODEC", "PipeSink", "PngSink", "Sink", "VideoSink", "save_png"]
 
@@ -52,13 +54,19 @@ class Sink(ABC):
 
 
 class VideoSink(Sink):
-    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], shown: Path | None = None) -> None:
         import cv2
 
         height, width = size
-        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*VIDEO_CODEC), fps, (width, height))
+        self._writer = cv2.VideoWriter(
+            ffmpeg_path(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*VIDEO_CODEC), fps, (width, height)
+        )
         if not self._writer.isOpened():
-            raise OutputError(f"cannot write video {path}")
+            # The file is in a hidden staging folder: named as the user knows it, with the likely cause.
+            raise OutputError(
+                f"cannot write video {shown or path}: {VIDEO_CODEC} cannot encode {width}x{height} frames "
+                "(the encoder needs a size it supports; write PNGs with --outputs composite-png)"
+            )
 
     def write(self, frame: Frame, matted: Matted) -> Sequence[Job]:
         import cv2
@@ -72,19 +80,37 @@ class VideoSink(Sink):
 
 class PipeSink(Sink):
     """Composite frames as raw BGR24 on ``stream``; a reader that is slower makes the
-    writes wait, so every frame arrives."""
+    writes wait, so every frame arrives. A write waits in ticks and gives up (``Stopped``)
+    once ``stop`` is set: a reader that never reads cannot hold the run. ``written``: the
+    bytes that reached the stream."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, stop: threading.Event | None = None, shown: str = "the output pipe") -> None:
         self._stream = stream
+        self._stop = stop or threading.Event()
+        self._shown = shown
+        self.written = 0
+        try:
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+        if self._fd is not None:
+            stream.flush()  # what went through the buffered stream before: ahead of our raw writes
 
     def write(self, frame: Frame, matted: Matted) -> Sequence[Job]:
         import cv2
 
+        data = cv2.cvtColor(matted.composite, cv2.COLOR_RGB2BGR).tobytes()
         try:
-            self._stream.write(cv2.cvtColor(matted.composite, cv2.COLOR_RGB2BGR).tobytes())
-            self._stream.flush()
+            if self._fd is None:
+                self._stream.write(data)
+                self._stream.flush()
+            else:
+                write_fd(self._fd, data, self._stop)
         except BrokenPipeError:
-            raise OutputError(f"the reader of the output pipe closed it at frame {frame.index + 1}") from None
+            raise OutputError(f"the reader of {self._shown} closed it at frame {frame.index + 1}") from None
+        except OSError as exc:  # /dev/full, a vanished disk
+            raise OutputError(f"cannot write {self._shown}: {exc.strerror or exc}") from None
+        self.written += len(data)
         return ()
 
 

@@ -10,8 +10,11 @@ first failure is raised in the caller's thread.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+
+from exporter.pipeline.waits import WAIT_TICK, Stopped
 
 __all__ = ["WriteBehind"]
 
@@ -41,8 +44,10 @@ class _Slot:
 class WriteBehind:
     """``put(work)``: ``work`` runs on the ordered thread and returns jobs for the pool."""
 
-    def __init__(self, depth: int, workers: int) -> None:
+    def __init__(self, depth: int, workers: int, stop: threading.Event | None = None) -> None:
+        self.stop = stop or threading.Event()  # set: a blocked writer gives up, and so does ``put``
         self._slots = threading.BoundedSemaphore(depth)
+        self._depth = depth
         self._ordered = ThreadPoolExecutor(1, "bgm-writer")
         self._pool = ThreadPoolExecutor(workers, "bgm-encoder")
         self._failures: list[BaseException] = []
@@ -51,7 +56,9 @@ class WriteBehind:
     def put(self, work: Callable[[], Sequence[Job]]) -> None:
         """Hand a frame's work to the writers; waits while ``depth`` frames are waiting."""
         self.check()
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=WAIT_TICK):  # called from other threads too: no signal lands here
+            if self.stop.is_set():
+                raise Stopped
         slot = _Slot(self._slots.release)
         self._ordered.submit(self._run_ordered, work, slot)
 
@@ -60,6 +67,24 @@ class WriteBehind:
         with self._lock:
             if self._failures:
                 raise self._failures[0]
+
+    def drain(self, timeout: float | None) -> bool:
+        """Wait until every frame handed over is written (or a writer failed); False when
+        ``timeout`` seconds were not enough. Interruptible."""
+        taken = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while taken < self._depth:
+                if self._failures:
+                    return True
+                if self._slots.acquire(timeout=WAIT_TICK):
+                    taken += 1
+                elif deadline is not None and time.monotonic() >= deadline:
+                    return False
+            return True
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
     def close(self, finished: bool = True) -> None:
         """Wait for the writers; ``finished`` False (an error, an interrupt) drops the work
