@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import re
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
 
 from exporter.config import EXTRA_OUTPUTS, MODEL_TYPES, ExportConfig
-from exporter.errors import ArtifactError
+from exporter.errors import ArtifactError, shown
 
 __all__ = [
     "INPUT_NAMES",
@@ -25,6 +27,7 @@ __all__ = [
     "artifact_metadata",
     "check_io",
     "io_shapes",
+    "load_onnx",
     "op_histogram",
     "read_ir",
     "read_ir_metadata",
@@ -37,15 +40,110 @@ OUTPUT_NAMES = ("pha", "fgr")
 IO_NAMES = frozenset(INPUT_NAMES).union(*MODEL_TYPES.values(), EXTRA_OUTPUTS.values())
 # Where Open Model Zoo tools look for a model's facts in an IR's rt_info.
 RT_INFO_SECTION = "model_info"
+# An offset or a size in an IR's .xml, or an ONNX external data field: plain ASCII digits
+# (``str.isdigit`` takes "²", which ``int`` refuses), no more than an int64 holds.
+_BYTE_COUNT = re.compile(r"[0-9]{1,19}")
+
+
+def _mode(path: Path) -> int | None:
+    """``stat``'s mode of ``path``; None if there is nothing there. ``ArtifactError`` for what
+    ``Path.exists()`` raises instead of answering (a name over 255 bytes, a loop of links)."""
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ArtifactError(f"artifact {path} cannot be read: {exc.strerror}") from None
 
 
 def _load_onnx(path: Path) -> object:
+    """An ONNX model without its external data, checked to be a model (a graph with inputs
+    and nodes) whose external data, if any, lies in regular files inside its own folder."""
     import onnx
 
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise ArtifactError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"{path} is not a readable ONNX model: {shown(first)}") from None
+    if not model.graph.node or not model.graph.input:
+        # Protobuf reads any bytes as a message of defaults: an empty file is a model of nothing.
+        what = "no nodes" if not model.graph.node else "no inputs"
+        raise ArtifactError(f"{path} is not an ONNX model: its graph has {what} (an empty or damaged file?)")
+    _check_external_data(model, Path(path))
+    return model
+
+
+def load_onnx(path: Path, external_data: bool = False) -> object:
+    """``_load_onnx``, with the external data read too (from the model's folder) when asked."""
+    model = _load_onnx(path)
+    if external_data:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(Path(path).parent))
+        except Exception as exc:  # onnx raises ValueError, OSError, ... for data it cannot read
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(f"{path} has external data that cannot be read: {shown(first)}") from None
+    return model
+
+
+def _tensors(graph: object) -> Iterator[object]:
+    """Every tensor of ``graph`` and its subgraphs that can keep its data outside the file
+    (what ``onnx.load`` would read), walked without recursion."""
+    graphs = [graph]
+    while graphs:
+        current = graphs.pop()
+        yield from current.initializer
+        yield from (sparse.values for sparse in current.sparse_initializer)
+        for node in current.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
+def _check_external_data(model: object, path: Path) -> None:
+    """The checkpoint side's rules (``weight_formats._OnnxValues.external``) for an artifact:
+    external data only in regular files inside the model's own folder (never the current one),
+    with offsets and lengths that are numbers inside the file. Checked before a runtime or a
+    converter opens them: a FIFO would block it forever, ``/dev/zero`` fill memory."""
+    from onnx import TensorProto
+
+    folder = path.parent
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        name, where = shown(repr(tensor.name)), shown(location)
+        parts = PurePosixPath(location.replace("\\", "/")).parts
+        if not location or "\x00" in location or location.startswith(("/", "\\")) or ".." in parts or ":" in location:
+            raise ArtifactError(
+                f"{path} keeps the data of {name} at {shown(repr(location))}, outside the model's folder"
+            )
+        try:
+            real = (folder / location).resolve(strict=True)
+            mode = real.stat().st_mode
+        except (OSError, RuntimeError):
+            raise ArtifactError(
+                f"{path} keeps the data of {name} in {where}, which is not in the model's folder"
+            ) from None
+        if not real.is_relative_to(folder.resolve()):
+            raise ArtifactError(f"{path} keeps the data of {name} in {where}, a link that leaves the model's folder")
+        if not stat.S_ISREG(mode):
+            raise ArtifactError(f"{path} keeps the data of {name} in {where}, which is not a regular file")
+        fields = {key: info.get(key, "0") for key in ("offset", "length")}
+        if not all(_BYTE_COUNT.fullmatch(value) for value in fields.values()):
+            raise ArtifactError(f"{path} gives {name} an external data offset or length that is not a number")
+        end = int(fields["offset"]) + int(fields["length"])
+        if end > real.stat().st_size:
+            raise ArtifactError(
+                f"{path} reads the data of {name} up to byte {end} of {where}, which holds {real.stat().st_size}"
+            )
 
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
@@ -93,14 +191,21 @@ def read_ir(xml: Path) -> dict[str, str]:
     is there and exactly as long as the constants the ``.xml`` lists: ``ArtifactError``
     naming the cause otherwise (OpenVINO itself names none). The ``.xml`` is parsed once."""
     bin_path = artifact_files(xml)[1]
-    if not bin_path.is_file():
+    mode = _mode(bin_path)
+    if mode is None or not stat.S_ISREG(mode):
         raise ArtifactError(f"{bin_path} is missing: an IR's weights live beside its .xml (re-run `bgm-export ir`)")
     root = _ir_root(xml)
-    needed = max(
-        (int(data.get("offset", 0)) + int(data.get("size", 0)) for data in root.iterfind("layers/layer/data")
-         if "offset" in data.attrib),
-        default=0,
-    )  # fmt: skip
+    needed = 0
+    for data in root.iterfind("layers/layer/data"):
+        if "offset" not in data.attrib:
+            continue
+        fields = {key: data.get(key, "0") for key in ("offset", "size")}
+        if not all(_BYTE_COUNT.fullmatch(value) for value in fields.values()):
+            raise ArtifactError(
+                f"{xml} gives a constant the offset {shown(fields['offset'])} and size {shown(fields['size'])}, "
+                "which are not byte counts: the .xml is damaged (re-run `bgm-export ir`)"
+            )
+        needed = max(needed, int(fields["offset"]) + int(fields["size"]))
     size = bin_path.stat().st_size
     if size < needed:
         raise ArtifactError(
@@ -180,11 +285,12 @@ def artifact_kind(path: Path) -> str:
     """``.onnx`` or ``.xml``: the suffix of a regular file that can be an artifact;
     ``ArtifactError`` saying what ``path`` is otherwise."""
     path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"artifact {path} is a directory; give an .onnx or .xml file")
-    if not path.exists():
+    mode = _mode(path)
+    if mode is None:
         raise ArtifactError(f"artifact {path} does not exist")
-    if not path.is_file():
+    if stat.S_ISDIR(mode):
+        raise ArtifactError(f"artifact {path} is a directory; give an .onnx or .xml file")
+    if not stat.S_ISREG(mode):
         raise ArtifactError(f"artifact {path} is not a regular file")
     if path.suffix not in (".onnx", ".xml"):
         raise ArtifactError(f"artifact {path} is neither .onnx nor .xml")

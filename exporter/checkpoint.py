@@ -10,9 +10,14 @@ refused, and every failure is a ``CheckpointError`` that says what is wrong.
 from __future__ import annotations
 
 import functools
+import lzma
 import pickle
 import re
+import stat
+import struct
+import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +25,11 @@ from pathlib import Path
 import torch
 
 from exporter.config import ExportConfig
-from exporter.errors import CheckpointError
+from exporter.errors import CheckpointError, shown
 from exporter.files import sha256_of
 from exporter.model import BACKBONES, DEFAULT_BACKBONE, MattingBase, MattingRefine
 from exporter.synthetic import SYNTHETIC_NAME, synthetic_state_dict
-from exporter.weight_formats import Loaded
+from exporter.weight_formats import Loaded, check_archive
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -53,6 +58,18 @@ _MAGIC = (
     (b"<?xml", "an XML file (an OpenVINO IR .xml?)"),
     (b"\x89HDF", "an HDF5 file (Keras?)"),
 )
+# Pickle protocols torch.load(weights_only=True) reads: torch.save writes 2 by default, and 3
+# reads too; its unpickler has neither the text opcodes of 0 and 1 nor FRAME (4 and 5).
+_LOADABLE_PROTOCOLS = (2, 3)
+# What a damaged pickle (or zip) raises from torch.load's weights_only unpickler besides
+# UnpicklingError: a pickle is a program for a stack machine, and a broken one pops an empty
+# stack (IndexError), reads a missing memo (KeyError), hashes a list (TypeError), takes an int
+# for a storage type (AttributeError), or unpacks a short field (struct.error). Not
+# MemoryError or KeyboardInterrupt: those are the CLI's.
+_DAMAGED = (
+    RuntimeError, EOFError, ValueError, OSError, LookupError, TypeError, AttributeError, ArithmeticError,
+    AssertionError, RecursionError, struct.error, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,18 +110,22 @@ def filter_checkpoint(checkpoint: object) -> OrderedDict[str, torch.Tensor]:
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in checkpoint.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"has an entry {key!r} that is a {type(value).__name__}, not a tensor")
+            raise CheckpointError(f"has an entry {shown(key)} that is a {type(value).__name__}, not a tensor")
         out[key.removeprefix("module.")] = value
     return out
 
 
 def _head(path: Path) -> bytes:
     """The first bytes of ``path``, after checking that it is a readable, non-empty file."""
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as exc:  # a name too long, a loop of links: Path.exists() raises these
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
-    if not path.is_file():  # a FIFO or a device would block the read forever
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block the read forever
         raise CheckpointError(f"checkpoint {path} is not a regular file")
     try:
         with path.open("rb") as handle:
@@ -144,35 +165,78 @@ def read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
     if is_zip and not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (its zip archive has no end)")
     if is_zip:
-        with zipfile.ZipFile(path) as archive:
-            if any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist()):
-                raise CheckpointError(
-                    f"checkpoint {path} is a TorchScript archive (torch.jit.save), which holds code; give the "
-                    "state_dict instead: torch.save(model.state_dict(), 'pytorch_mobilenetv2.pth')"
-                )
+        try:
+            with zipfile.ZipFile(path) as archive:
+                check_archive(archive, path)  # torch's reader allocates what each entry declares
+                if any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist()):
+                    raise CheckpointError(
+                        f"checkpoint {path} is a TorchScript archive (torch.jit.save), which holds code; give the "
+                        "state_dict instead: torch.save(model.state_dict(), 'pytorch_mobilenetv2.pth')"
+                    )
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:  # an end record over a damaged directory
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {shown(str(exc))}") from None
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of every protocol but 2, and of its own defaults
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
+        protocol = _pickle_protocol(path, is_zip)
+        if "Unsupported operand" in message and protocol not in ("?", *map(str, _LOADABLE_PROTOCOLS)):
+            raise CheckpointError(
+                f"checkpoint {path} was saved with pickle protocol {protocol}, which torch.load(weights_only=True) "
+                f"cannot read (it reads protocols {' and '.join(map(str, _LOADABLE_PROTOCOLS))}): save the "
+                "state_dict again with torch.save's default protocol"
+            ) from None
         if "Weights only load failed" in message:
             found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(
                 r"Unsupported operand (\d+)", message
             )
-            what = f" ({found.group(0)})" if found else ""
+            what = f" ({shown(found.group(0))})" if found else ""
             raise CheckpointError(
                 f"checkpoint {path} was refused: it holds Python objects or code, not only tensors{what}. "
                 "Only plain state_dicts are loaded (torch.load weights_only=True)"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file: {message.splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable PyTorch file: {shown(message.splitlines()[0])}"
+        ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)
         what = "a zip archive but not a readable PyTorch checkpoint" if is_zip else "truncated or corrupt"
-        raise CheckpointError(f"checkpoint {path} is {what}: {first}") from None
+        raise CheckpointError(f"checkpoint {path} is {what}: {shown(first)}") from None
+    except _DAMAGED as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        module = type(exc).__module__.lstrip("_")  # struct.error, not "error"
+        kind = type(exc).__name__ if module == "builtins" else f"{module}.{type(exc).__name__}"
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt (a damaged pickle: {kind}, {shown(first)})"
+        ) from None
     try:
         return filter_checkpoint(loaded)
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint {path} {exc}") from None
+
+
+def _pickle_protocol(path: Path, is_zip: bool) -> str:
+    """The pickle protocol of a checkpoint's data (``data.pkl``, or the legacy file itself):
+    ``PROTO n`` opens protocols 2 and up; 0 and 1 have no such opcode."""
+    try:
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return "?"
+                with archive.open(name) as handle:
+                    head = handle.read(2)
+        else:
+            with path.open("rb") as handle:
+                head = handle.read(2)
+    except _DAMAGED:
+        return "?"
+    if len(head) == 2 and head[0] == pickle.PROTO[0]:
+        return str(head[1])
+    return "0 or 1"
 
 
 @functools.cache
@@ -202,16 +266,16 @@ def check_state_dict(
     expected = _expected(backbone)
     keys, want = set(state_dict), set(expected)
     missing = [k for k in expected if k not in keys]
-    unexpected = [k for k in state_dict if k not in want]
+    unexpected = [shown(k) for k in state_dict if k not in want]
     mismatched = [
-        f"{k} {list(state_dict[k].shape)} (expected {list(expected[k])})"
+        f"{k} {shown(list(state_dict[k].shape))} (expected {list(expected[k])})"
         for k in expected
         if k in keys and state_dict[k].shape != expected[k]
     ]
     if not (missing or unexpected or mismatched):
         return
 
-    def shown(items: list[str], singular: str, plural: str) -> str:
+    def listed(items: list[str], singular: str, plural: str) -> str:
         more = f", ... ({len(items) - _SHOWN_KEYS} more)" if len(items) > _SHOWN_KEYS else ""
         noun = singular if len(items) == 1 else plural
         return f"{len(items)} {noun}: " + ", ".join(items[:_SHOWN_KEYS]) + more
@@ -220,11 +284,11 @@ def check_state_dict(
     if missing and all(k.startswith("refiner.") for k in missing) and not unexpected:
         parts.append("no refiner weights (a MattingBase checkpoint?)")
     elif missing:
-        parts.append(shown(missing, "missing key", "missing keys"))
+        parts.append(listed(missing, "missing key", "missing keys"))
     if unexpected:
-        parts.append(shown(unexpected, "unexpected key", "unexpected keys"))
+        parts.append(listed(unexpected, "unexpected key", "unexpected keys"))
     if mismatched:
-        parts.append(shown(mismatched, "shape mismatch", "shape mismatches"))
+        parts.append(listed(mismatched, "shape mismatch", "shape mismatches"))
     title = BACKBONES[backbone].title
     what = {"torchscript": "TorchScript archive", "onnx": "ONNX export"}.get(kind, "state_dict")
     raise CheckpointError(f"checkpoint {source} is not a BackgroundMattingV2 {title} {what}: " + "; ".join(parts))
@@ -273,7 +337,7 @@ def resolve_weights(checkpoint: Path | None = None, backbone: str | None = None)
         label += f" ({'; '.join(notes)})"
     warning = None
     if loaded.settings:
-        stated = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in loaded.settings.items())
+        stated = ", ".join(f"{k.replace('_', ' ')} {shown(v)}" for k, v in loaded.settings.items())
         warning = f"checkpoint {path} states {stated}: used as this export's defaults (options given override them)"
     return Weights(state_dict, str(path), label, False, found, warning, loaded.kind, dict(loaded.settings))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -195,6 +197,34 @@ BROKEN_VALUES = {
 }
 
 
+def with_data_pkl(path: Path, data_pkl: bytes) -> Path:
+    """A torch.save archive whose data.pkl is ``data_pkl``."""
+    buffer = io.BytesIO()
+    torch.save({"a": torch.zeros(2)}, buffer)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(path, "w") as archive:
+        for name in source.namelist():
+            archive.writestr(name, data_pkl if name.endswith("data.pkl") else source.read(name))
+    return path
+
+
+# Damaged data.pkl -> what torch's weights_only unpickler raised before (a traceback, exit 1).
+DAMAGED_PICKLES = {
+    "pickle-underflow": b"\x80\x02s.",  # IndexError: pop from empty list
+    "pickle-missing-memo": b"\x80\x02h\x07.",  # KeyError: 7
+    "pickle-memo-255": b"\x80\x02h\xff\xff",  # KeyError: 255
+    "pickle-unhashable-key": b"\x80\x02}]K\x01s.",  # TypeError: unhashable type: 'list'
+    "pickle-storage-type-int": (  # AttributeError: 'int' object has no attribute 'dtype'
+        b"\x80\x02}X\x01\x00\x00\x00a(X\x07\x00\x00\x00storageK\x05X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQs."
+    ),
+    "pickle-no-mark": b"\x80\x02}K\x01K\x02u.",  # SETITEMS without a MARK: IndexError
+    "pickle-short-int": b"\x80\x02J\x00",  # struct.error: unpack requires a buffer of 4 bytes
+}
+# Protocols torch.save writes on request that torch.load(weights_only=True) cannot read;
+# before: "refused: it holds Python objects or code (Unsupported operand 149)", after two
+# lines of UserWarning.
+UNREADABLE_PROTOCOLS = {"pickle-protocol-0": 0, "pickle-protocol-1": 1, "pickle-protocol-4": 4, "pickle-protocol-5": 5}
+
+
 def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
     """Write one bad checkpoint; return its path and a fragment the message must carry."""
     path = tmp / f"{kind}.pth"
@@ -255,6 +285,21 @@ def make_bad(kind: str, tmp: Path, official: Path, weights) -> tuple[Path, str]:
         sd[key] = broken(sd[key].clone())
         torch.save(sd, path)
         return path, fragment
+    if kind in ("zip-entry-outside", "zip-entry-twice"):  # torch's reader and zipfile differ on these
+        torch.save(sd, path)
+        with warnings.catch_warnings(), zipfile.ZipFile(path, "a") as archive:
+            warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+            name = "../x" if kind == "zip-entry-outside" else archive.namelist()[0]
+            archive.writestr(name, b"x")
+        return path, "outside the archive" if kind == "zip-entry-outside" else "has two archive entries named"
+    if kind in DAMAGED_PICKLES:
+        return with_data_pkl(path, DAMAGED_PICKLES[kind]), "is truncated or corrupt (a damaged pickle: "
+    if kind in UNREADABLE_PROTOCOLS:
+        protocol = UNREADABLE_PROTOCOLS[kind]
+        torch.save(sd, path, pickle_protocol=protocol)
+        return path, f"was saved with pickle protocol {protocol if protocol > 1 else '0 or 1'}, which torch.load"
+    if kind == "name-too-long":  # Path.exists() raises ENAMETOOLONG instead of answering
+        return tmp / f"{'a' * 300}.pth", "cannot be read: File name too long"
     if kind == "zip-not-torch":
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("hello.txt", "hi")
@@ -280,7 +325,12 @@ BAD_KINDS = [
     "unexpected-keys",
     "shape-mismatch",
     "zip-not-torch",
+    "zip-entry-outside",
+    "zip-entry-twice",
     *BROKEN_VALUES,
+    *DAMAGED_PICKLES,
+    *UNREADABLE_PROTOCOLS,
+    "name-too-long",
 ]
 
 
@@ -332,3 +382,23 @@ def test_read_checkpoint_alone_names_a_torchscript_archive(tmp_path):
     torch.jit.save(scripted, str(path))
     with pytest.raises(CheckpointError, match="is a TorchScript archive .torch.jit.save., which holds code; give"):
         read_checkpoint(path)
+
+
+def test_protocol_3_loads_without_the_librarys_warning(weights, tmp_path):
+    # torch.load reads protocol 3 but warned about it on stderr (two lines before our output).
+    path = tmp_path / "protocol3.pth"
+    torch.save(weights.state_dict, path, pickle_protocol=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(read_checkpoint(path)) == list(weights.state_dict)
+
+
+@pytest.mark.parametrize("key", ["k" * (1 << 20), "x\ninjected: a line of its own"])
+def test_a_key_from_the_file_is_shown_short_and_on_one_line(key, weights, tmp_path, cli, one_error):
+    # Before: the whole key went into the message (a megabyte, or a line of its own).
+    path = tmp_path / "key.pth"
+    torch.save({**weights.state_dict, key: torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="1 unexpected key: ") as info:
+        resolve_weights(path)
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)
+    one_error(cli("onnx", "--checkpoint", path, "--output", tmp_path / "m.onnx"), "1 unexpected key: ")

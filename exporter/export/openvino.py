@@ -16,7 +16,7 @@ from pathlib import Path
 from exporter.artifact import RT_INFO_SECTION, artifact_kind, artifact_metadata
 from exporter.checkpoint import Weights
 from exporter.config import ExportConfig, default_artifact_path
-from exporter.errors import ArtifactError, ConfigError, OutputError
+from exporter.errors import ArtifactError, ConfigError, OutputError, shown
 from exporter.export.int8 import Int8Options, calibration_frames, check_frame_memory, quantize_model
 from exporter.export.onnx import export_onnx
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, write_failure
@@ -51,6 +51,14 @@ def _stable_names(model: object) -> None:
         match = _GENERATED_NAME.match(op.get_friendly_name())
         if match:
             op.set_friendly_name(f"{match.group(1)}_{index}")
+
+
+def _first_reason(exc: Exception) -> str:
+    """The line of an OpenVINO report that says what is wrong: its reports open with the
+    C++ check that failed ("Check 'false' failed at src/...") and a stack of frontends."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("Check ", "Exception from ", "-- "))]
+    return shown((reasons or lines or [type(exc).__name__])[-1])
 
 
 def export_ir(
@@ -93,7 +101,10 @@ def export_ir(
             frames = calibration_frames(config, int8)
     metadata["precision"] = precision
     with stages("convert"):
-        model = ov.convert_model(str(onnx_path))
+        try:
+            model = ov.convert_model(str(onnx_path))
+        except Exception as exc:  # OpenVINO raises RuntimeError, OpConversionFailure, ... with a long report
+            raise ArtifactError(f"--onnx {onnx_path} cannot be converted by OpenVINO: {_first_reason(exc)}") from None
     int8_metadata: dict[str, str] = {}
     if precision == "INT8":
         shown = on_stage is not None if progress is None else progress
