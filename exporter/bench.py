@@ -524,8 +524,11 @@ def bench_server(
     if json_path is not None:
         check_not_input(json_path, *([local] if local else []))
         check_writable(json_path)
-    runners, local_runner = [remote.connect() for _ in range(clients)], None
+    runners: list[Runner] = []
+    local_runner = None
     try:
+        for _ in range(clients):  # inside the try: a refusal of the third closes the first two
+            runners.append(remote.connect())
         _, _, height, width = runners[0].input_shape
         if local is not None:
             local_runner = load_runner(local, "openvino", inference_precision=inference_precision, throughput=True)
@@ -551,7 +554,7 @@ def bench_server(
             runner.close()
     percentiles = {f"p{p}": float(np.percentile(latencies, p)) * 1000 for p in (50, 90, 99)}
     return ServerBench(
-        remote.url, PROTOCOLS[remote.protocol], (height, width), clients, frames, statistics.median(server_fps),
+        remote.shown_url, PROTOCOLS[remote.protocol], (height, width), clients, frames, statistics.median(server_fps),
         percentiles, str(local) if local else None, statistics.median(local_fps) if local_fps else None,
         cpu_description(), len(server_fps),
     )  # fmt: skip

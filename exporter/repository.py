@@ -20,20 +20,25 @@ a refused addition leaves the repository as it was. Torch-free.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import importlib.util
 import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+import stat
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.artifact import INPUT_NAMES, artifact_files, artifact_kind, artifact_metadata, io_shapes
 from exporter.config import ExportConfig
 from exporter.errors import OutputError, RepositoryError
-from exporter.files import staging_folder
+from exporter.files import remove_empty, staging_folder
 
 __all__ = [
     "OVMS_CONFIG",
@@ -44,6 +49,7 @@ __all__ = [
     "TensorSpec",
     "add_to_repository",
     "check_repository",
+    "read_ovms_config",
     "read_repository",
     "served_name",
     "tensor_specs",
@@ -62,6 +68,35 @@ NAME_SUFFIXES = {(".xml", "FP32"): "", (".xml", "FP16"): "-fp16", (".xml", "INT8
 ONNX_SUFFIX = "-onnx"
 # A name both engines take as a folder name and in URLs.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Names a model folder may not take: the repository's own files beside the model folders.
+RESERVED_NAMES = frozenset({OVMS_CONFIG})
+# The name is one folder name: NAME_MAX, 255 bytes on Linux's file systems (ASCII: characters).
+MODEL_NAME_MAX = 255
+# Both engines read a version folder's name as a signed 64-bit integer (Triton's int64
+# model versions, the model server's model_version_t): ASCII digits only, 1 to INT64_MAX.
+VERSION_FOLDER = re.compile(r"[0-9]+")
+MAX_VERSION = 2**63 - 1
+# An OpenVINO device as the model server's target_device takes it: CPU, GPU.1, NPU, AUTO,
+# AUTO:-CPU, HETERO:GPU,CPU, MULTI:GPU.0,GPU.1, BATCH:GPU(4). One line of printable ASCII.
+DEVICE = re.compile(r"[A-Za-z][A-Za-z0-9_.]*(:[A-Za-z0-9_.,()-]+)?")
+DEVICE_MAX = 200
+# The lock every add holds on its repository from reading it to its last rename: config.json
+# is read, extended and replaced, so two adds at once would keep only one's entries. The
+# holder removes the file as it lets go (a waiter that then holds a removed file tries again).
+LOCK_FILE = ".bgm-export.lock"
+# How long an add waits for another run's: an add copies at most a ResNet-101 FP32 IR and its
+# ONNX (about 0.7 GB), seconds on a local disk; a minute covers a few queued adds on a slow
+# one, and past it the other run is more likely stuck (a full disk, a hung mount) than busy.
+LOCK_WAIT_SECONDS = 60.0
+# How often a waiting add tries again: short next to an add, and a sleep that Ctrl-C ends.
+LOCK_POLL_SECONDS = 0.05
+# config.json as the model server writes and documents it is a few levels deep
+# (model_config_list / config / plugin_config; a pipeline's nodes and their inputs: under 10).
+# Deeper is no configuration: Python's JSON parser and the schema check recurse per level
+# (RecursionError at about a thousand), so the depth is bounded first. The size likewise: an
+# entry is about 200 bytes, and 16 MiB is tens of thousands of models.
+OVMS_CONFIG_MAX_DEPTH = 64
+OVMS_CONFIG_MAX_BYTES = 16 << 20
 # The V2 datatype of every input and output (the export's graph is float32 end to end) and
 # its Triton ModelConfig name.
 DATATYPE = "FP32"
@@ -162,6 +197,8 @@ def parse_triton_config(path: Path) -> object:
     """``config.pbtxt`` parsed into Triton's ``inference.ModelConfig``."""
     from google.protobuf import text_format
 
+    if not path.is_file():  # a folder is no config, and reading a FIFO would wait for a writer
+        raise RepositoryError(f"{path} is missing or not a file: Triton reads the model's configuration from it")
     config = _model_config_pb2().ModelConfig()
     try:
         text_format.Parse(path.read_text(), config)
@@ -188,21 +225,55 @@ def validate_ovms_config(config: object, where: Path) -> None:
         raise RepositoryError(f"{where} breaks OpenVINO Model Server's schema at {at}: {error.message}")
 
 
-def _read_ovms_config(path: Path) -> dict:
+def _depth(document: object) -> int:
+    """How deeply ``document``'s lists and objects nest (without recursion)."""
+    deepest, level = 0, [(document, 1)]
+    while level:
+        value, depth = level.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            if depth <= OVMS_CONFIG_MAX_DEPTH:  # past it the answer is known
+                level.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def read_ovms_config(path: Path) -> dict:
+    """``config.json`` parsed and validated against the model server's schema: the one reading
+    of it, for ``repository`` and ``serve``. ``RepositoryError`` for anything else, including
+    a file too large or too deeply nested to be a configuration."""
+    path = Path(path)
     try:
-        config = json.loads(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(OVMS_CONFIG_MAX_BYTES + 1)
+        if len(data) > OVMS_CONFIG_MAX_BYTES:
+            raise RepositoryError(
+                f"{path} is not readable JSON: over {OVMS_CONFIG_MAX_BYTES >> 20} MiB, more than a configuration takes"
+            )
+        config = json.loads(data.decode())
+        too_deep = _depth(config) > OVMS_CONFIG_MAX_DEPTH
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RepositoryError(f"{path} is not readable JSON: {exc}") from None
+    except RecursionError:  # the parser's own bound, beyond ours
+        too_deep = True
+    if too_deep:
+        raise RepositoryError(f"{path} is not readable JSON: nested deeper than {OVMS_CONFIG_MAX_DEPTH} levels")
     validate_ovms_config(config, path)
     return config
 
 
-def _check_triton_config(path: Path, name: str, metadata: dict[str, str]) -> None:
-    """The parsed ``config.pbtxt`` names ``name``, the OpenVINO backend, and exactly the
-    artifact's inputs and outputs."""
+def _check_triton_config(path: Path, name: str, metadata: dict[str, str], kind: str) -> None:
+    """The parsed ``config.pbtxt`` names ``name``, the OpenVINO backend, the file name of a
+    ``kind`` artifact (``.xml``, ``.onnx``), and exactly the artifact's inputs and outputs."""
     config = parse_triton_config(path)
     if config.name != name or config.backend != "openvino":
         raise RepositoryError(f"{path} is for model {config.name!r}, backend {config.backend!r}; expected {name!r}")
+    reads = config.default_model_filename or MODEL_FILES[".xml"][0]  # the backend's default
+    if reads != MODEL_FILES[kind][0]:
+        raise RepositoryError(
+            f"{path} makes Triton load {reads} from every version of {name}, and this version is a "
+            f"{MODEL_FILES[kind][0]}: an ONNX file and an IR are separate models (pass another --name)"
+        )
     inputs, outputs = tensor_specs(metadata, free_size=True)
     expected = [(s.name, TRITON_TYPES[s.datatype], list(s.shape)) for s in (*inputs, *outputs)]
     types = _model_config_pb2().DataType
@@ -235,7 +306,8 @@ def _versions(folder: Path) -> dict[int, Path]:
     if not folder.is_dir():
         return versions
     for child in folder.iterdir():
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
+        # str.isdigit() takes "²", which int() refuses; the engines read ASCII digits only.
+        if child.is_dir() and VERSION_FOLDER.fullmatch(child.name) and 0 < int(child.name) <= MAX_VERSION:
             found = [child / files[0] for files in MODEL_FILES.values() if (child / files[0]).is_file()]
             versions[int(child.name)] = found[0] if found else child
     return versions
@@ -249,7 +321,7 @@ def read_repository(root: Path) -> list[RepositoryModel]:
     if not path.is_file():
         raise RepositoryError(f"{root} has no {OVMS_CONFIG}: it is not a model repository (bgm-export repository)")
     models = []
-    for entry in _read_ovms_config(path)["model_config_list"]:
+    for entry in read_ovms_config(path)["model_config_list"]:
         name, base = entry["config"]["name"], Path(entry["config"]["base_path"])
         folder = base if base.is_absolute() else root / base
         models.append(RepositoryModel(name, folder, _versions(folder)))
@@ -269,7 +341,8 @@ def check_repository(root: Path) -> list[RepositoryModel]:
                 raise RepositoryError(
                     f"version {version} of {model.name} ({artifact}) holds no model.xml or model.onnx"
                 )
-            _check_triton_config(model.folder / TRITON_CONFIG, model.name, artifact_metadata(artifact))
+            metadata = artifact_metadata(artifact)
+            _check_triton_config(model.folder / TRITON_CONFIG, model.name, metadata, artifact.suffix)
     return models
 
 
@@ -305,17 +378,27 @@ class _Plan:
     version: int = 0
 
 
-def _plan(artifacts: Sequence[Path], root: Path, name: str | None, version: int | None) -> list[_Plan]:
-    """Each artifact's model name and version, every check made before anything is written."""
+def _read_artifacts(artifacts: Sequence[Path], name: str | None) -> list[_Plan]:
+    """Each artifact's kind, metadata and model name: what needs no look at the repository."""
     plans = []
     for artifact in map(Path, artifacts):
         kind = artifact_kind(artifact)
         metadata = artifact_metadata(artifact)  # refuses a file without bgm-export's metadata
         plans.append(_Plan(artifact, kind, metadata, name or served_name(artifact, metadata)))
+    return plans
+
+
+def _number_versions(plans: list[_Plan], root: Path, version: int | None) -> None:
+    """Each plan's version: ``version``, or the next of its model's (under the lock)."""
     taken: dict[str, set[int]] = {}
     for plan in plans:
         existing = taken.setdefault(plan.name, set(_versions(root / plan.name)))
         if version is not None:
+            if version in existing and any(other.name == plan.name and other.version for other in plans):
+                raise RepositoryError(
+                    f"--version {version} would give two of the artifacts to version {version} of {plan.name}: "
+                    "add them one at a time, or leave --version out"
+                )
             if version in existing:
                 raise RepositoryError(
                     f"version {version} of {plan.name} exists in {root / plan.name}; a version is never overwritten "
@@ -324,8 +407,9 @@ def _plan(artifacts: Sequence[Path], root: Path, name: str | None, version: int 
             plan.version = version
         else:
             plan.version = max(existing, default=0) + 1
+            if plan.version > MAX_VERSION:
+                raise RepositoryError(f"{plan.name} has version {MAX_VERSION}, the last one both engines read")
         existing.add(plan.version)
-    return plans
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -333,6 +417,53 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def repository_lock(root: Path) -> Iterator[None]:
+    """Hold ``root``'s lock (``fcntl.flock`` on ``LOCK_FILE``), waiting for another run's up
+    to ``LOCK_WAIT_SECONDS`` (``RepositoryError`` past it; Ctrl-C ends the wait)."""
+    path = root / LOCK_FILE
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            # O_NOFOLLOW: a symbolic link planted as the lock would create its target anywhere.
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RepositoryError(f"{path} is a symbolic link, not this repository's lock: remove it") from None
+            raise OutputError(f"cannot write in {root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            if time.monotonic() >= deadline:
+                raise RepositoryError(
+                    f"another run has been adding to {root} for over {LOCK_WAIT_SECONDS:.0f} s (it holds "
+                    f"{path}); try again when it has finished"
+                ) from None
+            time.sleep(LOCK_POLL_SECONDS)
+            continue
+        except OSError as exc:  # a file system without locks
+            os.close(handle)
+            raise OutputError(f"cannot lock {path}: {exc.strerror}") from None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(handle)
+        if not stat.S_ISREG(held.st_mode):
+            os.close(handle)
+            raise RepositoryError(f"{path} is not a file, not this repository's lock: remove it")
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(handle)  # the previous holder removed the file it locked: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(handle)
 
 
 def add_to_repository(
@@ -349,66 +480,120 @@ def add_to_repository(
     files, the model's ``config.pbtxt`` and ``config.json``'s entry (both kept as they are
     when the model is already there), every file checked against the engines' own schemas
     before anything is moved into place. ``name``: the model name for every artifact instead
-    of its own (another resolution of the same network, for example)."""
+    of its own (another resolution of the same network, for example).
+
+    One transaction: the repository's lock is held throughout (concurrent adds wait their
+    turn), and on any failure or interrupt the repository is as it was."""
     root = Path(root)
     if hint not in PERFORMANCE_HINTS:
         raise RepositoryError(f"performance hint {hint!r} is not one of {', '.join(PERFORMANCE_HINTS)}")
     if not artifacts:
         raise RepositoryError("no artifact to add: give .xml or .onnx files")
-    if name is not None and not MODEL_NAME.fullmatch(name):
+    if name is not None and not (MODEL_NAME.fullmatch(name) and len(name) <= MODEL_NAME_MAX):
         raise RepositoryError(
-            f"model name {name!r} is not letters, digits, '.', '_' and '-' (starting with one of the first two)"
+            f"model name {name[:80]!r}{'...' if len(name) > 80 else ''} is not up to {MODEL_NAME_MAX} letters, "
+            "digits, '.', '_' and '-' (starting with one of the first two)"
         )
-    if version is not None and version < 1:
-        raise RepositoryError(f"version {version} is not a positive whole number")
+    if name in RESERVED_NAMES:
+        raise RepositoryError(f"model name {name!r} is the model server's configuration file in the repository")
+    if not (DEVICE.fullmatch(device) and len(device) <= DEVICE_MAX):
+        raise RepositoryError(
+            f"device {device[:80]!r} is not an OpenVINO device name (CPU, GPU, GPU.1, NPU, AUTO, HETERO:GPU,CPU, ...)"
+        )
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise RepositoryError(f"version {version} is not a whole number from 1 to {MAX_VERSION} (both engines' int64)")
     if root.exists() and not root.is_dir():
         raise OutputError(f"output {root} exists and is not a folder")
-    plans = _plan(artifacts, root, name, version)
+    plans = _read_artifacts(artifacts, name)
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
+    done = False
+    try:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write in {root}: {exc.strerror}") from None
+        with repository_lock(root):
+            added = _add(plans, root, device, hint, version)
+        done = True
+    finally:
+        if not done:
+            remove_empty(created)
+    return RepositoryResult(root, added)
+
+
+def _add(plans: list[_Plan], root: Path, device: str, hint: str, version: int | None) -> list[Added]:
+    """The add itself, under the lock: number the versions, stage and check every file, commit."""
+    _number_versions(plans, root, version)
     config_path = root / OVMS_CONFIG
-    config = _read_ovms_config(config_path) if config_path.is_file() else {"model_config_list": []}
+    config = read_ovms_config(config_path) if config_path.is_file() else {"model_config_list": []}
     listed = {entry["config"]["name"] for entry in config["model_config_list"]}
-    for plan in plans:
-        pbtxt = root / plan.name / TRITON_CONFIG
-        if pbtxt.is_file():  # a new version must fit the model's declared inputs and outputs
-            _check_triton_config(pbtxt, plan.name, plan.metadata)
     added = []
     with staging_folder(root, "repository") as staging:
-        for plan in plans:
-            folder = staging / plan.name / str(plan.version)
-            folder.mkdir(parents=True)
-            files = [folder / name for name in MODEL_FILES[plan.kind]]
-            for source, target in zip(artifact_files(plan.artifact), files, strict=True):
-                _copy(source, target)
-            artifact_metadata(files[0])  # the copy is whole (an IR's .bin as long as its .xml expects)
-            pbtxt = staging / plan.name / TRITON_CONFIG
-            if not (root / plan.name / TRITON_CONFIG).is_file() and not pbtxt.is_file():
-                pbtxt.write_text(triton_config(plan.name, plan.metadata, plan.kind, hint))
-                _check_triton_config(pbtxt, plan.name, plan.metadata)
-            if plan.name not in listed:
-                config["model_config_list"].append(ovms_entry(plan.name, device, hint))
-                listed.add(plan.name)
-            added.append(Added(plan.artifact, plan.name, plan.version, [root / plan.name / str(plan.version) / f.name
-                                                                         for f in files]))  # fmt: skip
-        staged_config = staging / OVMS_CONFIG
-        staged_config.write_text(json.dumps(config, indent=2) + "\n")
+        try:
+            for plan in plans:
+                # Every version of a model fits its config.pbtxt (the one there, or the one this
+                # add writes): one resolution, one kind of file.
+                pbtxt, staged = root / plan.name / TRITON_CONFIG, staging / plan.name / TRITON_CONFIG
+                if os.path.lexists(root / plan.name) and not (root / plan.name).is_dir():
+                    raise RepositoryError(f"{root / plan.name} is not a folder: model {plan.name} cannot go there")
+                if os.path.lexists(pbtxt) and not pbtxt.is_file():
+                    raise RepositoryError(f"{pbtxt} is not a file: Triton could not read model {plan.name}'s config")
+                if not pbtxt.is_file():
+                    if not staged.is_file():
+                        staged.parent.mkdir()
+                        staged.write_text(triton_config(plan.name, plan.metadata, plan.kind, hint))
+                    pbtxt = staged
+                _check_triton_config(pbtxt, plan.name, plan.metadata, plan.kind)
+                folder = staging / plan.name / str(plan.version)
+                folder.mkdir(parents=True)
+                files = [folder / name for name in MODEL_FILES[plan.kind]]
+                for source, target in zip(artifact_files(plan.artifact), files, strict=True):
+                    _copy(source, target)
+                artifact_metadata(files[0])  # the copy is whole (an IR's .bin as long as its .xml expects)
+                if plan.name not in listed:
+                    config["model_config_list"].append(ovms_entry(plan.name, device, hint))
+                    listed.add(plan.name)
+                final = root / plan.name / str(plan.version)
+                added.append(Added(plan.artifact, plan.name, plan.version, [final / f.name for f in files]))
+            staged_config = staging / OVMS_CONFIG
+            staged_config.write_text(json.dumps(config, indent=2) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write in {root}: {exc.strerror}") from None
         validate_ovms_config(json.loads(staged_config.read_text()), config_path)
         _commit(staging, root, plans)
-    return RepositoryResult(root, added)
+    return added
 
 
 def _commit(staging: Path, root: Path, plans: list[_Plan]) -> None:
     """Move the staged version folders, new ``config.pbtxt`` files and ``config.json`` into
-    ``root``: renames within one file system, the configuration last."""
+    ``root``: renames within one file system, the configuration last. All or nothing: on any
+    failure (or interrupt) what was moved goes back, and the folders made are removed."""
+    moved: list[tuple[Path, Path]] = []
+    made: list[Path] = []
     try:
         for plan in plans:
-            (root / plan.name).mkdir(exist_ok=True)
-            target = root / plan.name / str(plan.version)
-            if target.exists():
-                raise RepositoryError(f"{target} appeared while writing; nothing was overwritten")
+            folder = root / plan.name
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+            target = folder / str(plan.version)
+            if os.path.lexists(target):
+                raise RepositoryError(f"{target} appeared while writing; nothing was added")
+            # Noted before the rename: an interrupt between the two still undoes it.
+            moved.append((staging / plan.name / str(plan.version), target))
             os.rename(staging / plan.name / str(plan.version), target)
             pbtxt = staging / plan.name / TRITON_CONFIG
             if pbtxt.is_file():
-                os.replace(pbtxt, root / plan.name / TRITON_CONFIG)
+                if os.path.lexists(folder / TRITON_CONFIG):
+                    raise RepositoryError(f"{folder / TRITON_CONFIG} appeared while writing; nothing was added")
+                moved.append((pbtxt, folder / TRITON_CONFIG))
+                os.rename(pbtxt, folder / TRITON_CONFIG)
         os.replace(staging / OVMS_CONFIG, root / OVMS_CONFIG)
-    except OSError as exc:
-        raise OutputError(f"cannot write in {root}: {exc.strerror}") from None
+    except BaseException as exc:
+        for source, target in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(target, source)
+        remove_empty(made[::-1])
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write in {root}: {exc.strerror}") from None
+        raise

@@ -47,7 +47,9 @@ def fake_artifact(folder: Path, backbone: str, kind: str, precision: str = "FP32
     shapes = io_shapes(config)
     values = {name: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in shapes.items()}
     outputs = [values[name] for name in config.outputs]
-    graph = helper.make_graph([], "fake", [values["src"], values["bgr"]], outputs)
+    # One node: a graph of none is what an empty file reads as, and is refused as one.
+    nodes = [helper.make_node("Identity", ["src"], ["src_copy"])]
+    graph = helper.make_graph(nodes, "fake", [values["src"], values["bgr"]], outputs)
     model = helper.make_model(graph)
     helper.set_model_props(model, metadata)
     onnx.save(model, stem.with_suffix(".onnx"))
@@ -184,7 +186,10 @@ def test_artifact_without_metadata_is_refused_and_nothing_written(tmp_path, cli,
     from onnx import helper
 
     plain = tmp_path / "plain.onnx"
-    onnx.save(helper.make_model(helper.make_graph([], "plain", [], [])), plain)
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "plain", [x], [y])),
+              plain)  # fmt: skip
     good = fake_artifact(tmp_path / "in", "mobilenetv2", ".xml")
     one_error(cli("repository", good, plain, "--out", tmp_path / "repo"), "carries no bgm-export metadata")
     assert not (tmp_path / "repo").exists()
@@ -242,3 +247,232 @@ def test_resnet_exports_make_a_repository(backbone, recipe_weights, golden_confi
     name = f"background-matting-{backbone}"
     assert [a.name for a in result.added] == [f"{name}-fp16", f"{name}-onnx"]
     check_repository(tmp_path / "repo")
+
+
+# ---- one transaction: a lock, and all or nothing ----
+
+
+def test_concurrent_adds_all_land(tmp_path, monkeypatch):
+    """Three adds into one repository at once: each waits for the lock, so config.json lists
+    all three models (without it, each replaced the others' config.json: one of three)."""
+    import threading
+    import time
+
+    from exporter import repository
+
+    copy = repository._copy
+
+    def slow_copy(source: Path, target: Path) -> None:  # every add reads config.json before any writes
+        time.sleep(0.3)
+        copy(source, target)
+
+    monkeypatch.setattr(repository, "_copy", slow_copy)
+    root = tmp_path / "repo"
+    artifacts = [fake_artifact(tmp_path / "in", backbone, ".xml") for backbone in BACKBONES]
+    failures: list[BaseException] = []
+
+    def add(artifact: Path) -> None:
+        try:
+            add_to_repository([artifact], root)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=add, args=(a,)) for a in artifacts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not failures and not any(t.is_alive() for t in threads)
+    assert sorted(m.name for m in check_repository(root)) == sorted(f"background-matting-{b}" for b in BACKBONES)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging folder, no lock file
+
+
+def test_a_lock_held_too_long_is_one_error_and_nothing_written(tmp_path, cli, one_error, monkeypatch):
+    import fcntl
+
+    from exporter import repository
+
+    monkeypatch.setattr(repository, "LOCK_WAIT_SECONDS", 0.3)
+    root = tmp_path / "repo"
+    root.mkdir()
+    with (root / repository.LOCK_FILE).open("w") as held:  # another run's add, in progress
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = cli("repository", fake_artifact(tmp_path / "in", "mobilenetv2", ".xml"), "--out", root)
+    one_error(result, f"another run has been adding to {root}")
+    assert [p.name for p in root.iterdir()] == [repository.LOCK_FILE]
+
+
+def test_a_version_appearing_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The second model's version folder appears during the copy: the first model's folder,
+    version and config.pbtxt, already renamed into place, go again (they stayed before)."""
+    from exporter import repository
+
+    root = tmp_path / "repo"
+    artifacts = [fake_artifact(tmp_path / "in", "mobilenetv2", ".xml", p) for p in ("FP32", "FP16")]
+    copy = repository._copy
+
+    def racing_copy(source: Path, target: Path) -> None:
+        (root / f"{MODEL}-fp16" / "1").mkdir(parents=True, exist_ok=True)  # someone else's
+        copy(source, target)
+
+    monkeypatch.setattr(repository, "_copy", racing_copy)
+    with pytest.raises(RepositoryError, match="appeared while writing"):
+        add_to_repository(artifacts, root)
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [f"{MODEL}-fp16", f"{MODEL}-fp16/1"]
+
+
+# ---- what the engines would not load, refused before anything is written ----
+
+
+def test_one_model_takes_one_resolution_and_one_kind_of_file(tmp_path, cli, one_error):
+    """Two resolutions, or an IR and an ONNX file, as versions of one model: Triton's
+    config.pbtxt states one shape and one file name (check_repository refused it afterwards)."""
+    root = tmp_path / "repo"
+    small = fake_artifact(tmp_path / "a", "mobilenetv2", ".xml")
+    wide = fake_artifact(tmp_path / "b", "mobilenetv2", ".xml")
+    wide.write_text(wide.read_text().replace('value="192x320"', 'value="192x384"'))
+    onnx_file = fake_artifact(tmp_path / "a", "mobilenetv2", ".onnx")
+    one_error(cli("repository", small, wide, "--out", root, "--name", "m"), "must share its inputs and outputs")
+    one_error(cli("repository", small, onnx_file, "--out", root, "--name", "m"), "separate models")
+    assert not root.exists()
+    assert cli("repository", small, "--out", root, "--name", "m").exit_code == 0
+    before = tree(root)
+    one_error(cli("repository", onnx_file, "--out", root, "--name", "m"), "makes Triton load model.xml")
+    assert tree(root) == before
+    check_repository(root)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--version", str(2**63)], "is not a whole number from 1 to 9223372036854775807"),
+        (["--device", ""], "device '' is not an OpenVINO device name"),
+        (["--device", "CPU\nGPU"], "device 'CPU\\nGPU' is not an OpenVINO device name"),
+        (["--device", "CPU GPU"], "is not an OpenVINO device name"),
+        (["--name", "m" * 300], "is not up to 255 letters"),
+    ],
+)
+def test_odd_versions_devices_and_names_are_one_error(options, message, tmp_path, cli, one_error):
+    one_error(cli("repository", fake_artifact(tmp_path / "in", "mobilenetv2", ".xml"), "--out", tmp_path / "r",
+                  *options), message)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
+def test_devices_the_model_server_takes_are_written(tmp_path):
+    root = tmp_path / "repo"
+    for device in ("GPU.1", "HETERO:GPU,CPU", "AUTO:-CPU", "BATCH:GPU(4)"):
+        add_to_repository([fake_artifact(tmp_path / "in", "mobilenetv2", ".xml")], root / device.replace(":", "_"),
+                          device=device)  # fmt: skip
+        entries = json.loads((root / device.replace(":", "_") / OVMS_CONFIG).read_text())["model_config_list"]
+        assert entries[0]["config"]["target_device"] == device
+
+
+def test_folders_that_are_no_version_are_ignored(tmp_path):
+    """A folder named "²" (str.isdigit() is True, int() refuses it) or beyond int64 is not a
+    version to the engines; the next version counts from the real ones."""
+    int64_max = 2**63 - 1  # both engines' version type
+    root = tmp_path / "repo"
+    artifact = fake_artifact(tmp_path / "in", "mobilenetv2", ".xml")
+    add_to_repository([artifact], root)
+    for odd in ("²", "٣", str(int64_max + 1), "0"):
+        (root / MODEL / odd).mkdir()
+    assert [(a.name, a.version) for a in add_to_repository([artifact], root).added] == [(MODEL, 2)]
+    assert sorted(check_repository(root)[0].versions) == [1, 2]
+    add_to_repository([artifact], root, version=int64_max)
+    with pytest.raises(RepositoryError, match="the last one both engines read"):
+        add_to_repository([artifact], root)
+
+
+# ---- hostile repositories: one error line, nothing written outside ----
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,  # RecursionError in json.loads, a traceback from repository and serve
+        '{"model_config_list": [' + "[" * 5000 + "]" * 5000 + "]}",  # valid JSON, as deep
+        '{"model_config_list": [], "x": ' + "[" * 500 + "]" * 500 + "}",  # parses; deeper than a config
+    ],
+    ids=["100000 brackets", "5000 levels in the list", "500 levels"],
+)
+def test_a_deeply_nested_config_json_is_one_error(text, tmp_path, cli, one_error):
+    from exporter.serve import served_models
+
+    root = tmp_path / "rb"
+    root.mkdir()
+    (root / OVMS_CONFIG).write_text(text)
+    before = tree(root)
+    result = cli("repository", fake_artifact(tmp_path / "in", "mobilenetv2", ".xml"), "--out", root)
+    one_error(result, f"{root / OVMS_CONFIG} is not readable JSON")
+    assert tree(root) == before
+    with pytest.raises(RepositoryError, match="is not readable JSON: nested deeper than 64 levels"):
+        served_models(root)  # what serve reads a repository with
+
+
+def test_a_config_json_larger_than_a_configuration_is_refused(tmp_path, monkeypatch):
+    from exporter import repository
+
+    monkeypatch.setattr(repository, "OVMS_CONFIG_MAX_BYTES", 64)
+    (tmp_path / OVMS_CONFIG).write_text(json.dumps({"model_config_list": []}) + " " * 64)
+    with pytest.raises(RepositoryError, match="is not readable JSON: over"):
+        read_repository(tmp_path)
+
+
+def _pbtxt_folder(root: Path) -> list[str]:
+    (root / MODEL / TRITON_CONFIG).mkdir(parents=True)
+    return []
+
+
+def _pbtxt_fifo(root: Path) -> list[str]:
+    import os
+
+    (root / MODEL).mkdir(parents=True)
+    os.mkfifo(root / MODEL / TRITON_CONFIG)  # reading it would wait for a writer
+    return []
+
+
+def _model_path_a_file(root: Path) -> list[str]:
+    root.mkdir()
+    (root / MODEL).write_text("a file")
+    return []
+
+
+MISLEADING = {
+    # each: what is in the repository first, the options, the message ("was" said before)
+    "config.pbtxt a folder": (_pbtxt_folder, f"{MODEL}/{TRITON_CONFIG} is not a file"),  # was: appeared while writing
+    "config.pbtxt a FIFO": (_pbtxt_fifo, f"{MODEL}/{TRITON_CONFIG} is not a file"),  # was: appeared while writing
+    "--version for two of one model": (  # was: version 5 ... exists in rt2 (no such folder)
+        lambda root: ["--version", "5"],
+        f"--version 5 would give two of the artifacts to version 5 of {MODEL}",
+    ),
+    "--name config.json": (  # was: cannot write in rc: Is a directory
+        lambda root: ["--name", OVMS_CONFIG],
+        "model name 'config.json' is the model server's configuration file",
+    ),
+    "the model folder a file": (_model_path_a_file, f"{MODEL} is not a folder"),  # was: Not a directory
+}
+
+
+@pytest.mark.parametrize("case", list(MISLEADING))
+def test_misleading_repository_states_are_named(case, tmp_path, cli, one_error):
+    prepare, message = MISLEADING[case]
+    artifact = fake_artifact(tmp_path / "in", "mobilenetv2", ".xml")
+    root = tmp_path / "r"
+    options = prepare(root)
+    before = tree(root) if root.exists() else None
+    one_error(cli("repository", artifact, artifact, "--out", root, *options), message)
+    assert (tree(root) if root.exists() else None) == before
+    if case == "config.pbtxt a FIFO":  # check_repository waited for a writer
+        with pytest.raises(RepositoryError, match="is missing or not a file"):
+            parse_triton_config(root / MODEL / TRITON_CONFIG)
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_not_followed(tmp_path, cli, one_error):
+    from exporter import repository
+
+    root, outside = tmp_path / "repo", tmp_path / "outside"
+    root.mkdir()
+    (root / repository.LOCK_FILE).symlink_to(outside)
+    result = cli("repository", fake_artifact(tmp_path / "in", "mobilenetv2", ".xml"), "--out", root)
+    one_error(result, f"{root / repository.LOCK_FILE} is a symbolic link")
+    assert not outside.exists() and (root / repository.LOCK_FILE).is_symlink()
