@@ -8,8 +8,10 @@ gRPC modules cannot share one process); one is shared by the module."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -32,6 +34,7 @@ from exporter.data import synthetic_case
 from exporter.images import to_model_input
 from exporter.repository import add_to_repository, tensor_specs
 from exporter.runtime import load_runner
+from exporter.serve.limits import MAX_CONNECTIONS
 from exporter.tolerances import SERVED_ATOL
 from serving import COMMAND, Served, start_server, stop_server
 
@@ -39,6 +42,8 @@ MODEL = "background-matting-mobilenetv2"
 SHAPE = [1, 3, 192, 320]
 # The test server's request limit: a 192x320 binary request is 1.5 MB.
 MAX_REQUEST_MB = 4
+# The test server's time for a body: a 192x320 request takes milliseconds on loopback.
+BODY_TIMEOUT = 3
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def repo(golden_irs, golden_onnx, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(repo, tmp_path_factory) -> Iterator[Served]:
     served = start_server(repo, tmp_path_factory.mktemp("log") / "serve.log", "--inference-precision", "f32",
-                          "--max-request-mb", MAX_REQUEST_MB)  # fmt: skip
+                          "--max-request-mb", MAX_REQUEST_MB, "--body-timeout", BODY_TIMEOUT)  # fmt: skip
     yield served
     assert stop_server(served) == 0, served.log.read_text()
 
@@ -236,6 +241,38 @@ def bad_rest_requests(feed: dict[str, np.ndarray]) -> dict[str, tuple]:
         "binary longer than its header": (infer, good + b"1234", headers, 400, "4 bytes after the inputs'"),
         "unknown output": (infer, *binary_body(feed, outputs=[{"name": "alpha"}]), 400, "has no output 'alpha'"),
         "body over the maximum": (infer, b"{" + b" " * (MAX_REQUEST_MB * 2**20) + b"}", {}, 413, "maximum"),
+        # "²".isdigit() is True, int("²") raises: each was a 500 with a traceback
+        "a superscript version": (f"/v2/models/{MODEL}/versions/%C2%B2/infer", good, headers, 404, "no version '²'"),
+        "a superscript header length": (
+            infer,
+            good,
+            {**headers, "Inference-Header-Content-Length": "\xb2"},
+            400,
+            "is not a byte count",
+        ),  # fmt: skip
+        # int() refuses more than 4300 digits: each was a 500 with two tracebacks
+        "a 5000-digit header length": (
+            infer,
+            good,
+            {**headers, "Inference-Header-Content-Length": "9" * 5000},
+            400,
+            "is not a byte count",
+        ),  # fmt: skip
+        "a 5000-digit version": (f"/v2/models/{MODEL}/versions/{'9' * 5000}/infer", good, headers, 404, "no version"),
+        # KServe took "false" (or 2) for true
+        "binary_data not a boolean": (
+            infer,
+            *binary_body(feed, outputs=[{"name": "pha", "parameters": {"binary_data": "false"}}]),
+            400,
+            "binary_data false is not true or false",
+        ),  # fmt: skip
+        "parameters not an object": (infer, *binary_body(feed, parameters=[1]), 400, '"parameters" is not an object'),
+        "output parameters not an object": (
+            infer,
+            *binary_body(feed, outputs=[{"name": "pha", "parameters": 3}]),
+            400,
+            '"parameters", an object',
+        ),  # fmt: skip
     }
 
 
@@ -278,6 +315,8 @@ def bad_grpc_requests(feed: dict[str, np.ndarray]) -> dict[str, tuple]:
         "data shorter than the shape": (MODEL, "", [truncated, bgr], "INVALID_ARGUMENT", "its data is not a"),
         "unknown model": ("no-such-model", "", [src, bgr], "NOT_FOUND", "no-such-model"),
         "unknown version": (MODEL, "7", [src, bgr], "NOT_FOUND", "has no version '7'"),
+        "a superscript version": (MODEL, "²", [src, bgr], "NOT_FOUND", "has no version '²'"),
+        "a 5000-digit version": (MODEL, "9" * 5000, [src, bgr], "NOT_FOUND", "has no version '999"),
         "message over the maximum": (MODEL, "", [tensor("src", huge), bgr], "RESOURCE_EXHAUSTED", "larger than max"),
     }
 
@@ -364,16 +403,6 @@ def test_request_bodies_buffers_are_used_again_and_only_so_many_kept():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-def test_the_serving_loop_is_uvloops_where_installed():
-    """Where uvloop is installed (KServe's uvicorn brings it) the server's event loop is
-    uvloop's: each 256 KB read of a request is an event-loop turn, and asyncio's cost the
-    server 1-4 ms of CPU a 720p request more."""
-    uvloop = pytest.importorskip("uvloop")
-    from exporter.serve.server import _event_loop
-
-    assert _event_loop() is uvloop.run
-
-
 def test_each_bad_request_is_counted_once(golden_irs, feeds, tmp_path):
     """The stop line counts what each model answered and refused: a request refused while
     decoding (malformed JSON), by the model's checks (a wrong shape, over REST and gRPC), once each."""
@@ -397,9 +426,302 @@ def test_each_bad_request_is_counted_once(golden_irs, feeds, tmp_path):
 
 
 def test_repository_changes_are_refused(server):
-    status, content = urlopen(server, "POST", f"/v2/repository/models/{MODEL}/unload")
-    assert status == 501 and "does not load or unload" in json.loads(content)["error"]
+    """Refused as not implemented, and logged as what they are: one WARNING line each (REST
+    logged an ERROR with a traceback)."""
+
+    def change() -> None:
+        status, content = urlopen(server, "POST", f"/v2/repository/models/{MODEL}/unload")
+        assert status == 501 and "does not load or unload" in json.loads(content)["error"]
+        for change in ("load_model", "unload_model"):  # gRPC answered UNKNOWN
+            with pytest.raises(InferenceServerException) as error:
+                getattr(server.grpc_client(), change)(MODEL)
+            assert error.value.status() == "StatusCode.UNIMPLEMENTED" and "does not load" in error.value.message()
+
+    lines = log_after(server, change)
+    assert len(lines) == 3 and all(" WARNING " in line for line in lines), lines
     assert server.http().is_model_ready(MODEL)
+
+
+def test_no_generated_api_docs(server):
+    """/openapi.json put FastAPI's "Duplicate Operation ID" warnings into the log."""
+    lines = log_after(server, lambda: urlopen(server, "GET", "/openapi.json")[0] == 404 or pytest.fail("served"))
+    assert lines == []
+
+
+def test_a_huge_version_is_not_found_on_every_route(server):
+    """int() refuses more than 4300 digits: metadata and readiness, over REST and gRPC, were
+    a 500 (INTERNAL) with a traceback."""
+    version = "9" * 5000
+
+    def ask() -> None:
+        for route in ("", "/ready"):
+            status, content = urlopen(server, "GET", f"/v2/models/{MODEL}/versions/{version}{route}")
+            assert status == 404 and "has no version '999" in json.loads(content)["error"], content[:200]
+        client = server.grpc_client()
+        for call in (client.get_model_metadata, client.is_model_ready):
+            with pytest.raises(InferenceServerException) as error:
+                call(MODEL, version)
+            assert error.value.status() == "StatusCode.NOT_FOUND", error.value.message()[:200]
+
+    lines = log_after(server, ask)
+    assert len(lines) == 4 and not any("Traceback" in line or " ERROR " in line for line in lines), lines
+
+
+FORGED = "\r\n2026-01-01 00:00:00,000 ERROR forged"
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ")
+
+
+def test_client_text_cannot_forge_a_log_line(server, feeds):
+    """A client's CR/LF in a path, a tensor's or a model's name wrote a line of its own into
+    the log; NUL and a right-to-left override reached it raw. Each is escaped now."""
+    infer = f"/v2/models/{MODEL}/infer"
+    hidden = "\x00\u202e"
+
+    def send() -> None:
+        path = "/v2/models/x%0d%0a2026-01-01%2000:00:00,000%20ERROR%20forged/ready"
+        assert urlopen(server, "GET", path)[0] == 404
+        one = {"name": "src" + FORGED + hidden, "shape": [1], "datatype": "FP32", "data": [0.0]}
+        assert urlopen(server, "POST", infer, json_body([one]))[0] == 400
+        assert urlopen(server, "POST", infer, *binary_body(feeds[0], outputs=[{"name": "pha" + FORGED}]))[0] == 400
+        client = server.grpc_client()
+        inputs = grpc_inputs(feeds[0])
+        with pytest.raises(InferenceServerException, match="not exist"):
+            client.infer("x" + FORGED + hidden, inputs)
+        forged = grpcclient.InferInput("src" + FORGED, SHAPE, "FP32")
+        forged.set_data_from_numpy(feeds[0]["src"])
+        with pytest.raises(InferenceServerException, match="has no input"):
+            client.infer(MODEL, [forged, inputs[1]])
+
+    lines = log_after(server, send)
+    assert len(lines) == 5 and all(LOG_LINE.match(line) for line in lines), lines
+    assert sum("ERROR forged" in line for line in lines) == 5, lines
+    assert not any("\x00" in line or "\u202e" in line for line in lines), lines
+
+
+def log_after(served: Served, action: Callable[[], None]) -> list[str]:
+    """The server's log lines written while ``action`` ran (and a moment after)."""
+    before = len(served.log.read_bytes())
+    action()
+    time.sleep(0.5)  # the last line on its way to the file
+    return served.log.read_bytes()[before:].decode(errors="replace").splitlines()
+
+
+def send_partly(served: Served, head: bytes, count: int = 1) -> socket.socket:
+    host, port = served.rest.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=20)
+    sock.sendall(head)
+    return sock
+
+
+def test_a_malformed_request_is_one_log_line_and_a_disconnect_an_info_line(server, feeds):
+    """Each was a 500 with about 120 lines of traceback; a client leaving mid-body was two
+    ERROR tracebacks (one server's log reached 23,007 lines)."""
+    cases = bad_rest_requests(feeds[0])
+    names = ["a superscript version", "a superscript header length", "parameters not an object"]
+
+    def send() -> None:
+        for name in names:
+            path, body, headers, status, _ = cases[name]
+            assert urlopen(server, "POST", path, body, headers)[0] == status
+        head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
+        send_partly(server, head + b"{" * 10).close()
+
+    lines = log_after(server, send)
+    assert not any("Traceback" in line or "ERROR" in line for line in lines), lines
+    assert len(lines) == len(names) + 1, lines
+    assert "disconnected before its request body was complete" in lines[-1] and " INFO " in lines[-1], lines
+
+
+def test_a_slow_body_is_answered_408_and_the_server_goes_on(server, feeds, expected):
+    """A client sending one byte a second held its request open for ever."""
+    head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode()
+    sock = send_partly(server, head)
+    started, answer = time.monotonic(), b""
+    with sock:
+        for _ in range(20):  # bounded: 408 after BODY_TIMEOUT seconds
+            with contextlib.suppress(OSError):
+                sock.sendall(b"{")
+            sock.settimeout(1)
+            try:
+                answer = sock.recv(4096)
+            except TimeoutError:
+                continue
+            break
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert BODY_TIMEOUT <= time.monotonic() - started < BODY_TIMEOUT + 5
+    assert b"did not arrive within 3 s" in answer
+    assert_matches(server.http().infer(MODEL, rest_inputs(feeds[0])), expected[0])
+
+
+def test_request_headers_are_bounded(server, feeds, expected):
+    """uvicorn took any header size and count: a 200 KB header and 5,000 headers were
+    accepted, and four connections streaming one endless header value took 600 MB."""
+    host, port = server.rest.rsplit(":", 1)
+    head = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
+    cases = {
+        "one 200 KB header": head + b"X-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+        "5000 headers": head + b"".join(b"X-%d: v\r\n" % i for i in range(5000)) + b"\r\n",
+        "an endless header": None,
+    }
+    for name, request in cases.items():
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sent, answer = 0, b""
+            try:
+                if request is not None:
+                    sock.sendall(request)
+                else:  # 8 KiB at a time, up to 8 MB: the server stops reading long before
+                    sock.sendall(head + b"X-Endless: ")
+                    for _ in range(1024):
+                        sock.sendall(b"a" * 8192)
+                        sent += 8192
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except OSError:  # the connection closed under the sender
+                pass
+        assert answer.startswith(b"HTTP/1.1 431 ") or 0 < sent < 8 << 20, (name, answer[:200], sent)
+    assert_matches(server.http().infer(MODEL, rest_inputs(feeds[0])), expected[0])
+
+
+# ---- a flood of idle connections: health stays answered ----
+
+
+def test_health_is_answered_under_a_connection_flood(server):
+    """256 connections that sent part of a request and nothing more made every health probe
+    a 503 for 20 s (the connection bound counted them): the probes pass it now, other
+    requests are turned away (503) and logged."""
+    host, port = server.rest.rsplit(":", 1)
+    flood: list[socket.socket] = []
+    answers: list[tuple[str, int, float]] = []
+
+    def probe() -> None:
+        for path in ("/v2/health/live", "/v2/health/ready", "/v2"):
+            started = time.monotonic()
+            answers.append((path, urlopen(server, "GET", path)[0], time.monotonic() - started))
+
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            flood.append(sock)
+        time.sleep(0.5)  # every one accepted
+        lines = log_after(server, probe)
+    finally:
+        for sock in flood:
+            sock.close()
+    live, ready, other = answers
+    assert live[1] == ready[1] == 200 and max(live[2], ready[2]) < HEALTH_SECONDS, answers
+    assert other[1] == 503, answers
+    assert len(lines) == 1 and f"over the bound of {MAX_CONNECTIONS}; answered 503" in lines[0], lines
+
+
+HEADER_TIMEOUT = """
+import asyncio, socket, time
+import uvicorn
+from exporter.serve.server import _kserve
+_kserve()
+from exporter.serve import server
+
+server.HEADER_TIMEOUT_SECONDS = 0.5
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+async def main():
+    config = uvicorn.Config(app, http=server.TimedHttp, log_config=None, lifespan="off", port=0)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    rest = uvicorn.Server(config)
+    task = asyncio.create_task(rest.serve(sockets=[sock]))
+    while not rest.started:
+        await asyncio.sleep(0.01)
+    answers = []
+    for head in (b"", b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"):  # nothing at all; headers never ended
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        writer.write(head)
+        started = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(), 10)  # to the connection's end
+        answers.append((answer.split(b"\\r\\n")[0], time.monotonic() - started < 5))
+        writer.close()
+    rest.should_exit = True
+    await task
+    print(answers)
+
+asyncio.run(main())
+"""
+
+
+CONNECTION_TRIM = """
+import asyncio, socket
+import uvicorn
+from exporter.serve.server import _kserve
+_kserve()
+from exporter.serve import server
+from exporter.serve.limits import Load
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+async def main():
+    load = Load(1 << 20, 5.0)
+    trimmed = asyncio.Event()
+    load.on_idle.append(trimmed.set)
+    config = uvicorn.Config(app, http=server.TimedHttp.bound_to(load), log_config=None, lifespan="off", port=0)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    rest = uvicorn.Server(config)
+    task = asyncio.create_task(rest.serve(sockets=[sock]))
+    while not rest.started:
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection(*sock.getsockname())
+    writer.write(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nX-Big: " + b"a" * 300_000)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await asyncio.wait_for(trimmed.wait(), 10)  # no request was ever answered
+    rest.should_exit = True
+    await task
+    load.close()
+    print(answer.split(b"\\r\\n")[0])
+
+asyncio.run(main())
+"""
+
+
+def test_refused_headers_are_431_and_their_memory_returned_without_a_request():
+    """The idle trim ran only after a request: memory that refused headers (or any closed
+    connection) had held stayed the process's until the next inference. In a process of its
+    own (KServe's gRPC module)."""
+    result = subprocess.run([sys.executable, "-c", CONNECTION_TRIM], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "b'HTTP/1.1 431 Request Header Fields Too Large'"
+
+
+def test_request_headers_have_a_deadline():
+    """uvicorn has none: a client sending its headers one byte a second, or nothing at all,
+    held a connection for ever. In a process of its own (KServe's gRPC module)."""
+    result = subprocess.run([sys.executable, "-c", HEADER_TIMEOUT], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[(b'HTTP/1.1 408 Request Timeout', True), (b'HTTP/1.1 408 Request Timeout', True)]"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--max-request-mb", "nan", "is not a size from 0 to 2047 MiB"),
+        ("--max-request-mb", "inf", "is not a size from 0 to 2047 MiB"),
+        ("--max-request-mb", "2048", "is not a size from 0 to 2047 MiB"),  # gRPC's C int
+        ("--max-request-mb", "0", "is not a size from 0 to 2047 MiB"),
+        ("--max-request-mb", "1e-9", "it would refuse every request"),
+        ("--body-timeout", "nan", "is not a positive number of seconds"),
+        ("--body-timeout", "0", "is not a positive number of seconds"),
+    ],
+)
+def test_an_impossible_limit_is_one_error_line(cli, one_error, golden_irs, option, value, words):
+    """nan, inf and 2048 crashed with tracebacks; 1e-9 started a server that refused every request."""
+    one_error(cli("serve", golden_irs["FP32"], "--http-port", "0", "--grpc-port", "0", option, value), words)
 
 
 # ---- starting and stopping ----
@@ -457,8 +779,18 @@ def test_sigterm_lets_requests_in_flight_finish_exits_0_and_frees_its_ports(gold
     for thread in threads:
         thread.join(timeout=60)
     assert served.process.wait(timeout=60) == 0, served.log.read_text()
+    time.sleep(0.2)  # the reader thread takes the last line
+    line = next(text for text in served.output if text.startswith("stopped by SIGTERM"))
+    # A request whose body was still arriving is cut off, and the last line counts it.
+    cut_off = re.match(
+        r"stopped by SIGTERM; (?:(\d+) requests? cut off by the stop \(503 or closed\); every other|every) "
+        r"request in flight was answered",
+        line,
+    )
+    assert cut_off, line
     in_flight = [r for r in records if r[0] < terminated - 0.05 < r[1]]
-    assert in_flight and all(correct for _, _, correct in in_flight), records
+    failed = [r for r in in_flight if not r[2]]
+    assert in_flight and len(failed) <= int(cut_off[1] or 0), (records, line)
     assert sum(correct for *_, correct in records) >= 4
     for address in (served.rest, served.grpc):
         host, port = address.rsplit(":", 1)
@@ -468,8 +800,246 @@ def test_sigterm_lets_requests_in_flight_finish_exits_0_and_frees_its_ports(gold
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, int(port)))
             sock.listen()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_with_slow_clients_ends_within_seconds_and_says_what_it_cut_off(golden_irs, tmp_path, stop):
+    """A client sending its body one byte a second kept a stopping server waiting its whole
+    grace period (26 s), which then said every request was answered; one sending its headers
+    so slowly held its connection too. SIGHUP (a terminal closing) stops it the same way (it
+    exited 129 with no summary)."""
+    served = start_server(golden_irs["FP32"], tmp_path / "serve.log")
+    head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1474816\r\n\r\n".encode()
+    slow = [send_partly(served, head), send_partly(served, b"POST /v2/models/")]
+    done = threading.Event()
+
+    def trickle() -> None:
+        while not done.wait(1):  # one byte a second, until the test ends
+            for sock in slow:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"x")
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        time.sleep(2.5)
+        stopped = time.monotonic()
+        served.process.send_signal(stop)
+        code = served.process.wait(timeout=5)  # it was 26 s
+        assert time.monotonic() - stopped < 5
+    finally:
+        done.set()
+        if served.process.poll() is None:
+            served.process.kill()
+        for sock in slow:
+            sock.close()
+    log = served.log.read_text()
+    assert code == 0 and "Traceback" not in log, log  # documented: a stopped server exits 0
     time.sleep(0.2)  # the reader thread takes the last line
-    assert "stopped by SIGTERM; every request in flight was answered" in "".join(served.output)
+    line = next(text for text in served.output if text.startswith("stopped by"))
+    assert line.startswith(f"stopped by {stop.name}; 1 request cut off by the stop (503 or closed); every other "), line
+    assert "the server stopped while this request's body was arriving" in log
+
+
+def never_reading(served: Served, feed: dict[str, np.ndarray], connections: int = 2) -> list[socket.socket]:
+    """Connections that each send four requests asking for JSON answers (2.5 MB each, more
+    than the sockets' buffers hold) and never read them; their sending goes on in threads."""
+    body, headers = binary_body(
+        feed, outputs=[{"name": n, "parameters": {"binary_data": False}} for n in ("pha", "fgr")]
+    )
+    head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    host, port = served.rest.rsplit(":", 1)
+    socks = []
+    for _ in range(connections):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        socks.append(sock)
+        threading.Thread(target=_send_all, args=(sock, head.encode() + body, 4), daemon=True).start()
+    return socks
+
+
+def _send_all(sock: socket.socket, request: bytes, times: int) -> None:
+    with contextlib.suppress(OSError):  # closed by the test (or cut off by the server)
+        for _ in range(times):
+            sock.sendall(request)
+
+
+def stop_line(served: Served) -> str:
+    deadline = time.monotonic() + 10  # the last line may still be on its way from the pipe
+    while time.monotonic() < deadline:
+        if line := [text for text in served.output if text.startswith("stopped by")]:
+            return line[0]
+        time.sleep(0.05)
+    raise AssertionError(served.output)
+
+
+@pytest.mark.slow
+def test_a_stop_cuts_off_answers_nobody_reads(golden_irs, feeds, tmp_path):
+    """Clients that never read their answers held a stop for its whole grace period (25 s),
+    which ended in tracebacks (a cancelled task's) and said every request was answered."""
+    served = start_server(golden_irs["FP32"], tmp_path / "serve.log")
+    socks = never_reading(served, feeds[0])
+    try:
+        time.sleep(3)  # the first answers computed, and stuck in the sockets' buffers
+        served.process.send_signal(signal.SIGTERM)
+        code = served.process.wait(timeout=5)  # STOP_SEND_SECONDS after the signal, not 25 s
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+        for sock in socks:
+            sock.close()
+    log = served.log.read_text()
+    assert code == 0 and "Traceback" not in log, log
+    assert "read none of its answer for 2 s of the stop; connection closed" in log, log
+    line = stop_line(served)
+    assert re.match(r"stopped by SIGTERM; [1-9]\d* requests? cut off by the stop \(503 or closed\)", line), line
+
+
+@pytest.mark.slow
+def test_a_second_signal_ends_a_stop_at_once(golden_irs, feeds, tmp_path):
+    """A second SIGTERM or Ctrl-C during a stop's grace period was ignored: it ends the
+    process now, with one line and its own exit code."""
+    served = start_server(golden_irs["FP32"], tmp_path / "serve.log")
+    socks = never_reading(served, feeds[0])
+    try:
+        time.sleep(3)
+        served.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        served.process.send_signal(signal.SIGINT)
+        code = served.process.wait(timeout=5)
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()
+        for sock in socks:
+            sock.close()
+    log = served.log.read_text()
+    assert code == 130 and "Traceback" not in log, log
+    assert log.strip().splitlines()[-1].startswith("error: interrupted again (SIGINT) while stopping"), log
+
+
+# ---- a burst at 720p: the health probe answered, and memory given back ----
+
+BURST = 64
+HEALTH_SECONDS = 0.2  # the issue's bound for /v2/health/live under load
+RSS_GROWTH = 1.3  # the issue's bound for the memory kept after a burst
+
+PROBE = """
+import http.client, json, os, sys, time
+host, port, stop_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+def probe():
+    started = time.monotonic()
+    try:  # a new connection each time, as Kubernetes' probes make
+        connection = http.client.HTTPConnection(host, port, timeout=5)
+        connection.request("GET", "/v2/health/live")
+        response = connection.getresponse()
+        ok = response.status == 200 and response.read() == b'{"live":true}'
+        connection.close()
+    except OSError:
+        ok = False
+    return time.monotonic() - started if ok else float("inf")
+
+probe()  # not counted: this process's own first call imports what http.client parses with
+print("probing", flush=True)
+waits, began = [], time.monotonic()
+while not os.path.exists(stop_file) and time.monotonic() < began + 300:  # bounded: stopped long before
+    waits.append((probe(), time.monotonic() - began))
+    time.sleep(0.05)
+worst, when = max(waits)
+print(json.dumps({"probes": len(waits), "worst": worst, "at": round(when, 1)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def onnx_720p(weights, tmp_path_factory) -> Path:
+    """The 720p preset's ONNX (served as it is: no IR to convert), about 10 s to export."""
+    from exporter.config import ExportConfig
+    from exporter.export.onnx import export_onnx
+
+    return export_onnx(ExportConfig(), weights, tmp_path_factory.mktemp("720p") / "m.onnx").path
+
+
+def burst_body(binary_outputs: bool) -> tuple[bytes, dict]:
+    frame = np.random.default_rng(0).uniform(0, 255, (1, 3, 720, 1280)).astype(np.float32)
+    body, headers = binary_body({"src": frame, "bgr": frame})
+    header = json.loads(body[: int(headers["Inference-Header-Content-Length"])])
+    header["outputs"] = [{"name": n, "parameters": {"binary_data": binary_outputs}} for n in ("pha", "fgr")]
+    text = json.dumps(header).encode()
+    return text + body[int(headers["Inference-Header-Content-Length"]) :], {**headers, BINARY_LENGTH: str(len(text))}
+
+
+BINARY_LENGTH = "Inference-Header-Content-Length"
+
+
+@pytest.mark.slow
+def test_a_720p_burst_keeps_health_answered_and_memory_returns(onnx_720p, tmp_path):
+    """64 concurrent 720p requests, half asking JSON outputs (the protocol's default, once
+    encoded on the event loop: eight kept the health probe waiting 5 s), while a probe asks
+    /v2/health/live every 50 ms from another process: every answer within 0.2 s. Past the
+    server's bounds a request is answered 503; after the burst the process's memory is back
+    within 1.3x of what it was before (once 316 MB -> 4 GB, and 3 GB kept)."""
+    psutil = pytest.importorskip("psutil")
+    # The default bounds: 512 MB of bodies at once (23 requests of 22 MB), the rest waiting.
+    served = start_server(onnx_720p, tmp_path / "serve.log")
+    try:
+        (model,) = json.loads(urlopen(served, "GET", "/v2/models")[1])["models"]
+        bodies = [burst_body(True), burst_body(False)]
+        infer = f"/v2/models/{model}/infer"
+        server = psutil.Process(served.process.pid)
+
+        def send(index: int) -> tuple[int, bytes, str | None]:
+            # The clients at the compute's lower priority, as clients on other machines would be.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            body, headers = bodies[index % 2]
+            host, port = served.rest.rsplit(":", 1)
+            connection = http.client.HTTPConnection(host, int(port), timeout=120)
+            try:
+                connection.request("POST", infer, body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.read(), response.getheader(BINARY_LENGTH)
+            finally:
+                connection.close()
+
+        for index in range(2):  # the runtime's first requests allocate what it keeps
+            assert send(index)[0] == 200
+        time.sleep(2)  # past the idle trim
+        before = server.memory_info().rss
+        stop_file = tmp_path / "stop-probing"
+        host, port = served.rest.rsplit(":", 1)
+        probe = subprocess.Popen([sys.executable, "-c", PROBE, host, port, str(stop_file)], stdout=subprocess.PIPE,
+                                 text=True)  # fmt: skip
+        try:
+            assert probe.stdout.readline() == "probing\n"  # from before the burst to its end
+            with ThreadPoolExecutor(BURST) as pool:
+                answers = list(pool.map(send, range(BURST)))
+        finally:
+            stop_file.touch()
+            probed = json.loads(probe.communicate(timeout=30)[0])
+            print(f"health: worst {probed['worst']:.3f} s, {probed['at']} s into the burst, of {probed['probes']}")
+        deadline, after = time.monotonic() + 15, server.memory_info().rss
+        while after > RSS_GROWTH * before and time.monotonic() < deadline:
+            time.sleep(0.25)
+            after = server.memory_info().rss
+    finally:
+        assert stop_server(served) == 0, served.log.read_text()
+    statuses = [status for status, *_ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= BURST // 4, statuses
+    for index, (status, content, length) in enumerate(answers):
+        if status == 503:
+            assert b"retry" in content
+        elif index % 2:  # JSON numbers: 3.7 million of them
+            assert length is None and content.startswith(b'{"id"') and content.endswith(b"]}]}")
+        else:
+            assert len(content) == int(length) + 4 * 720 * 1280 * 4  # pha and fgr's bytes after the JSON
+    as_json = [content for index, (status, content, _) in enumerate(answers) if status == 200 and index % 2]
+    pha = json.loads(as_json[0])["outputs"][0]
+    assert pha["shape"] == [1, 1, 720, 1280] and len(pha["data"]) == 720 * 1280
+    assert probed["probes"] >= 10 and probed["worst"] < HEALTH_SECONDS, probed
+    assert after <= RSS_GROWTH * before, (before, after)
 
 
 # ---- the deployment side stays torch-free ----

@@ -3,8 +3,9 @@ against what the artifact states (input names, datatypes, shapes) before it runs
 
 KServe's ``Model.__call__`` times each request into its Prometheus histograms; ``predict``
 here checks the request, runs it on one of the runner's requests (THROUGHPUT hint, at most
-``parallel`` in flight, waited for on worker threads so the event loop never blocks) and
-returns the outputs as an ``InferResponse``, which KServe encodes (binary where asked).
+``parallel`` in flight, with at most ``QUEUED_PER_SLOT`` times as many waiting: 503 past
+them) and returns the outputs as an ``InferResponse``. Turning JSON numbers into arrays,
+computing, and copying the outputs happen on worker threads: the event loop never blocks.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
+from exporter.errors import shown
 from exporter.repository import TensorSpec, tensor_specs
 from exporter.runtime import Runner, load_runner
 from exporter.serve import ServedModel
+from exporter.serve.limits import QUEUED_PER_SLOT, ServerBusy, count, lower_this_thread
 
 __all__ = ["PLATFORM", "MattingModel", "VersionNotFound", "lookup"]
 
@@ -44,14 +47,20 @@ class MattingModel(Model):
         self.device, self.precision = device, inference_precision
         self.runner: Runner | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.answered = self.refused = 0
+        self.answered = self.refused = self.busy = 0
+        self.waiting = 0  # requests given to the runner's threads, computing or queued
+        self.max_waiting = 0
 
     def load(self) -> bool:
         """Compile the artifact: THROUGHPUT hint, every stream kept busy by ``parallel``
         requests in flight."""
-        self.runner = load_runner(self.served.path, "openvino", self.device, self.precision, throughput=True,
-                                  metadata=self.served.metadata)  # fmt: skip
+        # Compiled on a thread of lowered priority: the runtime's threads, started there, inherit it
+        # (``COMPUTE_NICENESS``).
+        with ThreadPoolExecutor(1, thread_name_prefix="bgm-compile", initializer=lower_this_thread) as compiler:
+            self.runner = compiler.submit(load_runner, self.served.path, "openvino", self.device, self.precision,
+                                          throughput=True, metadata=self.served.metadata).result()  # fmt: skip
         self._executor = ThreadPoolExecutor(self.runner.parallel, thread_name_prefix=f"bgm-{self.name}")
+        self.max_waiting = (1 + QUEUED_PER_SLOT) * self.runner.parallel
         self.ready = True
         return True
 
@@ -76,24 +85,40 @@ class MattingModel(Model):
 
     async def predict(self, payload: InferRequest, headers: Mapping[str, str] | None = None) -> InferResponse:
         try:
-            feeds = self._feeds(payload)
-            self._check_outputs(payload)
+            self._check(payload)
         except InvalidInput:
             self.refused += 1
             raise
-        loop = asyncio.get_running_loop()
-        runner = self.runner
-        # Shared: the request's tensors are read where they arrived (a REST body's buffer).
-        outputs = await loop.run_in_executor(self._executor, lambda: runner.submit(feeds, share_inputs=True).result())
+        if self.waiting >= self.max_waiting:
+            self.busy += 1
+            raise ServerBusy(
+                f"model {self.name} has {self.waiting} requests computing or queued, its bound; retry shortly"
+            )
+        self.waiting += 1
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, payload)
+        except InvalidInput:
+            self.refused += 1
+            raise
+        finally:
+            self.waiting -= 1
         self.answered += 1
         return InferResponse(
             response_id=payload.id or "", model_name=self.name, model_version=str(self.served.version),
-            infer_outputs=[_output(spec, outputs[spec.name], payload.from_grpc) for spec in self.outputs],
-            use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs,
+            infer_outputs=outputs, use_binary_outputs=payload.use_binary_outputs,
+            requested_outputs=payload.request_outputs,
         )  # fmt: skip
 
-    def _feeds(self, payload: InferRequest) -> dict[str, np.ndarray]:
-        """The request's tensors by name, each checked against the artifact's input."""
+    def _infer(self, payload: InferRequest) -> list[InferOutput]:
+        """On a runner's thread: the arrays (JSON numbers converted here), the inference, and
+        the outputs as KServe takes them (for gRPC, a copy of their bytes)."""
+        feeds = {item.name: _array(item) for item in payload.inputs}
+        # Shared: the request's tensors are read where they arrived (a REST body's buffer).
+        outputs = self.runner.submit(feeds, share_inputs=True).result()
+        return [_output(spec, outputs[spec.name], payload.from_grpc) for spec in self.outputs]
+
+    def _check(self, payload: InferRequest) -> None:
+        """The request's tensors and outputs, checked against the artifact's."""
         expected = {spec.name: spec for spec in self.inputs}
         takes = ", ".join(expected)
         names = [item.name for item in payload.inputs]
@@ -105,7 +130,6 @@ class MattingModel(Model):
         for name in expected:
             if name not in names:
                 raise InvalidInput(f"input '{name}' is missing; model {self.name} takes {takes}")
-        feeds = {}
         for item in payload.inputs:
             spec = expected[item.name]
             if item.datatype != spec.datatype:
@@ -114,10 +138,6 @@ class MattingModel(Model):
                 raise InvalidInput(
                     f"input '{item.name}' has shape {list(item.shape)}; model {self.name} takes {list(spec.shape)}"
                 )
-            feeds[item.name] = _array(item)
-        return feeds
-
-    def _check_outputs(self, payload: InferRequest) -> None:
         gives = [spec.name for spec in self.outputs]
         for output in payload.request_outputs or []:
             if output.name not in gives:
@@ -157,12 +177,14 @@ def lookup(models: Mapping[str, MattingModel], name: str, version: str | None) -
     model = models.get(name)
     if model is None:
         raise ModelNotFound(name)
-    if version and version != str(model.served.version):
+    if version and count(version) != model.served.version:
         versions = model.served.versions
-        if version.isdigit() and int(version) in versions:
+        if count(version) in versions:
             raise VersionNotFound(
                 f"version {version} of model {name} is not served: this server serves its latest, "
                 f"{model.served.version}"
             )
-        raise VersionNotFound(f"model {name} has no version {version!r} (versions: {', '.join(map(str, versions))})")
+        raise VersionNotFound(
+            f"model {name} has no version '{shown(version)}' (versions: {', '.join(map(str, versions))})"
+        )
     return model
