@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
 CLI := $(BIN)/bgm-export
 
 # The artifact layout is the package's (exporter/config.py), read with the system Python.
@@ -16,13 +17,23 @@ WEIGHTS := $(wildcard checkpoints/*.pth)
 
 .PHONY: setup export verify bench test style style-check clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NPM_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,serve]'
 	touch $(STAMP)
+
+# ONNX Runtime Web for `bgm-export web`, exactly as package-lock.json pins it (the sites copy it
+# from node_modules/; nothing is fetched when a site is built). No install scripts: none is needed.
+# Without npm the rest of the set-up still holds; `web` then says what it lacks.
+$(NPM_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --ignore-scripts --no-audit --no-fund && touch $(NPM_STAMP); \
+	else \
+		echo "npm not found: skipping ONNX Runtime Web (bgm-export web needs it: install Node.js, then make setup)"; \
+	fi
 
 # The main job: ONNX, IR FP32, IR FP16 and IR INT8 from the resolved checkpoint.
 export: setup

@@ -4,6 +4,7 @@ lists (collection time) and plain functions that build inputs. State lives in fi
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import zlib
@@ -18,6 +19,11 @@ BACKBONES = ("mobilenetv2", "resnet50", "resnet101")
 
 # The goldens' setting: 192x320, backbone scale 1/4, 16,000 sampled pixels, threshold 0.3.
 GOLDEN_CONFIG = ExportConfig(height=192, width=320, sample_pixels=16_000, threshold=0.3)
+
+# Whether this run is CI's own (CI=true in the environment pytest was started with): read
+# here, before conftest.py sets CI=true for every run (its telemetry opt-out). Tests that
+# need a tool the machine may lack (a browser: test_web.py) skip without it, and fail in CI.
+CI_RUN = os.environ.get("CI") == "true"
 
 # The command line in a process of its own (real standard streams, signals, C libraries'
 # own output on descriptor 2), as the installed `bgm-export` runs it.
