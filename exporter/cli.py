@@ -83,6 +83,11 @@ class _Stdout:
             return operation(*args)
         except OSError as exc:
             if exc.errno == errno.EPIPE:
+                # Python flushes stdout again at exit: point it at nothing, so that flush is quiet.
+                import os
+
+                with contextlib.suppress(OSError, ValueError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
                 raise StandardOutputClosed("") from None
             raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
@@ -105,13 +110,6 @@ def _guarded_stdout() -> Iterator[None]:
     sys.stdout = _Stdout(stream)
     try:
         yield
-    except StandardOutputClosed:
-        # Python flushes stdout again at exit: point it at nothing so that flush says nothing.
-        import os
-
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        raise
     finally:
         sys.stdout = stream
 
@@ -149,12 +147,11 @@ class Commands(TyperGroup):
             where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
             error_line(f"{exc.format_message()}{where}")
             code = exc.exit_code
-        except (_Interrupted, Abort) as exc:  # Abort: Click's word for a signal while it parses
-            interrupt = exc.interrupt if isinstance(exc, _Interrupted) else exc.__cause__
+        except _Interrupted as exc:
+            what, code = interruption(exc.interrupt)
+            error_line(what)
+        except Abort:  # end of input at a prompt
             code = 1
-            if isinstance(interrupt, KeyboardInterrupt):
-                what, code = interruption(interrupt)
-                error_line(what)
         except BgmExportError as exc:  # standard output failing outside a command (--help, --version)
             if str(exc):
                 error_line(str(exc))

@@ -22,14 +22,19 @@ MASK = "***"
 # the last "@" before the host's path: an unescaped "@" in a password still belongs to it.
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*:/{1,3})(?P<userinfo>[^\s/?#]*)@")
 # Query parameters whose name says they carry a secret: vendors spell them freely (password,
-# user_password, loginpas, pwd, token, api_key, X-Amz-Signature, X-Amz-Credential, ...).
+# user_password, loginpas, pwd, token, api_key, X-Amz-Signature, X-Amz-Credential, ...). The
+# words stand whole between "_", "-" or "." (so keyframe, author and design are not secrets);
+# "pas" and "pass" also end a name (loginpas).
+_SECRET_WORDS = (
+    r"(?:pas|pass|passwd|password|passphrase|pwd|token|secret|key|apikey|auth|sig|signature|cred|credential)"
+)
 _SECRET_PARAM = re.compile(
-    r"(?P<key>[?&;][\w.\-]*(?:pas|pwd|token|secret|key|auth|sig|cred)[\w.\-]*=)(?P<value>[^&;#\s]*)",
+    rf"(?P<key>[?&;](?:[\w.\-]*[_.\-])?{_SECRET_WORDS}(?:[_.\-][\w.\-]*)?=|[?&;]\w*pas=)(?P<value>[^&;#\s]*)",
     re.IGNORECASE,
 )
-# A remembered secret shorter than this is left to the patterns: masking a one- or two-letter
-# password wherever it occurs would garble the message around it.
-_MIN_REMEMBERED = 3
+# A remembered secret shorter than this is left to the patterns: masking a short password
+# wherever its letters occur ("abc" in "wrote abc frames") would garble the messages.
+_MIN_REMEMBERED = 6
 _remembered: set[str] = set()
 _lock = threading.Lock()
 
@@ -60,7 +65,7 @@ def _secrets(url: str) -> list[str]:
     if at:
         user, colon, password = userinfo.partition(":")
         found.append(password if colon else user)
-    found += [m["value"] for m in _SECRET_PARAM.finditer(url)]
+    # Query values are not remembered: the pattern masks them wherever the URL shows again.
     return [secret for secret in found if len(secret) >= _MIN_REMEMBERED]
 
 

@@ -301,16 +301,23 @@ def keep_signal_stack() -> None:
     sigaltstack(ctypes.byref(stack), None)
 
 
-@functools.cache
-def openvino_core() -> object:
-    """The process's one ``openvino.Core``: each Core loads a CPU plugin of its own, and every
-    load and unload moves the main thread's signal stack (``keep_signal_stack``)."""
-    import openvino as ov
+_core: list[object] = []
+_core_lock = threading.Lock()
 
-    core = ov.Core()
-    _ = core.available_devices  # loads the plugins now, so that the stack is ours from here on
-    keep_signal_stack()
-    return core
+
+def openvino_core() -> object:
+    """The process's one ``openvino.Core`` (made once, whichever threads ask first): each Core
+    loads a CPU plugin of its own, and every load and unload moves the main thread's signal
+    stack (``keep_signal_stack``)."""
+    with _core_lock:
+        if not _core:
+            import openvino as ov
+
+            core = ov.Core()
+            _ = core.available_devices  # loads the plugins now, so that the stack is ours from here on
+            keep_signal_stack()
+            _core.append(core)
+        return _core[0]
 
 
 def _port_name(port: object) -> str:

@@ -10,8 +10,12 @@ waits for them in short steps it can be interrupted between.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import select
+import stat
+import termios
 import threading
 import time
 
@@ -26,6 +30,8 @@ __all__ = [
     "write_fd",
 ]
 
+# fcntl's F_GETPIPE_SZ (Linux 2.6.35; Python names it from 3.10 on some builds only).
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 # How often a waiting thread looks for a stop: a signal ends the run within a few ticks.
 WAIT_TICK = 0.1
 # A stream (RTSP, HTTP, TCP, UDP, ...) that has not opened and sent its first frame within
@@ -77,12 +83,30 @@ def read_fd(fd: int, length: int, stop: threading.Event) -> bytes:
     return b"".join(chunks)
 
 
+def _room(fd: int) -> int:
+    """Bytes a write to ``fd`` takes now without blocking: a pipe's free space (its size less
+    what its reader has not read), or ``select.PIPE_BUF``, what a writable pipe or socket has
+    at the least."""
+    try:
+        size = fcntl.fcntl(fd, F_GETPIPE_SZ)
+        unread = array.array("i", [0])
+        fcntl.ioctl(fd, termios.FIONREAD, unread)
+    except OSError:  # not a pipe (a socket, a terminal)
+        return select.PIPE_BUF
+    return max(size - unread[0], select.PIPE_BUF)
+
+
 def write_fd(fd: int, data: bytes | memoryview, stop: threading.Event) -> None:
     """All of ``data`` to ``fd``, giving up with ``Stopped`` once ``stop`` is set while the
-    reader takes nothing. Written ``select.PIPE_BUF`` bytes at a time: a pipe that selects as
-    writable has that much room, so no write blocks, and the descriptor (shared with whoever
-    else writes to it, stderr in ``2>&1``) stays blocking."""
+    reader takes nothing. A regular file never holds a write back; elsewhere each write is of
+    what the descriptor has room for once it selects as writable, so no write blocks and the
+    descriptor (shared with whoever else writes to it, stderr in ``2>&1``) stays blocking.
+    (``select.PIPE_BUF`` at a time cost a 1080p frame 1,500 rounds: 10 ms against 1.)"""
     view = memoryview(data).cast("B")
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        while view:
+            view = view[os.write(fd, view) :]
+        return
     while view:
         _ready(fd, True, stop)
-        view = view[os.write(fd, view[: select.PIPE_BUF]) :]
+        view = view[os.write(fd, view[: _room(fd)]) :]
