@@ -614,21 +614,21 @@ def test_health_is_answered_under_a_connection_flood(server):
     assert len(lines) == 1 and f"over the bound of {MAX_CONNECTIONS}; answered 503" in lines[0], lines
 
 
-HEADER_TIMEOUT = """
+# A child process's uvicorn server on our TimedHttp protocol, answering "ok" to whatever it
+# completes: ``rest, task, sock = await started(http)``, stopped by ``await stopped(rest, task)``.
+TIMED_HTTP_SERVER = """
 import asyncio, socket, time
 import uvicorn
 from exporter.serve.server import _kserve
 _kserve()
 from exporter.serve import server
 
-server.HEADER_TIMEOUT_SECONDS = 0.5
-
 async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
 
-async def main():
-    config = uvicorn.Config(app, http=server.TimedHttp, log_config=None, lifespan="off", port=0)
+async def started(http):
+    config = uvicorn.Config(app, http=http, log_config=None, lifespan="off", port=0)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()
@@ -636,58 +636,58 @@ async def main():
     task = asyncio.create_task(rest.serve(sockets=[sock]))
     while not rest.started:
         await asyncio.sleep(0.01)
+    return rest, task, sock
+
+async def stopped(rest, task):
+    rest.should_exit = True
+    await task
+"""
+
+HEADER_TIMEOUT = (
+    TIMED_HTTP_SERVER
+    + """
+server.HEADER_TIMEOUT_SECONDS = 0.5
+
+async def main():
+    rest, task, sock = await started(server.TimedHttp)
     answers = []
     for head in (b"", b"GET / HTTP/1.1\\r\\nHost: x\\r\\n"):  # nothing at all; headers never ended
         reader, writer = await asyncio.open_connection(*sock.getsockname())
         writer.write(head)
-        started = time.monotonic()
+        started_at = time.monotonic()
         answer = await asyncio.wait_for(reader.read(), 10)  # to the connection's end
-        answers.append((answer.split(b"\\r\\n")[0], time.monotonic() - started < 5))
+        answers.append((answer.split(b"\\r\\n")[0], time.monotonic() - started_at < 5))
         writer.close()
-    rest.should_exit = True
-    await task
+    await stopped(rest, task)
     print(answers)
 
 asyncio.run(main())
 """
+)
 
 
-CONNECTION_TRIM = """
-import asyncio, socket
-import uvicorn
-from exporter.serve.server import _kserve
-_kserve()
-from exporter.serve import server
+CONNECTION_TRIM = (
+    TIMED_HTTP_SERVER
+    + """
 from exporter.serve.limits import Load
-
-async def app(scope, receive, send):
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
 
 async def main():
     load = Load(1 << 20, 5.0)
     trimmed = asyncio.Event()
     load.on_idle.append(trimmed.set)
-    config = uvicorn.Config(app, http=server.TimedHttp.bound_to(load), log_config=None, lifespan="off", port=0)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen()
-    rest = uvicorn.Server(config)
-    task = asyncio.create_task(rest.serve(sockets=[sock]))
-    while not rest.started:
-        await asyncio.sleep(0.01)
+    rest, task, sock = await started(server.TimedHttp.bound_to(load))
     reader, writer = await asyncio.open_connection(*sock.getsockname())
     writer.write(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nX-Big: " + b"a" * 300_000)
     answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     await asyncio.wait_for(trimmed.wait(), 10)  # no request was ever answered
-    rest.should_exit = True
-    await task
+    await stopped(rest, task)
     load.close()
     print(answer.split(b"\\r\\n")[0])
 
 asyncio.run(main())
 """
+)
 
 
 def test_refused_headers_are_431_and_their_memory_returned_without_a_request():
