@@ -19,16 +19,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, TypeVar
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from exporter import __version__
-from exporter.backbones import BACKBONES
-from exporter.config import MODEL_TYPES, PRECISIONS, PRESETS, REFINE_MODES, ExportConfig
+from exporter import tolerances as tol
+from exporter.backbones import BACKBONES, DEFAULT_BACKBONE
+from exporter.config import DEFAULT_OPSET, MODEL_TYPES, ONNX_WEIGHTS, PRECISIONS, PRESETS, REFINE_MODES
 from exporter.errors import (
     TERMINATING_SIGNALS,
     BgmExportError,
@@ -49,6 +50,8 @@ from exporter.serve import (
     DEFAULT_HTTP_PORT,
     DEFAULT_MAX_REQUEST_MB,
 )
+from exporter.settings import DEFAULT_PRESET, OPTION_FIELDS, option_names, resolve_export
+from exporter.web import DEFAULT_WEB_PORT
 
 if TYPE_CHECKING:
     from exporter.checkpoint import Weights
@@ -114,10 +117,29 @@ def _guarded_stdout() -> Iterator[None]:
         sys.stdout = stream
 
 
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """``params`` with each flag's value label left out of ``--help``: Typer labels a flag
+    ``<bool>``, as if it took a value (``--quiet <bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """Every command's class: its flags show no value label in ``--help``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+
 class Commands(TyperGroup):
     """Typer's usage errors (a bad integer, a missing option, an unknown command) printed as
     one ``error:`` line like every other error, not as a panel; a signal while Typer parses
-    ends the command like one during its work."""
+    ends the command like one during its work. Its flags show no value label in ``--help``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -234,9 +256,16 @@ def frame_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 Backbone = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+OnnxWeights = Literal[ONNX_WEIGHTS]  # type: ignore[valid-type]
 RefineMode = Literal[REFINE_MODES]  # type: ignore[valid-type]
 ModelType = Literal[tuple(MODEL_TYPES)]  # type: ignore[valid-type]
 InferencePrecision = Literal[INFERENCE_PRECISIONS]  # type: ignore[valid-type]
+
+
+def _by_preset(value: Callable[[Any], object]) -> str:
+    """Each preset's value of a setting, for the help: ``720p 720, 1080p 1080, 4k 2160``."""
+    return ", ".join(f"{name} {value(config)}" for name, config in PRESETS.items())
+
 
 CheckpointOpt = Annotated[
     Optional[Path],
@@ -249,22 +278,52 @@ CheckpointOpt = Annotated[
 BackboneOpt = Annotated[
     Optional[Backbone],
     typer.Option(
-        help="The model when no checkpoint is given (default mobilenetv2); checked against the checkpoint when one is."
+        help=f"The model when no checkpoint is given (default {DEFAULT_BACKBONE}); checked against the checkpoint "
+        "when one is."
     ),
 ]
-PresetOpt = Annotated[Optional[Preset], typer.Option(help="Resolution preset (default 720p).")]
-HeightOpt = Annotated[Optional[int], typer.Option(help="Input height (default from preset).")]
-WidthOpt = Annotated[Optional[int], typer.Option(help="Input width (default from preset).")]
-ScaleOpt = Annotated[Optional[float], typer.Option(help="Backbone scale, at most 0.5.")]
-ModeOpt = Annotated[Optional[RefineMode], typer.Option(help="Refine mode (default sampling).")]
-PixelsOpt = Annotated[Optional[int], typer.Option(help="Pixels refined in sampling mode.")]
-ThresholdOpt = Annotated[Optional[float], typer.Option(help="Error threshold in thresholding mode.")]
-OpsetOpt = Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")]
+PresetOpt = Annotated[
+    Optional[Preset],
+    typer.Option(help=f"Resolution preset, the base of every setting below (default {DEFAULT_PRESET})."),
+]
+HeightOpt = Annotated[
+    Optional[int],
+    typer.Option(help=f"Input height in pixels (default from the preset: {_by_preset(lambda c: c.height)})."),
+]
+WidthOpt = Annotated[
+    Optional[int],
+    typer.Option(help=f"Input width in pixels (default from the preset: {_by_preset(lambda c: c.width)})."),
+]
+ScaleOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="The base network's input size as a fraction of the input's, at most 0.5 (default from the preset: "
+        f"{_by_preset(lambda c: f'{c.backbone_scale:g}')})."
+    ),
+]
+ModeOpt = Annotated[
+    Optional[RefineMode], typer.Option(help=f"Refine mode (default {PRESETS[DEFAULT_PRESET].refine_mode}).")
+]
+PixelsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Pixels refined in sampling mode, in 4x4 patches (default from the preset: "
+        f"{_by_preset(lambda c: c.sample_pixels)})."
+    ),
+]
+ThresholdOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Error threshold in thresholding mode, in [0, 1) on the coarse error map "
+        f"(default {PRESETS[DEFAULT_PRESET].threshold:g})."
+    ),
+]
+OpsetOpt = Annotated[Optional[int], typer.Option(help=f"ONNX opset (default {DEFAULT_OPSET}).")]
 ExtraOutputsOpt = Annotated[
     Optional[str],
     typer.Option(
         help="Comma-separated diagnostic outputs of the refine model: err (err_sm, the coarse error map at the "
-        "backbone scale), ref (ref_sm, 1 where a 4x4 patch was refined, quarter resolution)."
+        "backbone scale), ref (ref_sm, 1 where a 4x4 patch was refined, quarter resolution) (default: none)."
     ),
 ]
 DynamicOpt = Annotated[
@@ -283,6 +342,15 @@ ModelTypeOpt = Annotated[
         "refiner at the input's resolution, outputs pha, fgr, err, hid (the original's --model-type mattingbase)."
     ),
 ]
+OnnxWeightsOpt = Annotated[
+    Optional[OnnxWeights],
+    typer.Option(
+        case_sensitive=False,
+        help="How the ONNX stores its weights: FP32 (default); FP16 (the large tensors) or INT8 (the convolutions', "
+        "per output channel), turned back into FP32 in the graph: a smaller download for ONNX Runtime and "
+        "browsers. An IR is made from FP32 weights only.",
+    ),
+]
 TimeoutOpt = Annotated[
     Optional[float],
     typer.Option(
@@ -293,7 +361,7 @@ TimeoutOpt = Annotated[
 ArtifactsArg = Annotated[
     Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
 ]
-JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write every number here.")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write every number here (default: not written).")]
 ArithmeticOpt = Annotated[
     Optional[InferencePrecision],
     typer.Option(
@@ -318,39 +386,14 @@ def load_weights(checkpoint: Path | None, backbone: str | None) -> Weights:
     return weights
 
 
-def config_and_weights(
-    checkpoint: Path | None, backbone: str | None, preset: str | None, options: dict[str, object]
-) -> tuple[ExportConfig, Weights]:
-    """The preset with the given ``options``, checked before the weights are read (a bad size
-    fails before a large checkpoint loads); then the checkpoint decides the backbone."""
-    from exporter.resources import require_memory
-
-    try:
-        require_memory(PRESETS[preset or "720p"].replace(**options))
-        early = None
-    except ConfigError as exc:  # unless the checkpoint states the settings that make it valid
-        early = exc
-    weights = load_weights(checkpoint, backbone)
-    # What the file states (a TorchScript wrapper's settings, an ONNX graph's) replaces the
-    # preset's values; the options given replace both.
-    stated = {name: value for name, value in weights.settings.items() if name not in options}
-    if early is not None and not stated:
-        raise early
-    config = PRESETS[preset or "720p"].replace(backbone=weights.backbone, **stated, **options)
-    require_memory(config)
-    return config, weights
-
-
 def size_line(label: str, path: Path, size: int, sha256: str) -> str:
     return f"  {label:<5} {path}  {size / 1e6:.2f} MB  sha256 {sha256}"
 
 
-# The options every export takes (``onnx``, and ``ir`` without ``--onnx``), declared once:
-# ``export_options`` adds them to a command's signature and hands them over as one mapping.
-EXPORT_OPTIONS: dict[str, object] = {
-    "checkpoint": CheckpointOpt,
-    "backbone": BackboneOpt,
-    "preset": PresetOpt,
+# The declaration of each ExportConfig field that is an export option (settings.OPTION_FIELDS):
+# a field is an option of every export once it is declared here (tests/test_cli.py checks
+# that each one is, and that each declaration names a field).
+FIELD_OPTIONS: dict[str, object] = {
     "height": HeightOpt,
     "width": WidthOpt,
     "backbone_scale": ScaleOpt,
@@ -361,12 +404,17 @@ EXPORT_OPTIONS: dict[str, object] = {
     "model_type": ModelTypeOpt,
     "extra_outputs": ExtraOutputsOpt,
     "dynamic": DynamicOpt,
+    "onnx_weights": OnnxWeightsOpt,
 }
-# Those of them that are ExportConfig fields (the others choose the weights and the preset).
-CONFIG_OPTIONS = (
-    "height", "width", "backbone_scale", "refine_mode", "sample_pixels", "threshold", "opset", "model_type",
-    "extra_outputs", "dynamic",
-)  # fmt: skip
+# The options every export takes (``onnx``, and ``ir`` without ``--onnx``), declared once:
+# those choosing the weights and the preset, then the fields, in ExportConfig's order.
+# ``export_options`` adds them to a command's signature and hands them over as one mapping.
+EXPORT_OPTIONS: dict[str, object] = {
+    "checkpoint": CheckpointOpt,
+    "backbone": BackboneOpt,
+    "preset": PresetOpt,
+    **{name: FIELD_OPTIONS[name] for name in OPTION_FIELDS if name in FIELD_OPTIONS},
+}
 
 
 def export_options(command: F) -> F:
@@ -391,18 +439,7 @@ def export_options(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def export_config(export: dict[str, object]) -> tuple[ExportConfig, Weights]:
-    options = {name: value for name, value in export.items() if name in CONFIG_OPTIONS}
-    if "extra_outputs" in options:  # "err,ref" -> ("err", "ref"); ExportConfig checks the names
-        options["extra_outputs"] = tuple(n.strip() for n in str(options["extra_outputs"]).split(",") if n.strip())
-    return config_and_weights(export.get("checkpoint"), export.get("backbone"), export.get("preset"), options)
-
-
-def option_names(names: Iterable[str]) -> str:
-    return ", ".join(f"--{name.replace('_', '-')}" for name in names)
-
-
-@app.command()
+@app.command(cls=Command)
 @user_errors
 @export_options
 def onnx(
@@ -415,14 +452,14 @@ def onnx(
     """Export the Open Model Zoo ONNX model: inputs src, bgr (BGR 0..255); outputs pha, fgr."""
     from exporter.export.onnx import export_onnx
 
-    config, weights = export_config(export or {})
+    config, weights = resolve_export(**(export or {}), on_warning=warn)
     result = export_onnx(config, weights, output, on_stage=printer(quiet))
     if not quiet:
         typer.echo(f"  nodes     {result.nodes_before} exported, {result.nodes_after} after simplification")
         typer.echo(size_line("onnx", result.path, result.size, result.sha256))
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 @export_options
 def ir(
@@ -450,7 +487,8 @@ def ir(
         Optional[float],
         typer.Option(
             help="INT8: accuracy control (slower): revert layers until the agreement score "
-            "(100 - alpha MAD x1e3 against FP32 or the true alpha) drops by at most this."
+            "(100 - alpha MAD x1e3 against FP32 or the true alpha) drops by at most this many points "
+            "(default: no accuracy control)."
         ),
     ] = None,
     quiet: QuietOpt = False,
@@ -472,10 +510,10 @@ def ir(
     if onnx is not None:
         result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet))
     else:
-        config, weights = export_config(export)
+        config, weights = resolve_export(**export, on_warning=warn)
         result = export_ir_from_weights(config, weights, output, precision, int8=int8, on_stage=printer(quiet))
-        if result.int8:
-            warn(_int8_shortfall(result.xml, weights))
+    for message in result.warnings:
+        warn(message)
     if not quiet:
         if result.int8:
             typer.echo(f"  kept in floating point: {result.int8['int8_fp_layers'].replace(',', ', ')}")
@@ -483,25 +521,7 @@ def ir(
         typer.echo(size_line("bin", result.bin, result.bin_size, result.bin_sha256))
 
 
-def _int8_shortfall(xml: Path, weights: object) -> str | None:
-    """What ``verify`` would say of a new INT8 IR, said when it is made: post-training
-    quantization misses the INT8 bars at some sizes (192x320 from the synthetic
-    calibration), and a user should not learn that from a later command."""
-    from exporter.verify import verify as verify_artifacts
-    from exporter.verify.report import missed_bars
-    from exporter.verify.run import DEFAULT_CASES
-
-    missed = missed_bars(verify_artifacts([xml], weights))
-    if not missed:
-        return None
-    return (
-        f"{xml} misses verify's INT8 bars on {DEFAULT_CASES} synthetic composites: {'; '.join(missed)}. "
-        "Calibrating on frames of the deployment (--calibration DIR) or --max-drop may close the gap, "
-        "or use the FP16 IR; `bgm-export verify` gives the whole report"
-    )
-
-
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def verify(
     artifacts: ArtifactsArg = None,
@@ -513,14 +533,36 @@ def verify(
     ] = None,
     images: Annotated[
         Optional[Path],
-        typer.Option(help="Real data: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout."),
+        typer.Option(
+            help="Real data: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout "
+            "(default: synthetic composites only)."
+        ),
     ] = None,
     json_path: JsonOpt = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write |d| heat-maps and patch maps (PNG) here.")] = None,
-    fp32_max_abs: Annotated[Optional[float], typer.Option(help="FP32 bar: max |d| outside differing patches.")] = None,
-    fp32_patch_share: Annotated[Optional[float], typer.Option(help="FP32 bar: share of patches off by > 1e-3.")] = None,
-    fp16_mean_abs: Annotated[Optional[float], typer.Option(help="FP16 bar: mean |d|.")] = None,
-    fp16_patch_share: Annotated[Optional[float], typer.Option(help="FP16 bar: share of patches off by > 0.05.")] = None,
+    report: Annotated[
+        Optional[Path], typer.Option(help="Write |d| heat-maps and patch maps (PNG) here (default: not written).")
+    ] = None,
+    fp32_max_abs: Annotated[
+        Optional[float],
+        typer.Option(help=f"FP32 bar: max |d| outside differing patches, in alpha 0..1 (default {tol.FP32_ATOL:g})."),
+    ] = None,
+    fp32_patch_share: Annotated[
+        Optional[float],
+        typer.Option(
+            help=f"FP32 bar: share of patches off by > {tol.FP32_PATCH_DELTA:g}, 0..1 "
+            f"(default {tol.FP32_PATCH_SHARE:g})."
+        ),
+    ] = None,
+    fp16_mean_abs: Annotated[
+        Optional[float], typer.Option(help=f"FP16 bar: mean |d|, in alpha 0..1 (default {tol.FP16_MEAN_ATOL:g}).")
+    ] = None,
+    fp16_patch_share: Annotated[
+        Optional[float],
+        typer.Option(
+            help=f"FP16 bar: share of patches off by > {tol.FP16_PATCH_DELTA:g}, 0..1 "
+            f"(default {tol.FP16_PATCH_SHARE:g})."
+        ),
+    ] = None,
     inference_precision: ArithmeticOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -560,7 +602,7 @@ def verify(
     raise typer.Exit(code=0 if result.passed else 1)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def info(
     artifact: Annotated[
@@ -583,14 +625,14 @@ def info(
             raise ConfigError(f"{names} cannot apply to an artifact: the file fixes the model")
         result = artifact_info(artifact)
     else:
-        config, weights = config_and_weights(checkpoint, backbone, preset, {})
+        config, weights = resolve_export(checkpoint, backbone, preset, on_warning=warn)
         result = checkpoint_info(config, weights)
     typer.echo(format_info(result))
     if json_path is not None:
         write_json(result.to_dict(), json_path)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def bench(
     checkpoint: CheckpointOpt = None,
@@ -606,7 +648,10 @@ def bench(
     ] = False,
     matte: Annotated[
         Optional[Path],
-        typer.Option(help="Instead: time `matte` on a synthetic video against this IR alone (THROUGHPUT hint)."),
+        typer.Option(
+            help="Instead of exporting: time `matte` on a synthetic video against this IR alone (THROUGHPUT hint) "
+            "(default: export every variant and time it)."
+        ),
     ] = None,
     frames: Annotated[
         Optional[int],
@@ -618,58 +663,84 @@ def bench(
     server: Annotated[
         Optional[str],
         typer.Option(
-            help="Instead: a V2 server (grpc://HOST:PORT or http://HOST:PORT) under --clients concurrent clients."
+            help="Instead of exporting: a V2 server (grpc://HOST:PORT or http://HOST:PORT) under --clients "
+            "concurrent clients (default: export every variant and time it)."
         ),
     ] = None,
-    model_name: Annotated[Optional[str], typer.Option(help="With --server: the served model's name.")] = None,
+    model_name: Annotated[
+        Optional[str], typer.Option(help="With --server: the served model's name (no default: required with it).")
+    ] = None,
     clients: Annotated[
         Optional[int], typer.Option(min=1, help="With --server: concurrent clients, one request each (default 4).")
     ] = None,
     local: Annotated[
         Optional[Path],
-        typer.Option(help="With --server: the IR it serves, timed here too (THROUGHPUT hint) for comparison."),
+        typer.Option(
+            help="With --server: the IR it serves, timed here too (THROUGHPUT hint) for comparison (default: none)."
+        ),
     ] = None,
     timeout: TimeoutOpt = None,
+    web: Annotated[
+        Optional[Path],
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Instead of exporting: this fixed-size ONNX in the browser module (headless Chromium, WebAssembly, "
+            "1 and 2 threads) beside native ONNX Runtime and OpenVINO FP32 (f32), interleaved, each row's accuracy "
+            "judged (default: export every variant and time it).",
+        ),
+    ] = None,
+    warmup: Annotated[
+        Optional[int], typer.Option(min=0, help="With --web: untimed frames each row runs first (default 3).")
+    ] = None,
+    chromium: Annotated[
+        Optional[Path], typer.Option(help="With --web: the Chromium to drive (default /usr/bin/chromium).")
+    ] = None,
     inference_precision: ArithmeticOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
-    """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR."""
-    from exporter.bench import MATTE_BENCH_FRAMES, bench_matte, format_bench, format_matte_bench
+    """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR; or
+    the browser module beside the native runtimes (--web)."""
+    from exporter.bench import MATTE_BENCH_FRAMES, bench_matte, bench_mode, format_bench, format_matte_bench
     from exporter.bench import bench as run_bench
     from exporter.files import check_writable
 
-    exporting = given(checkpoint=checkpoint, backbone=backbone, preset=preset, height=height, width=width,
-                      sample_pixels=sample_pixels, model_type=model_type, runs=runs,
-                      profile=profile or None)  # fmt: skip
-    serving = given(model_name=model_name, clients=clients, local=local, timeout=timeout)
-    if serving and server is None:
-        raise ConfigError(f"{option_names(serving)} apply with --server only")
-    if server is not None:
+    mode = bench_mode(dict(
+        checkpoint=checkpoint, backbone=backbone, preset=preset, height=height, width=width,
+        sample_pixels=sample_pixels, model_type=model_type, runs=runs, profile=profile, matte=matte, frames=frames,
+        server=server, model_name=model_name, clients=clients, local=local, timeout=timeout, web=web,
+        warmup=warmup, chromium=chromium, inference_precision=inference_precision,
+    ))  # fmt: skip
+    if mode == "web":
+        from exporter.webbench import DEFAULT_CHROMIUM, WEB_RUNS, WEB_WARMUP, bench_web, format_web_bench
+
+        result = bench_web(
+            web, runs=runs or WEB_RUNS, warmup=WEB_WARMUP if warmup is None else warmup,
+            chromium=chromium or DEFAULT_CHROMIUM, on_progress=progress,
+        )  # fmt: skip
+        typer.echo(format_web_bench(result))
+    elif mode == "server":
         from exporter.bench import bench_server, format_server_bench
         from exporter.remote import parse_remote
 
-        if exporting or matte is not None:
-            raise ConfigError(f"{option_names([*exporting, *given(matte=matte)])} cannot apply with --server")
         result = bench_server(
             parse_remote(server, model_name, timeout=timeout), clients or 4, frames or 48, local=local,
             json_path=json_path, inference_precision=inference_precision or "auto", on_progress=progress,
         )  # fmt: skip
         typer.echo(format_server_bench(result))
-    elif matte is not None:
-        if exporting:  # the IR fixes the model; these time the export's variants
-            raise ConfigError(f"{option_names(exporting)} cannot apply with --matte: the IR fixes the model")
+    elif mode == "matte":
         result = bench_matte(
             matte, frames or MATTE_BENCH_FRAMES, json_path=json_path, inference_precision=inference_precision or "auto",
             on_progress=progress,
         )  # fmt: skip
         typer.echo(format_matte_bench(result))
     else:
-        if frames is not None:
-            raise ConfigError("--frames applies with --matte only")
         if json_path is not None:  # before the minutes of timing it would hold
             check_writable(json_path)
-        options = given(height=height, width=width, sample_pixels=sample_pixels, model_type=model_type)
-        config, weights = config_and_weights(checkpoint, backbone, preset, options)
+        config, weights = resolve_export(
+            checkpoint, backbone, preset, height=height, width=width, sample_pixels=sample_pixels,
+            model_type=model_type, on_warning=warn,
+        )  # fmt: skip
         result = run_bench(
             config, weights, runs=runs or 20, profile=profile, inference_precision=inference_precision,
             on_progress=progress,
@@ -679,7 +750,7 @@ def bench(
         write_json(result.to_dict(), json_path)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def card(
     artifacts: ArtifactsArg = None,
@@ -690,7 +761,8 @@ def card(
         Optional[int], typer.Option(min=1, help="Synthetic composites for the accuracy table (default 4).")
     ] = None,
     images: Annotated[
-        Optional[Path], typer.Option(help="Real data with ground truth (com/, bgr/, pha/, fgr/).")
+        Optional[Path],
+        typer.Option(help="Real data with ground truth (com/, bgr/, pha/, fgr/) (default: synthetic composites only)."),
     ] = None,
 ) -> None:
     """Write the Open Model Zoo model card of the artifacts, every number measured now."""
@@ -703,7 +775,7 @@ def card(
     typer.echo(f"model card: {output}")
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def repository(
     artifacts: Annotated[
@@ -711,10 +783,11 @@ def repository(
     ],
     out: Annotated[Path, typer.Option(help="The repository folder (created if needed).")],
     version: Annotated[
-        Optional[int], typer.Option(min=1, help="This version instead of the next (refused if it exists).")
+        Optional[int], typer.Option(min=1, help="This version (default: the next; refused if it exists).")
     ] = None,
     name: Annotated[
-        Optional[str], typer.Option(help="The model name instead of the artifact's (another resolution, say).")
+        Optional[str],
+        typer.Option(help="The model name (default: the artifact's; another for another resolution, say)."),
     ] = None,
     device: Annotated[str, typer.Option(help="OpenVINO Model Server's target_device.")] = "CPU",
     performance_hint: Annotated[
@@ -732,7 +805,7 @@ def repository(
     typer.echo("\n".join(result.lines()))
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def serve(
     target: Annotated[Path, typer.Argument(help="A repository folder (bgm-export repository) or one .xml / .onnx.")],
@@ -790,20 +863,23 @@ def summary_stream(to_stderr: bool) -> Iterator[None]:
         yield
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def matte(
     model: Annotated[
-        Optional[Path], typer.Option(help="The exported model, .xml or .onnx (or --server instead).")
+        Optional[Path], typer.Option(help="The exported model, .xml or .onnx (no default: this or --server).")
     ] = None,
     server: Annotated[
         Optional[str],
         typer.Option(
             help="Instead of --model: a KServe V2 server (ours, OpenVINO Model Server, Triton), "
-            "grpc://HOST:PORT or http://HOST:PORT (REST, binary tensors); with --model-name."
+            "grpc://HOST:PORT or http://HOST:PORT (REST, binary tensors); with --model-name (no default: this "
+            "or --model)."
         ),
     ] = None,
-    model_name: Annotated[Optional[str], typer.Option(help="With --server: the served model's name.")] = None,
+    model_name: Annotated[
+        Optional[str], typer.Option(help="With --server: the served model's name (no default: required with it).")
+    ] = None,
     model_version: Annotated[
         Optional[str], typer.Option(help="With --server: its version (default: the server's choice).")
     ] = None,
@@ -826,7 +902,10 @@ def matte(
     out: Annotated[
         str, typer.Option(help="Folder for alpha, foreground and composite files, or - for raw BGR24 composites.")
     ] = "matte",
-    size: Annotated[Optional[str], typer.Option(help="With --src -: the frames' size, WxH.")] = None,
+    size: Annotated[
+        Optional[str],
+        typer.Option(help="With --src -: the frames' size in pixels, WxH (no default: required with it)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="OpenVINO device: CPU, GPU, NPU or AUTO.")] = "CPU",
     inference_precision: Annotated[
         InferencePrecision,
@@ -890,13 +969,17 @@ def matte(
             typer.echo("\n".join(summary.lines(destination)))
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def web(
     target: Annotated[Path, typer.Argument(help="An .onnx artifact (with --out), or a site folder (with --serve).")],
-    out: Annotated[Optional[Path], typer.Option(help="Build the site into this new or empty folder.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Build the site into this new or empty folder (no default: this or --serve).")
+    ] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Serve the site on loopback (Ctrl-C stops).")] = False,
-    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="Port (default 8090; 0: any free one).")] = None,
+    port: Annotated[
+        Optional[int], typer.Option(min=0, max=65535, help=f"Port (default {DEFAULT_WEB_PORT}; 0: any free one).")
+    ] = None,
 ) -> None:
     """Run a model in the browser: a static site (the JavaScript module bgm.js, ONNX Runtime Web,
     the artifact byte for byte, a live camera page) that works offline, served here with the

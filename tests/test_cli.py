@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Annotated, Optional
 
 import pytest
+import typer
 from typer.core import TyperGroup
 
 from exporter.errors import ArtifactError, Terminated
@@ -255,3 +257,123 @@ def test_the_installed_command_is_the_entry_point_that_handles_start_up():
     handling), not the Typer app directly."""
     (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "bgm-export"]
     assert script.value == "exporter.__main__:main"
+
+
+# ---- the export options are ExportConfig's fields; --help says what it should ----
+
+
+def unaccounted(config_class: type) -> list[str]:
+    """Fields of ``config_class`` that are neither an option the command line declares nor
+    excluded on purpose (``settings.NOT_OPTIONS``)."""
+    import dataclasses
+
+    from exporter.cli import FIELD_OPTIONS
+    from exporter.settings import NOT_OPTIONS
+
+    return [f.name for f in dataclasses.fields(config_class) if f.name not in {*FIELD_OPTIONS, *NOT_OPTIONS}]
+
+
+def test_every_export_config_field_is_an_option_or_excluded_on_purpose():
+    import dataclasses
+
+    from exporter.cli import EXPORT_OPTIONS, FIELD_OPTIONS
+    from exporter.config import ExportConfig
+    from exporter.settings import NOT_OPTIONS, OPTION_FIELDS
+
+    assert unaccounted(ExportConfig) == []
+    assert set(FIELD_OPTIONS) == set(OPTION_FIELDS)  # no declaration of a field that is gone or excluded
+    assert list(EXPORT_OPTIONS) == ["checkpoint", "backbone", "preset", *OPTION_FIELDS]
+    assert all(NOT_OPTIONS.values())  # each exclusion says why
+    # A field added without a declaration is caught:
+    grown = dataclasses.make_dataclass("Grown", [("new_setting", int, 0)], bases=(ExportConfig,), frozen=True)
+    assert unaccounted(grown) == ["new_setting"]
+
+
+@pytest.mark.parametrize("command", ["onnx", "ir"])
+def test_each_field_option_reaches_the_settings(command, monkeypatch, cli, one_error):
+    """Every declared field is an option of both exports and arrives at ``resolve_export``."""
+    from exporter import cli as module
+    from exporter.cli import FIELD_OPTIONS
+    from exporter.errors import ConfigError
+
+    received: dict[str, object] = {}
+
+    def resolve(*args: object, **kwargs: object) -> None:
+        received.update(kwargs)
+        raise ConfigError("stopped here")
+
+    monkeypatch.setattr(module, "resolve_export", resolve)
+    argv = ["--threshold", "0.2", "--extra-outputs", "err", "--dynamic", "--onnx-weights", "fp16", "--preset", "4k"]
+    one_error(cli(command, *argv, *(["--precision", "FP32"] if command == "ir" else [])), "stopped here")
+    assert received["threshold"] == 0.2 and received["extra_outputs"] == "err" and received["dynamic"] is True
+    assert received["onnx_weights"] == "FP16" and received["preset"] == "4k"
+    help_text = cli(command, "--help").stdout
+    assert [name for name in FIELD_OPTIONS if f"--{name.replace('_', '-')}" not in help_text] == []
+
+
+def command_options(app) -> list[tuple[str, object]]:
+    """``(command, option)`` for every option of every command of ``app`` and the app's own."""
+    import typer._click as click
+    import typer.main
+
+    group = typer.main.get_command(app)
+    context = click.Context(group)
+    found = [("", param) for param in group.get_params(context)]
+    for name in getattr(group, "commands", {}):
+        command = group.get_command(context, name)
+        found += [(name, param) for param in command.get_params(click.Context(command, parent=context))]
+    return [(name, param) for name, param in found if param.param_type_name == "option"]
+
+
+def silent_defaults(app) -> list[str]:
+    """Options that take a value, are not required, and say nothing of their default: Typer
+    shows a default that is not None itself."""
+    return [
+        f"{command} {param.opts[0]}"
+        for command, param in command_options(app)
+        if not param.is_flag
+        and not param.required
+        and param.default is None
+        and "default" not in (param.help or "").lower()
+    ]
+
+
+def demo_app(cls: type | None = None):
+    """A command with a flag and an option whose help omits its default, to show the checks catch them."""
+    demo = typer.Typer()
+
+    @demo.command(**({"cls": cls} if cls else {}))
+    def go(
+        fast: Annotated[bool, typer.Option("--fast", help="Go fast.")] = False,
+        speed: Annotated[Optional[int], typer.Option(help="How fast.")] = None,
+    ) -> None:
+        pass
+
+    @demo.command()
+    def other() -> None:
+        pass
+
+    return demo
+
+
+def test_every_option_says_its_default():
+    from exporter.cli import app
+
+    assert silent_defaults(app) == []
+    assert silent_defaults(demo_app()) == ["go --speed"]
+
+
+def test_help_shows_no_value_label_after_a_flag(cli):
+    """Typer labels a flag ``<bool>`` as if it took a value (--quiet <bool>); not ours."""
+    from typer.testing import CliRunner
+
+    from exporter.cli import Command, app
+
+    flags = [(command, param.opts[0]) for command, param in command_options(app) if param.is_flag]
+    assert ("", "--version") in flags and ("onnx", "--dynamic") in flags and ("onnx", "--help") in flags
+    for command in ["", *sorted({command for command, _ in flags if command})]:
+        shown = cli(*([command] if command else []), "--help")
+        assert shown.exit_code == 0 and "--help" in shown.stdout and "<bool>" not in shown.stdout, command
+    runner = CliRunner()
+    assert "<bool>" in runner.invoke(demo_app(), ["go", "--help"]).stdout  # what Typer does unasked
+    assert "<bool>" not in runner.invoke(demo_app(Command), ["go", "--help"]).stdout
