@@ -21,11 +21,15 @@ __all__ = [
     "EXTRA_OUTPUTS",
     "MODELS_DIR",
     "MODEL_TYPES",
+    "ONNX_WEIGHTS",
     "PRECISIONS",
     "PRESETS",
     "REFINE_MODES",
+    "SAMPLE_SHARE",
+    "WEB_PRESET",
     "ExportConfig",
     "default_artifact_path",
+    "sample_pixels_for",
 ]
 
 # How the refiner chooses its patches: the original's refine modes.
@@ -42,6 +46,9 @@ EXTRA_OUTPUTS = {"err": "err_sm", "ref": "ref_sm"}
 # Open Model Zoo's layout: models/<name>.onnx and models/<PRECISION>/<name>.xml.
 MODELS_DIR = Path("models")
 PRECISIONS = ("FP32", "FP16", "INT8")
+# How an ONNX artifact stores its weights (exporter.export.weights_storage): FP32 as traced;
+# FP16 or INT8 for a smaller download (ONNX Runtime, browsers), computed in FP32 all the same.
+ONNX_WEIGHTS = ("FP32", "FP16", "INT8")
 # 17 is the newest opset every runtime here imports without a converter warning, and has
 # every op the graph needs (TopK, GatherElements, ScatterElements, Resize).
 DEFAULT_OPSET = 17
@@ -61,12 +68,15 @@ class ExportConfig:
         sample_pixels: pixels refined in ``sampling`` mode (a multiple of 16 patches).
         threshold: error threshold in ``thresholding`` mode.
         opset: ONNX opset.
-        precision: IR precision, ``FP32``, ``FP16`` or ``INT8`` (ONNX is always FP32).
+        precision: IR precision, ``FP32``, ``FP16`` or ``INT8`` (an ONNX computes in FP32).
         model_type: ``refine`` (MattingRefine) or ``base`` (MattingBase, ``MODEL_TYPES``).
         extra_outputs: keys of ``EXTRA_OUTPUTS`` the refine model also outputs, in that order.
         dynamic: height and width are free in the graph (any size valid at the backbone scale
             with at least ``patches`` patches); ``height`` x ``width`` is then the size it was
             traced and is verified at (with a second one, ``second_resolution``).
+        onnx_weights: how the ONNX stores its weights, ``ONNX_WEIGHTS``: ``FP32``, or the large
+            ones as ``FP16`` or the convolutions' as ``INT8`` (per output channel), each turned
+            back into FP32 in the graph. IRs are made from FP32 weights only.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -81,6 +91,7 @@ class ExportConfig:
     model_type: str = "refine"
     extra_outputs: tuple[str, ...] = ()
     dynamic: bool = False
+    onnx_weights: str = "FP32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +124,8 @@ class ExportConfig:
         object.__setattr__(self, "extra_outputs", tuple(n for n in EXTRA_OUTPUTS if n in extra))  # canonical order
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.onnx_weights not in ONNX_WEIGHTS:
+            raise ConfigError(f"ONNX weights {self.onnx_weights!r} is not one of {', '.join(ONNX_WEIGHTS)}")
         if self.opset not in SUPPORTED_OPSETS:
             raise ConfigError(f"opset {self.opset} is not in {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
         step, minimum = self.size_step, self.min_size
@@ -203,7 +216,10 @@ class ExportConfig:
         }
 
     def metadata(self, checkpoint: str) -> dict[str, str]:
-        """The key/value pairs written into ONNX ``metadata_props`` and IR ``rt_info``."""
+        """The key/value pairs written into ONNX ``metadata_props`` and IR ``rt_info``.
+        ``onnx_weights`` only when not FP32: the default export stays byte for byte what it
+        was before the key existed, and ``from_metadata`` reads its absence as FP32."""
+        reduced = {"onnx_weights": self.onnx_weights} if self.onnx_weights != "FP32" else {}
         return {
             "model_name": self.model_name,
             "backbone": self.backbone,
@@ -222,6 +238,7 @@ class ExportConfig:
             "extra_outputs": ",".join(self.extra_outputs),
             "outputs": ",".join(self.outputs),
             "dynamic": "true" if self.dynamic else "false",
+            **reduced,
             "checkpoint": checkpoint,
             "tool": f"bgm-export {__version__}",
         }
@@ -246,6 +263,8 @@ class ExportConfig:
                 model_type=metadata.get("model_type", "refine"),
                 extra_outputs=tuple(n for n in metadata.get("extra_outputs", "").split(",") if n),
                 dynamic=metadata.get("dynamic", "false") == "true",
+                # Artifacts made before the key, and every FP32 one (see ``metadata``): FP32.
+                onnx_weights=metadata.get("onnx_weights", "FP32"),
             )
         except (KeyError, ValueError) as exc:
             raise ConfigError(
@@ -253,11 +272,28 @@ class ExportConfig:
             ) from None
 
 
+# The refiner's share of the pixels at the original's 720p setting (80,000 of 1280x720,
+# 8.68%): the webcam sizes keep it, so a smaller frame refines as much of itself.
+SAMPLE_SHARE = Fraction(80_000, 1280 * 720)
+
+
+def sample_pixels_for(height: int, width: int) -> int:
+    """``SAMPLE_SHARE`` of ``height`` x ``width``, rounded to whole 4x4 patches (16 pixels):
+    20,000 at 640x360, 26,672 at 640x480."""
+    return max(1, round(height * width * SAMPLE_SHARE / 16)) * 16
+
+
 PRESETS: dict[str, ExportConfig] = {
     "720p": ExportConfig(),
     "1080p": ExportConfig(height=1080, width=1920, backbone_scale=0.25, sample_pixels=80_000),
     "4k": ExportConfig(height=2160, width=3840, backbone_scale=0.125, sample_pixels=320_000),
+    # Webcams' other sizes, for the browser (issue 28).
+    "360p": ExportConfig(height=360, width=640, sample_pixels=sample_pixels_for(360, 640)),
+    "480p": ExportConfig(height=480, width=640, sample_pixels=sample_pixels_for(480, 640)),
 }
+# The size recommended for the browser (``--preset web``): 640x360 until measured otherwise.
+WEB_PRESET = "360p"
+PRESETS["web"] = PRESETS[WEB_PRESET]
 
 
 def default_artifact_path(model_name: str, precision: str | None = None, root: Path = MODELS_DIR) -> Path:

@@ -209,7 +209,7 @@ def _check_out(out: Path) -> None:
 
 
 def build_site(artifact: Path, out: Path, node_modules: Path = NODE_MODULES) -> Site:
-    """Write the static site for ``artifact`` (an FP32 ``.onnx`` made by ``bgm-export onnx``)
+    """Write the static site for ``artifact`` (an ``.onnx`` made by ``bgm-export onnx``, any weights)
     into ``out`` (new, or an empty folder): the page, web/bgm.js, ONNX Runtime Web's files,
     the artifact byte for byte as model.onnx, and site.json recording versions and digests.
     All or nothing: the site is made beside ``out`` and renamed into place."""
@@ -247,6 +247,7 @@ def build_site(artifact: Path, out: Path, node_modules: Path = NODE_MODULES) -> 
                     "bytes": files[MODEL_FILE],
                     "sha256": model_sha,
                     "resolution": f"{config.height}x{config.width}",
+                    "onnx_weights": config.onnx_weights,  # FP32, or a smaller download (bgm-export onnx)
                     "metadata": metadata,
                 },
                 "files": {name: sha256_of(staging / name) for name in files},

@@ -101,6 +101,18 @@ def golden_onnx(tmp_path_factory, weights) -> Path:
 
 
 @pytest.fixture(scope="session")
+def onnx_weight_variants(tmp_path_factory, weights) -> dict[str, Path]:
+    """The golden setting exported with its weights stored as FP16 and as INT8 (``--onnx-weights``)."""
+    from exporter.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx-weights")
+    return {
+        storage: export_onnx(GOLDEN_CONFIG.replace(onnx_weights=storage), weights, root / f"{storage}.onnx").path
+        for storage in ("FP16", "INT8")
+    }
+
+
+@pytest.fixture(scope="session")
 def golden_irs(tmp_path_factory, golden_onnx) -> dict[str, Path]:
     from exporter.export.openvino import export_ir
 

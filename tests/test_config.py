@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from exporter.config import PRESETS, ExportConfig
+from exporter.config import PRESETS, SAMPLE_SHARE, WEB_PRESET, ExportConfig, sample_pixels_for
 from exporter.errors import ConfigError
 
 
@@ -18,6 +18,21 @@ def test_presets_are_the_originals_settings():
     assert (uhd.height, uhd.width, uhd.backbone_scale, uhd.sample_pixels) == (2160, 3840, 0.125, 320_000)
     for preset in PRESETS.values():
         assert preset.validate() is preset
+
+
+@pytest.mark.parametrize("name, size, pixels", [("360p", (360, 640), 20_000), ("480p", (480, 640), 26_672)])
+def test_webcam_presets_refine_the_720p_share(name, size, pixels):
+    """80,000 of 1280x720's pixels (8.68%) are refined; a webcam size keeps that share, in
+    whole 4x4 patches: 640x480 x 8.68% = 26,666.7 -> 1,667 patches."""
+    preset = PRESETS[name]
+    assert (preset.height, preset.width, preset.backbone_scale, preset.sample_pixels) == (*size, 0.25, pixels)
+    assert sample_pixels_for(*size) == pixels and pixels % 16 == 0
+    assert abs(pixels - size[0] * size[1] * SAMPLE_SHARE) <= 8  # the nearest whole patch
+    assert sample_pixels_for(720, 1280) == PRESETS["720p"].sample_pixels
+
+
+def test_web_preset_is_the_recommended_size():
+    assert WEB_PRESET in PRESETS and PRESETS["web"] == PRESETS[WEB_PRESET] == PRESETS["360p"]
 
 
 @pytest.mark.parametrize(
@@ -39,6 +54,7 @@ def test_presets_are_the_originals_settings():
         ({"sample_pixels": 10_000_000}, "sample pixels 10000000 is not in 16..921600"),
         ({"opset": 9}, "opset 9 is not in 13..21"),
         ({"precision": "INT4"}, "precision 'INT4' is not one of FP32, FP16, INT8"),
+        ({"onnx_weights": "BF16"}, "ONNX weights 'BF16' is not one of FP32, FP16, INT8"),
         ({"refine_mode": "thresholding", "threshold": 1.5}, "threshold 1.5 is not in [0, 1)"),
         # Recorded in the metadata in every mode, so checked in every mode.
         ({"refine_mode": "full", "sample_pixels": -5}, "sample pixels -5 is below 16 (one 4x4 patch)"),
@@ -62,6 +78,22 @@ def test_metadata_round_trip():
     assert metadata["color_order"] == "BGR" and metadata["input_scale"] == "255"
     assert metadata["resolution"] == "2160x3840" and metadata["checkpoint"] == "sha256:abc"
     assert ExportConfig.from_metadata(metadata) == config
+
+
+@pytest.mark.parametrize("storage", ["FP16", "INT8"])
+def test_onnx_weights_round_trip(storage):
+    config = PRESETS["web"].replace(onnx_weights=storage)
+    metadata = config.metadata("sha256:abc")
+    assert metadata["onnx_weights"] == storage
+    assert ExportConfig.from_metadata(metadata) == config
+
+
+def test_fp32_weights_are_not_written_and_read_as_fp32():
+    """The default's metadata is what it was before the key existed (its export byte for byte),
+    and an artifact without the key, older or FP32, reads back as FP32."""
+    metadata = PRESETS["720p"].metadata("sha256:abc")
+    assert "onnx_weights" not in metadata
+    assert ExportConfig.from_metadata(metadata).onnx_weights == "FP32"
 
 
 def test_metadata_missing_key_is_a_clear_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -310,3 +311,68 @@ def test_degenerate_weights_are_said_to_be(weights, tmp_path):
     assert any("alpha from zeros is constant: the weights are degenerate" in w for w in report.warnings)
     warnings = verify([path], weights, cases=1).warnings
     assert not any("weights are degenerate" in w for w in warnings), warnings
+
+
+@pytest.fixture(scope="module")
+def variants_report(onnx_weight_variants, weights):
+    return verify([onnx_weight_variants["FP16"], onnx_weight_variants["INT8"]], weights, cases=CASES,
+                  inference_precision="f32")  # fmt: skip
+
+
+def test_weight_variants_are_judged_by_their_own_bars(variants_report):
+    """An ONNX with FP16 weights meets the FP16 bars, one with INT8 weights the INT8 ones (the
+    synthetic INT8 bars for synthetic weights, as an INT8 IR), and the report names them."""
+    assert variants_report.passed
+    judged = [(a.path.stem, a.runtime, a.precision, a.bars) for a in variants_report.artifacts]
+    assert judged == [
+        ("FP16", "onnxruntime", "FP16", "FP16"),
+        ("FP16", "openvino", "FP16", "FP16"),
+        ("INT8", "onnxruntime", "INT8", "synthetic INT8"),
+        ("INT8", "openvino", "INT8", "synthetic INT8"),
+    ]
+    assert [a["bars"] for a in variants_report.to_dict()["artifacts"]] == [j[3] for j in judged]
+    from exporter.verify.report import format_report
+
+    table = format_report(variants_report).splitlines()
+    assert any("FP16.onnx [onnxruntime]" in line and "FP16  FP16" in line for line in table)
+    assert "INT8 of synthetic weights is judged by the looser synthetic INT8 bars" in format_report(variants_report)
+
+
+def test_fp16_weights_would_miss_the_fp32_bars(onnx_weight_variants, weights):
+    """Rounded weights are not FP32 parity: judged by the FP32 bars (given as the FP16 ones, which
+    also shows a bar given for FP16 applies to an FP16-weight ONNX), the variant fails."""
+    fp32_as_fp16 = dataclasses.replace(BARS["FP32"], name="FP32 given for FP16")
+    report = verify([onnx_weight_variants["FP16"]], weights, cases=CASES, inference_precision="f32",
+                    bars={"FP16": fp32_as_fp16})  # fmt: skip
+    assert not report.passed and {a.bars for a in report.artifacts} == {"FP32 given for FP16"}
+    assert report.artifacts[0].outputs["pha"].max_abs_outside > tol.FP32_ATOL
+
+
+def _edited(path, out, name, change):
+    """A copy of the ONNX at ``path`` with initializer ``name`` replaced by ``change(values)``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(tensor)), name))
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.mark.parametrize(
+    "storage, tensor, change",
+    [
+        # One layer's scales doubled: what a wrong axis or a lost factor would do (decoder.conv4 is
+        # the coarse head: measured 86% of fgr patches off against the synthetic bars' 50%).
+        ("INT8", "decoder.conv4.weight_scale", lambda v: v * 2),
+        # One refiner weight lost (measured 7% of alpha patches off against the FP16 bars' 1%).
+        ("FP16", "refiner.conv1_phases.0.weight_fp16", np.zeros_like),
+    ],
+    ids=["int8-scales-doubled", "fp16-weight-zeroed"],
+)
+def test_broken_weight_variants_fail(storage, tensor, change, onnx_weight_variants, weights, tmp_path):
+    path = _edited(onnx_weight_variants[storage], tmp_path / "broken.onnx", tensor, change)
+    report = verify([path], weights, cases=CASES, inference_precision="f32")
+    assert report.artifacts and all(not a.passed for a in report.artifacts)
+    assert {a.precision for a in report.artifacts} == {storage}

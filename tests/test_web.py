@@ -33,15 +33,11 @@ from exporter.runtime import OnnxRuntimeRunner
 from exporter.tolerances import OFF_BY_ONE_LEVEL
 from exporter.verify.compare import BARS, compare_output
 from exporter.web import ISOLATION_HEADERS, MODEL_FILE, ORT_FILES, SITE_MANIFEST, ort_web_dist
+from exporter.webbench import CHROMIUM_ARGS, DEFAULT_CHROMIUM
 from helpers import CI_RUN, CLI_COMMAND, GOLDEN_CONFIG
 
-CHROMIUM = Path(os.environ.get("BGM_CHROMIUM", "/usr/bin/chromium"))
-# What keeps a headless Chromium on loopback: no component updates, sync, safe-browsing
-# lists or QUIC probes (Chromium's own traffic is not the page's, but must not leave either).
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+# The launch flags (loopback only) are the library's, as `bench --web` launches Chromium.
+CHROMIUM = Path(os.environ.get("BGM_CHROMIUM", DEFAULT_CHROMIUM))
 FAKE_DEVICE = "--use-fake-device-for-media-stream"
 FAKE_UI = "--use-fake-ui-for-media-stream"  # grants the camera without asking
 # Waits, all bounded: the model loads in ~3 s at 192x320, a frame takes ~0.1 s.
@@ -839,3 +835,49 @@ def test_ort_web_missing_says_run_setup(tmp_path):
     package.write_text(json.dumps({"name": "onnxruntime-web", "version": "0.0.1"}))
     with pytest.raises(InputError, match="package-lock.json pins"):
         ort_web_dist(tmp_path)
+
+
+def test_site_records_onnx_weights(onnx_weight_variants, site, tmp_path):
+    """A variant with FP16 or INT8 weights is a site like any artifact, its storage in site.json's model."""
+    _require(_ort_missing())
+    from exporter.web import build_site
+
+    assert json.loads((site / SITE_MANIFEST).read_text())["model"]["onnx_weights"] == "FP32"
+    variant = build_site(onnx_weight_variants["INT8"], tmp_path / "site").folder
+    model = json.loads((variant / SITE_MANIFEST).read_text())["model"]
+    assert model["onnx_weights"] == "INT8" and model["metadata"]["onnx_weights"] == "INT8"
+    assert (variant / MODEL_FILE).read_bytes() == onnx_weight_variants["INT8"].read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["FP16", "INT8"])
+def test_module_runs_weight_variants(camera_browser, served, onnx_weight_variants, storage):
+    """ONNX Runtime Web runs the FP16-weight (Cast) and INT8-weight (DequantizeLinear) variants
+    as ONNX Runtime in Python does: the same artifact, so within the FP32 bars of each other."""
+    variant = onnx_weight_variants[storage]
+    cases = synthetic_cases(192, 320, 1)
+    page = camera_browser.new_page()
+    try:
+        page.route("**/variant.onnx", lambda route: route.fulfill(status=200, body=variant.read_bytes()))
+        page.goto(served + "index.html?load=0")
+        page.add_script_tag(content=JS_B64)
+        answer = page.evaluate(
+            """async ([src, bgr]) => {
+              const { createMatting } = await import("./bgm.js");
+              const m = await createMatting({ model: "variant.onnx", backend: "wasm" });
+              const image = (b64) => new ImageData(new Uint8ClampedArray(fromB64(b64).buffer), 320, 192);
+              const { pha, fgr } = await m.run(image(src), image(bgr));
+              m.dispose();
+              return { info: m.info, pha: toB64(pha), fgr: toB64(fgr) };
+            }""",
+            [_rgba(cases[0].src), _rgba(cases[0].bgr)],
+        )
+    finally:
+        page.close()
+    assert answer["info"]["backend"] == "wasm" and answer["info"]["metadata"]["onnx_weights"] == storage
+    reference = OnnxRuntimeRunner(variant, answer["info"]["metadata"]).infer(cases[0].feeds())
+    for name, channels in (("pha", 1), ("fgr", 3)):
+        actual = _decode(answer[name], np.float32, (1, channels, 192, 320))
+        result = compare_output(name, reference[name], actual, BARS["FP32"])
+        print(f"{storage} {name}: max |d| {result.max_abs:.2e}, patches off {result.patch_share:.2%}")
+        assert result.passed, result

@@ -22,6 +22,7 @@ from exporter.artifact import INPUT_NAMES, OUTPUT_NAMES, io_shapes, op_histogram
 from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ExportError, OutputError
+from exporter.export.weights_storage import store_weights
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
 from exporter.model import BACKBONES, MattingBase, MattingRefine
 from exporter.model.deploy import STACKED_RGB, DeployRefine, deploy_applies
@@ -205,6 +206,9 @@ def export_module(
     # which only constant folding makes static; ONNX's shape inference leaves 48 unknown.
     with stages("simplify"):
         graph = _simplify(graph, config)
+    if config.onnx_weights != "FP32":  # after onnxsim, which would fold the conversions back
+        with stages("store weights"):
+            graph = store_weights(graph, config.onnx_weights)
     with stages("check"):
         problems = check_graph(graph, banned, config.outputs, config.dynamic)
         if problems:

@@ -46,6 +46,7 @@ class Bars:
         metric_rise: ``(metric, largest relative rise over the reference)`` pairs, judged
             where there is ground truth (INT8 trades accuracy; FP32 and FP16 must not).
         output_mean_abs: ``(output, mean_abs)`` pairs overriding ``mean_abs`` per output.
+        name: what the report calls these bars (which judged an artifact).
     """
 
     max_abs: float | None
@@ -54,6 +55,7 @@ class Bars:
     patch_share: float
     metric_rise: tuple[tuple[str, float], ...] = ()
     output_mean_abs: tuple[tuple[str, float], ...] = ()
+    name: str = ""
 
 
 # Outputs for diagnosis, not for deployment: MattingBase's 32 hidden channels (unbounded
@@ -66,10 +68,18 @@ DIAGNOSTIC_OUTPUTS = frozenset({"hid", "err_sm", "ref_sm"})
 
 BARS: dict[str, Bars] = {
     "FP32": Bars(
-        max_abs=tol.FP32_ATOL, mean_abs=None, patch_delta=tol.FP32_PATCH_DELTA, patch_share=tol.FP32_PATCH_SHARE
+        max_abs=tol.FP32_ATOL,
+        mean_abs=None,
+        patch_delta=tol.FP32_PATCH_DELTA,
+        patch_share=tol.FP32_PATCH_SHARE,
+        name="FP32",
     ),
     "FP16": Bars(
-        max_abs=None, mean_abs=tol.FP16_MEAN_ATOL, patch_delta=tol.FP16_PATCH_DELTA, patch_share=tol.FP16_PATCH_SHARE
+        max_abs=None,
+        mean_abs=tol.FP16_MEAN_ATOL,
+        patch_delta=tol.FP16_PATCH_DELTA,
+        patch_share=tol.FP16_PATCH_SHARE,
+        name="FP16",
     ),
     "INT8": Bars(
         max_abs=None,
@@ -78,6 +88,7 @@ BARS: dict[str, Bars] = {
         patch_share=tol.INT8_PATCH_SHARE,
         metric_rise=tol.INT8_METRIC_RISE,
         output_mean_abs=(("fgr", tol.INT8_FGR_MEAN_ATOL),),
+        name="INT8",
     ),
 }
 # INT8 of synthetic (random) weights: see INT8_SYNTHETIC_* in exporter.tolerances.
@@ -87,6 +98,7 @@ SYNTHETIC_INT8_BARS = Bars(
     patch_delta=tol.INT8_PATCH_DELTA,
     patch_share=tol.INT8_SYNTHETIC_PATCH_SHARE,
     metric_rise=tol.INT8_SYNTHETIC_METRIC_RISE,
+    name="synthetic INT8",
 )
 
 # An FP32 or FP16 IR computed in bf16 or f16: see REDUCED_FGR_MEAN_ATOL in exporter.tolerances.
@@ -97,6 +109,7 @@ REDUCED_ARITHMETIC_BARS = Bars(
     patch_share=tol.FP16_PATCH_SHARE,
     metric_rise=tol.INT8_METRIC_RISE,
     output_mean_abs=(("fgr", tol.REDUCED_FGR_MEAN_ATOL),),
+    name="reduced arithmetic",
 )
 
 
@@ -131,7 +144,9 @@ def overridden_bars(**values: float | None) -> dict[str, Bars]:
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"--{option.replace('_', '-')} {value}: a bar is a number >= 0")
         precision, name = BAR_OPTIONS[option]
-        bars[precision] = dataclasses.replace(bars.get(precision, BARS[precision]), **{name: value})
+        bars[precision] = dataclasses.replace(
+            bars.get(precision, BARS[precision]), **{name: value}, name=f"{precision} as given"
+        )
     return bars
 
 

@@ -53,12 +53,12 @@ def missed_bars(report: VerifyReport) -> list[str]:
 
 
 def format_report(report: VerifyReport) -> str:
-    rows = [("artifact [runtime]", "prec", "out", "max|d|", "mean|d|", "p99.9", ">1/255", "patches≠", "ms")]
+    rows = [("artifact [runtime]", "prec", "bars", "out", "max|d|", "mean|d|", "p99.9", ">1/255", "patches≠", "ms")]
     for a in report.artifacts:
         for name, c in a.outputs.items():
             rows.append(
-                (a.name, a.precision, name, _e(c.max_abs), _e(c.mean_abs), _e(c.p999_abs), _pct(c.share_over_level),
-                 _pct(c.patch_share), f"{a.milliseconds:.0f}")
+                (a.name, a.precision, a.bars, name, _e(c.max_abs), _e(c.mean_abs), _e(c.p999_abs),
+                 _pct(c.share_over_level), _pct(c.patch_share), f"{a.milliseconds:.0f}")
             )  # fmt: skip
     table = format_table(rows)
     lines = [

@@ -3,8 +3,8 @@
 The reference is our eager ``MattingRefine`` (proven equal to the original by the golden
 tests) built from the artifact's own metadata and the same checkpoint, fed RGB / 255. The
 artifact gets the same images as BGR 0..255. Outputs are compared per output with the
-bars of the artifact's precision; with ground truth, the Open Model Zoo accuracy metrics
-are computed for the reference and for the artifact.
+bars of the artifact's precision (an ONNX's: its weights' storage); with ground truth, the
+Open Model Zoo accuracy metrics are computed for the reference and for the artifact.
 """
 
 from __future__ import annotations
@@ -39,7 +39,15 @@ from exporter.verify.compare import (
 )
 from exporter.verify.metrics import METRICS, matting_metrics
 
-__all__ = ["DEFAULT_CASES", "ArtifactResult", "Reference", "VerifyReport", "default_artifacts", "verify"]
+__all__ = [
+    "DEFAULT_CASES",
+    "ArtifactResult",
+    "Reference",
+    "VerifyReport",
+    "default_artifacts",
+    "judged_precision",
+    "verify",
+]
 
 # Synthetic composites verified when no number is given (verify's and the card's default).
 DEFAULT_CASES = 4
@@ -77,6 +85,7 @@ class ArtifactResult:
     reference_metrics: dict[str, float]
     milliseconds: float
     arithmetic: str = "f32"  # what the runtime computed in (OpenVINO's inference precision)
+    bars: str = ""  # the name of the bars that judged it (``Bars.name``)
     accuracy: list[Check] = field(default_factory=list)  # metric rises, where the bars judge them
     preview: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -131,6 +140,7 @@ class VerifyReport:
                     "runtime": a.runtime,
                     "arithmetic": a.arithmetic,
                     "precision": a.precision,
+                    "bars": a.bars,
                     "resolution": [a.config.height, a.config.width],
                     "checkpoint": a.checkpoint,
                     "passed": a.passed,
@@ -187,6 +197,12 @@ def _arithmetics(inference_precision: str | None) -> tuple[str, ...]:
     if check_inference_precision(inference_precision) == "auto":
         return (default_inference_precision(),)
     return (inference_precision,)
+
+
+def judged_precision(config: ExportConfig) -> str:
+    """The precision whose bars judge an artifact: an ONNX's weight storage where it is not
+    FP32 (its weights are rounded as that IR's are), else the IR's precision (FP32 for ONNX)."""
+    return config.onnx_weights if config.onnx_weights != "FP32" else config.precision
 
 
 def _option(name: str) -> str:
@@ -256,7 +272,7 @@ def verify(
     # none has, is found before minutes of work.
     paths = [Path(path) for path in artifacts]
     metadatas = [artifact_metadata(path) for path in paths]
-    _check_overrides(overrides, {ExportConfig.from_metadata(metadata).precision for metadata in metadatas})
+    _check_overrides(overrides, {judged_precision(ExportConfig.from_metadata(metadata)) for metadata in metadatas})
     if images is None:  # seeds that are another use's (INT8 calibration) are refused now, not later
         seeds_for("verify", cases, seed)
     arithmetics = _arithmetics(inference_precision)
@@ -273,8 +289,8 @@ def verify(
         config = ExportConfig.from_metadata(metadata)
         if size is not None:
             config = config.replace(height=size[0], width=size[1])
-        precision = config.precision
-        key = config.replace(precision="FP32")
+        precision = judged_precision(config)
+        key = config.replace(precision="FP32", onnx_weights="FP32")  # one reference for every variant
         if config.backbone not in resolved:
             if weights is not None:
                 raise ArtifactError(
@@ -352,6 +368,7 @@ def verify(
                     reference_metrics=reference.metrics,
                     milliseconds=milliseconds,
                     arithmetic=arithmetic,
+                    bars=bar.name,
                     accuracy=compare_metrics(reference.metrics, metrics, bar),
                     preview={
                         "pha_error": np.abs(got["pha"][0, 0] - reference.pha[0, 0]),
