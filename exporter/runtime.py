@@ -126,11 +126,20 @@ class Runner(ABC):
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, metadata: dict[str, str], resolution: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        metadata: dict[str, str],
+        resolution: tuple[int, int] | None = None,
+        threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
+        options = ort.SessionOptions()
+        if threads is not None:  # else ONNX Runtime's default: one intra-op thread per physical core
+            options.intra_op_num_threads = threads
         try:
-            self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for a bad file
             raise ArtifactError(f"{path} does not load in ONNX Runtime: {str(exc).splitlines()[0]}") from None
         inputs = {v.name: v.shape for v in self._session.get_inputs()}
@@ -173,6 +182,7 @@ class OpenVINORunner(Runner):
         throughput: bool,
         profile: bool = False,
         resolution: tuple[int, int] | None = None,
+        threads: int | None = None,
     ) -> None:
         import openvino as ov
 
@@ -188,6 +198,8 @@ class OpenVINORunner(Runner):
         config["PERFORMANCE_HINT"] = "THROUGHPUT" if throughput else "LATENCY"
         if profile:  # counters cost time of their own: never on a runner that is timed
             config["PERF_COUNT"] = "YES"
+        if threads is not None:  # else every core
+            config["INFERENCE_NUM_THREADS"] = threads
         try:
             model: object = str(path)
             if metadata.get("dynamic") == "true":  # compiled for one concrete size
@@ -369,6 +381,7 @@ def load_runner(
     metadata: dict[str, str] | None = None,
     profile: bool = False,
     resolution: tuple[int, int] | None = None,
+    threads: int | None = None,
 ) -> Runner:
     """``inference_precision``: OpenVINO's arithmetic (``INFERENCE_PRECISIONS``; parity checks
     want ``f32``, deployment the device's ``auto``). ``throughput``: OpenVINO's THROUGHPUT
@@ -376,16 +389,17 @@ def load_runner(
     the caller has read it already (``artifact_metadata``); else it is read here.
     ``profile``: OpenVINO's per-layer counters (``layer_times``). ``resolution``: the
     height and width a dynamic model runs at (OpenVINO compiles it for that shape; default:
-    the size in its metadata); a static model's are its own."""
+    the size in its metadata); a static model's are its own. ``threads``: the runtime's
+    threads for one inference (default: the runtime's own choice)."""
     path = Path(path)
     if metadata is None:  # a file without bgm-export's metadata is refused here
         metadata = artifact_metadata(path)
     if runtime == "onnxruntime":
         if path.suffix != ".onnx":
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
-        return OnnxRuntimeRunner(path, metadata, resolution)
+        return OnnxRuntimeRunner(path, metadata, resolution, threads)
     if runtime == "openvino":
-        return OpenVINORunner(path, metadata, device, inference_precision, throughput, profile, resolution)
+        return OpenVINORunner(path, metadata, device, inference_precision, throughput, profile, resolution, threads)
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 
