@@ -14,6 +14,7 @@ from exporter.config import ExportConfig
 from exporter.errors import ArtifactError
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of
 from exporter.info import ModelInfo, artifact_info
+from exporter.isa import ISA_CPU_KEY, ISA_KEY
 from exporter.verify import VerifyReport, default_artifacts, verify
 from exporter.verify.metrics import METRICS
 
@@ -44,6 +45,8 @@ def _precision_table(report: VerifyReport, infos: list[ModelInfo]) -> list[str]:
     rows.append(["Arithmetic", *[a.arithmetic for a in runs]])
     rows.append(["ms per frame (verify, one request, that arithmetic)", *[f"{a.milliseconds:.0f}" for a in runs]])
     lines = ["Precisions (changes against the original model on the same cases):", ""]
+    if report.isa is not None:  # INT8's numbers are this CPU's: another ISA sums INT8 products otherwise
+        lines += [f"Measured on {report.isa.description} ({report.isa.int8_arithmetic}).", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return [*lines, ""]
@@ -188,6 +191,12 @@ def model_card(report: VerifyReport, infos: list[ModelInfo]) -> str:
         "",
         f"- Checkpoint: `{first.checkpoint}`",
         f"- Tool: bgm-export {__version__}; opset {config.opset}; static shapes, no If / Loop / NonZero.",
+        *[
+            f"- `{Path(info.path).name}`: INT8 calibrated with "
+            f"{info.metadata[ISA_KEY]} kernels ({info.metadata.get(ISA_CPU_KEY, '?')})"
+            for info in infos
+            if info.metadata.get(ISA_KEY)
+        ],
         "",
         "| File | Size (bytes) | sha256 |",
         "|---|---|---|",

@@ -19,7 +19,18 @@ import numpy as np
 from exporter.errors import ConfigError, InputError
 from exporter.images import IMAGE_SUFFIXES, image_size, read_image, same_aspect, to_model_input
 
-__all__ = ["SEEDS", "SEED_SPAN", "Case", "image_cases", "room_case", "seeds_for", "synthetic_case", "synthetic_cases"]
+__all__ = [
+    "FAMILIES",
+    "SEEDS",
+    "SEED_SPAN",
+    "Case",
+    "hard_case",
+    "image_cases",
+    "room_case",
+    "seeds_for",
+    "synthetic_case",
+    "synthetic_cases",
+]
 
 # Where each use's synthetic frames start: its frames are seeds SEEDS[use], SEEDS[use] + 1, ...
 # Uses lie SEED_SPAN apart and may not run into one another, so INT8 is never validated or
@@ -44,6 +55,9 @@ class Case:
     bgr: np.ndarray
     pha: np.ndarray | None = None  # (H, W)
     fgr: np.ndarray | None = None  # (H, W, 3)
+    # The true background behind ``src`` (H, W, 3) in 0..1, where known: a synthetic frame's,
+    # which ``bgr`` captured with another exposure, noise and (``hard_case``) a moved camera.
+    background: np.ndarray | None = None
 
     def feeds(self) -> dict[str, np.ndarray]:
         """What every runner takes: ``src`` and ``bgr``, BGR 0..255 NCHW float32."""
@@ -104,8 +118,124 @@ def synthetic_case(height: int, width: int, seed: int) -> Case:
         return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
 
     return Case(
-        f"synthetic-{seed}", u8(composite), u8(captured), alpha.astype(np.float32), foreground.astype(np.float32)
+        f"synthetic-{seed}",
+        u8(composite),
+        u8(captured),
+        alpha.astype(np.float32),
+        foreground.astype(np.float32),
+        background.astype(np.float32),
     )
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
+def _strokes(shape: tuple[int, int], lines: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
+    """Anti-aliased polylines (points ``(K, 2)`` as x, y; strength 0..1; width in pixels)
+    drawn one by one on ``shape``, each over the others by max: alpha in 0..1."""
+    import cv2
+
+    out = np.zeros(shape, np.float32)
+    canvas = np.zeros(shape, np.uint8)
+    for points, strength, thickness in lines:
+        canvas[:] = 0
+        cv2.polylines(canvas, [np.rint(points * 16).astype(np.int32)], False, 255, thickness, cv2.LINE_AA, shift=4)
+        np.maximum(out, canvas.astype(np.float32) * (strength / 255), out=out)
+    return out
+
+
+def hard_case(height: int, width: int, seed: int) -> Case:
+    """A synthetic frame with what real frames have and ``synthetic_case`` lacks, each of
+    which INT8 rounding finds hard: hundreds of anti-aliased hair strands, one to two
+    pixels wide and partly transparent; a wide translucent halo and a thin wire; a subject
+    cut by the frame's side and bottom edges whose clothes take the background's colours
+    (within a few levels) on one side; a finely textured background (weave, grain, tiles);
+    sensor noise in the frame and in the captured background alike; and a captured
+    background taken by a hand that moved: shifted by a pixel or two, turned by a fraction
+    of a degree and exposed a few percent differently. Ground truth as ``synthetic_case``."""
+    import cv2
+
+    rng = np.random.default_rng(seed + 20_000)  # never the plain frame of the same seed's draws
+    scale = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    # Background: smooth shading, a fine weave and grain at a few pixels' period, shelves.
+    background = 0.2 + 0.6 * _smooth_noise(rng, height, width, 5, 3)
+    angle = rng.uniform(0, np.pi)
+    period = rng.uniform(3.0, 6.0)
+    weave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    grain = _smooth_noise(rng, height, width, max(8, scale // 6), 1)[..., 0] - 0.5
+    background += (0.06 * weave + 0.25 * grain)[..., None] * rng.uniform(0.5, 1.0, 3)
+    for _ in range(60):  # a cluttered room: books, frames, shelves, with hard edges and corners
+        y0, x0 = int(rng.integers(0, height)), int(rng.integers(0, width))
+        h, w = int(rng.integers(scale // 30 + 2, scale // 6)), int(rng.integers(scale // 30 + 2, scale // 6))
+        background[y0 : y0 + h, x0 : x0 + w] = rng.random(3) * 0.9 + 0.05
+    tile = max(4, scale // 24)
+    tiles = (np.arange(height)[:, None] // tile + np.arange(width) // tile) % 2
+    floor = slice(height * 3 // 4, None)
+    background[floor] *= 0.8 + 0.2 * tiles[floor, :, None]
+    background = np.clip(background, 0, 1).astype(np.float32)
+
+    # The subject: off centre, so its shoulder leaves the frame at a side and the bottom.
+    side = rng.choice([-1, 1])
+    cx = width * (0.5 + side * rng.uniform(0.2, 0.28))
+    cy = height * rng.uniform(0.38, 0.5)
+    head_ry, head_rx = 0.24 * scale, 0.17 * scale
+    head = ((yy - cy) / head_ry) ** 2 + ((xx - cx) / head_rx) ** 2
+    body = ((yy - height * 1.05) / (0.5 * scale)) ** 2 + ((xx - cx) / (0.55 * scale)) ** 2
+    distance = np.minimum(np.sqrt(head) - 1, np.sqrt(body) - 1) * 0.2 * scale
+    # Soft edges of changing width (motion blur, defocus): 1 px on one side to ~4% on the other.
+    edge = max(1.0, scale / 300) + (scale / 25) * np.clip((xx - cx) * side / (0.4 * scale), 0, 1)
+    alpha = np.clip(0.5 - distance / edge, 0, 1).astype(np.float32)
+
+    # A translucent halo of fly-away hair around the top of the head, patchy as hair is.
+    halo_distance = np.sqrt(head) - 1
+    patches = _smooth_noise(rng, height, width, max(6, scale // 12), 1)[..., 0]
+    halo = np.clip(1 - halo_distance / 0.35, 0, 1) * (yy < cy) * (halo_distance > -0.05) * patches * 0.7
+    alpha = np.maximum(alpha, halo.astype(np.float32))
+
+    # Strands: curved anti-aliased lines from the scalp, most 1 px, some 2 px, partly transparent.
+    lines = []
+    for _ in range(int(rng.integers(250, 350))):
+        a0 = rng.uniform(-np.pi * 0.95, -np.pi * 0.05)
+        length = rng.uniform(0.05, 0.3) * scale
+        bend = rng.uniform(-2.5, 2.5)
+        t = np.linspace(0, 1, 24)[:, None]
+        theta = a0 + bend * t[:, 0] * rng.uniform(0.3, 1.0)
+        start = np.array([cx + np.cos(a0) * head_rx * 0.9, cy + np.sin(a0) * head_ry * 0.9])
+        steps = np.stack([np.cos(theta), np.sin(theta)], 1) * length / 24
+        points = start + np.cumsum(steps, 0)
+        lines.append((points, rng.uniform(0.25, 1.0), 1 if rng.random() < 0.8 else 2))
+    # Thin wires: a headset cable and the frame of glasses, 1 px, opaque.
+    for _ in range(3):
+        x0 = cx + rng.uniform(-1, 1) * head_rx
+        points = np.stack([np.linspace(x0, x0 + rng.uniform(-0.3, 0.3) * scale, 32), np.linspace(cy, height, 32)], 1)
+        points[:, 0] += np.sin(np.linspace(0, rng.uniform(2, 6), 32)) * scale * 0.02
+        lines.append((points, 1.0, 1))
+    strands = _strokes((height, width), lines)
+    alpha = np.maximum(alpha, strands)
+
+    # Foreground: hair dark or fair, skin, clothes; on the clothes' far side, the background's
+    # own colours within a few levels (a grey shirt before a grey wall).
+    foreground = 0.15 + 0.6 * _smooth_noise(rng, height, width, 10, 3) * rng.uniform(0.4, 1.0, 3)
+    hair = rng.uniform(0.05, 0.8) * rng.uniform(0.8, 1.0, 3)
+    hairy = (halo_distance > -0.15) & (yy < cy)
+    foreground[hairy] = hair + 0.05 * rng.standard_normal((int(hairy.sum()), 3))
+    foreground[strands > 0] = hair
+    close = ((xx - cx) * -side > 0.05 * scale) & (yy > cy + head_ry * 0.8)
+    delta = rng.uniform(0.015, 0.04) * rng.choice([-1, 1], 3)
+    foreground[close] = background[close] + delta
+    foreground = np.clip(foreground, 0, 1).astype(np.float32)
+
+    noise = rng.uniform(1.5, 4.0) / 255
+    composite = alpha[..., None] * foreground + (1 - alpha[..., None]) * background
+    composite += rng.normal(0, noise, composite.shape) * (0.5 + composite)  # shot noise grows with light
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-0.4, 0.4), 1.0)
+    matrix[:, 2] += rng.uniform(0.7, 2.0, 2) * rng.choice([-1, 1], 2)
+    moved = cv2.warpAffine(background, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    captured = moved * rng.uniform(0.94, 1.06) + rng.normal(0, noise, moved.shape) * (0.5 + moved)
+    return Case(f"hard-{seed}", _u8(composite), _u8(captured), alpha, foreground, background)
 
 
 def seeds_for(use: str, count: int, start: int = 0) -> range:
@@ -125,10 +255,21 @@ def seeds_for(use: str, count: int, start: int = 0) -> range:
     return seeds
 
 
-def synthetic_cases(height: int, width: int, count: int, use: str = "verify", start: int = 0) -> list[Case]:
-    """``count`` synthetic frames for ``use`` (``seeds_for``): the same frames every time, and
-    never another use's."""
-    return [synthetic_case(height, width, seed) for seed in seeds_for(use, count, start)]
+# The kinds of synthetic frame, by name: ``plain`` (``synthetic_case``: calibration, validation
+# and benchmarks, whose numbers were recorded with it) and ``hard`` (``hard_case``: what
+# verify judges, as hard for INT8 as real frames were measured to be).
+FAMILIES = {"plain": synthetic_case, "hard": hard_case}
+
+
+def synthetic_cases(
+    height: int, width: int, count: int, use: str = "verify", start: int = 0, family: str = "plain"
+) -> list[Case]:
+    """``count`` synthetic frames of ``family`` (a key of ``FAMILIES``) for ``use``
+    (``seeds_for``): the same frames every time, and never another use's."""
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
+    make = FAMILIES[family]
+    return [make(height, width, seed) for seed in seeds_for(use, count, start)]
 
 
 def _check_aspect(path: Path, height: int, width: int) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from exporter.config import ExportConfig
 from exporter.errors import ConfigError
+from exporter.isa import SHOWN_FLAGS as CPU_FLAGS
+from exporter.isa import cpu_isa
 
 __all__ = ["CPU_FLAGS", "cpu_description", "estimated_memory", "frame_memory", "require_frame_memory", "require_memory"]
 
@@ -66,20 +68,8 @@ def require_frame_memory(config: ExportConfig, frames: int, what: str = "calibra
         )
 
 
-# CPU flags that change which kernels OpenVINO runs, and so every timing: shown beside them.
-CPU_FLAGS = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
-
-
 def cpu_description() -> str:
-    """The CPU's model name, cores and the ``CPU_FLAGS`` it has, from ``/proc/cpuinfo``."""
-    import os
-
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{os.cpu_count()} cores (no /proc/cpuinfo)"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    shown = [flag for flag in CPU_FLAGS if flag in flags] or ["none of " + ", ".join(CPU_FLAGS)]
-    return f"{fields.get('model name', '?')}, {os.cpu_count()} cores; {' '.join(shown)}"
+    """The CPU as every timing and report names it: its INT8 kernel class (and the cap on it,
+    ``ONEDNN_MAX_CPU_ISA``), model name, cores and the flags that change which kernels
+    OpenVINO runs (``exporter.isa``)."""
+    return cpu_isa().description

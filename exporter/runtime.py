@@ -31,6 +31,7 @@ import numpy as np
 
 from exporter.artifact import IO_NAMES, artifact_metadata, check_io
 from exporter.errors import ArtifactError, ConfigError
+from exporter.isa import warn_isa_mismatch
 
 __all__ = [
     "keep_signal_stack",
@@ -399,7 +400,10 @@ def load_runner(
             raise ArtifactError(f"ONNX Runtime runs .onnx files, not {path}")
         return OnnxRuntimeRunner(path, metadata, resolution, threads)
     if runtime == "openvino":
-        return OpenVINORunner(path, metadata, device, inference_precision, throughput, profile, resolution, threads)
+        runner = OpenVINORunner(path, metadata, device, inference_precision, throughput, profile, resolution, threads)
+        if device.split(":")[0] in ("CPU", "AUTO"):  # an INT8 IR computes by the CPU's ISA (exporter.isa)
+            warn_isa_mismatch(path, metadata)
+        return runner
     raise ArtifactError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 

@@ -3,6 +3,7 @@ folders in the Open Model Zoo layout with every bad input named."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from exporter import tolerances as tol
-from exporter.data import SEED_SPAN, SEEDS, image_cases, seeds_for, synthetic_case, synthetic_cases
+from exporter.data import SEED_SPAN, SEEDS, hard_case, image_cases, seeds_for, synthetic_case, synthetic_cases
 from exporter.errors import ConfigError, InputError
 from exporter.verify.run import DEFAULT_CASES
 from helpers import huge_png
@@ -135,3 +136,103 @@ def test_another_aspect_is_resized_where_it_is_allowed(tmp_path):
     """verify --images resizes any frame to the artifact's size; only calibration refuses."""
     folder, _, _ = bad_folder("bgr-aspect", tmp_path)
     assert image_cases(folder, 96, 160)[1].bgr.shape == (96, 160, 3)
+
+
+# verify's hard composites (exporter.data.hard_case): each property real frames have and the
+# plain composites lack, measured on the case itself; the plain case is the negative.
+HARD = hard_case(192, 320, 0)
+PLAIN = synthetic_case(192, 320, 0)
+
+
+def thin_fraction(case) -> float:
+    """Share of the frame in structures a 3x3 opening removes (strands, wires) whose alpha
+    lies strictly between 0 and 1 somewhere along them."""
+    import cv2
+
+    mask = (case.pha > 0.1).astype(np.uint8)
+    opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    thin = (mask > opened) & (case.pha < 0.99)
+    return float(thin.mean())
+
+
+def close_colour_share(case) -> float:
+    """Share of the opaque subject whose colour is within 0.05 of the background behind it."""
+    opaque = case.pha > 0.99
+    close = np.abs(case.fgr - case.background).max(axis=2) < 0.05
+    return float((opaque & close).sum() / opaque.sum())
+
+
+def background_shift(case) -> float:
+    """How far (pixels) the captured background moved from the true one (phase correlation)."""
+    import cv2
+
+    true = case.background.mean(axis=2).astype(np.float64)
+    captured = case.bgr.mean(axis=2).astype(np.float64) / 255
+    (dx, dy), _ = cv2.phaseCorrelate(true, captured)
+    return float(np.hypot(dx, dy))
+
+
+def noise_level(case) -> float:
+    """Standard deviation (8-bit levels) of the frame around its exact composite."""
+    alpha = case.pha[..., None]
+    exact = (alpha * case.fgr + (1 - alpha) * case.background) * 255
+    return float((case.src - exact).std())
+
+
+def touches_sides(case) -> bool:
+    """The subject reaches the frame's left or right edge (cut by it)."""
+    return bool((case.pha[:, 0] > 0.5).any() or (case.pha[:, -1] > 0.5).any())
+
+
+def test_hard_cases_have_strands_and_thin_lines():
+    assert thin_fraction(HARD) > 0.01  # measured 1.3% of the frame
+    yy, xx = np.mgrid[0:192, 0:320]
+    blob = np.clip(1.5 - np.hypot(yy - 96, xx - 160) / 40, 0, 1).astype(np.float32)  # soft, no strands
+    assert thin_fraction(dataclasses.replace(HARD, pha=blob)) == 0
+
+
+def test_hard_cases_have_colours_close_to_the_background():
+    assert close_colour_share(HARD) > 0.1
+    assert close_colour_share(PLAIN) < 0.05
+
+
+def test_hard_cases_captured_background_moved():
+    assert 0.5 < background_shift(HARD) < 3
+    assert background_shift(PLAIN) < 0.1  # only exposure and noise
+
+
+def test_hard_cases_have_sensor_noise():
+    assert noise_level(HARD) > 1.5
+    plain = dataclasses.replace(
+        HARD,
+        src=np.clip(
+            np.rint(HARD.pha[..., None] * HARD.fgr * 255 + (1 - HARD.pha[..., None]) * HARD.background * 255), 0, 255
+        ).astype(np.uint8),
+    )
+    assert noise_level(plain) < 0.5  # the measure sees no noise where there is none
+
+
+def test_hard_cases_subject_is_cut_by_the_frame():
+    assert touches_sides(HARD) and (HARD.pha[-1] > 0.5).any()
+    assert not touches_sides(PLAIN)
+
+
+def test_hard_cases_have_soft_and_translucent_edges():
+    """A wide band of partial alpha (blur, halo), not only a one-pixel rim."""
+    partial = (HARD.pha > 0.05) & (HARD.pha < 0.95)
+    assert partial.mean() > 2 * ((PLAIN.pha > 0.05) & (PLAIN.pha < 0.95)).mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_every_hard_case_has_every_property(seed):
+    case = hard_case(96, 160, seed)
+    assert case.name == f"hard-{seed}"
+    assert np.array_equal(case.src, hard_case(96, 160, seed).src)  # deterministic
+    assert thin_fraction(case) > 0.005 and close_colour_share(case) > 0.05
+    assert 0.5 < background_shift(case) < 3 and touches_sides(case)
+
+
+def test_families_are_named():
+    assert [c.name for c in synthetic_cases(32, 48, 2, family="hard")] == ["hard-0", "hard-1"]
+    with pytest.raises(ValueError, match="family 'easy' is not one of plain, hard"):
+        synthetic_cases(32, 48, 1, family="easy")

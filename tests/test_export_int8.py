@@ -4,8 +4,12 @@ control, verification bars that catch a broken INT8 model, and every bad input."
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from exporter.errors import ArtifactError, ConfigError, InputError
 from exporter.export.int8 import (
     INT8_FIXED_LAYERS,
     INT8_FP_LAYERS,
+    INT8_OVERFLOW_FIX,
     INT8_QUANTIZER_BARRIERS,
     TARGET_FP32,
     TARGET_TRUTH,
@@ -30,6 +35,7 @@ from exporter.export.int8 import (
 )
 from exporter.export.openvino import export_ir
 from exporter.info import artifact_info, format_info
+from exporter.isa import CAP_VARIABLES, cpu_isa
 from exporter.runtime import default_inference_precision
 from exporter.verify import verify
 from exporter.verify.compare import BARS, SYNTHETIC_INT8_BARS
@@ -66,6 +72,7 @@ def test_metadata_says_how_it_was_made(int8_ir, golden_onnx):
     assert metadata["int8_max_drop"] == "none"
     assert metadata["int8_validation_target"] == "none"
     assert metadata["int8_fp_layers"] == "/refiner/conv4/Conv"
+    assert metadata["int8_overflow_fix"] == "enable"  # 7-bit weights: the same on every CPU
     assert metadata["nncf_version"].startswith("3.")
     assert metadata["backbone"] == "mobilenetv2"
     assert artifact_info(int8_ir).metadata["int8_fp_layers"] == metadata["int8_fp_layers"]
@@ -423,3 +430,163 @@ def test_ir_says_when_its_int8_misses_the_bars(tmp_path, cli):
     assert bad.exit_code == 0, bad.output
     assert f"{out} misses verify's INT8 bars on 4 synthetic composites: " in bad.stderr
     assert "patches off by > 0.05" in bad.stderr and out.is_file()
+
+
+# --- issue 30: one INT8 IR, the same results with and without VNNI ---------------------------
+
+# A child process's OpenVINO with its kernels capped at AVX2 (the cap is read once, when the
+# CPU plugin loads): how a CPU without VNNI computes INT8, on any AVX2 machine.
+AVX2_ENV = {**os.environ, **dict.fromkeys(CAP_VARIABLES, "AVX2")}
+needs_avx2 = pytest.mark.skipif("avx2" not in cpu_isa().flags, reason="the CPU has no AVX2")
+
+# One 1x1 convolution of 32 u8 inputs at 255 by weights of one magnitude (8-bit 127 or 7-bit
+# 63) and alternating sign per output channel: its exact sum is 32 x 255 x w. Prints that,
+# what OpenVINO computed, and the kernel it ran.
+SATURATION_PROBE = """
+import json, numpy as np, openvino as ov, openvino.opset13 as ops
+def model(weight):
+    x = ops.parameter([1, 32, 2, 2], np.float32, name="x")
+    lo, hi, wlo, whi = (ops.constant(np.float32(v)) for v in (0, 255, -128, 127))
+    w = np.full((2, 32, 1, 1), weight, np.float32)
+    w[1] *= -1
+    y = ops.convolution(ops.fake_quantize(x, lo, hi, lo, hi, 256),
+                        ops.fake_quantize(ops.constant(w), wlo, whi, wlo, whi, 256), [1, 1], [0, 0], [0, 0], [1, 1])
+    return ov.Model([y], [x])
+out = {}
+for weight in (127, 63):
+    compiled = ov.Core().compile_model(model(weight), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = compiled(np.full((1, 32, 2, 2), 255, np.float32))[0][0, 0, 0, 0]
+    kernels = [op.get_rt_info()["primitiveType"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+               if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    out[weight] = [float(got), 32 * 255 * weight, kernels]
+print(json.dumps(out))
+"""
+
+
+@needs_avx2
+def test_eight_bit_weights_saturate_on_avx2_kernels_and_seven_bit_ones_do_not():
+    """The cause of issue 30, in one convolution: without VNNI, u8 x s8 products are summed in
+    pairs into 16 bits with saturation, so 8-bit weights lose (255 x 127 x 2 > 32767) what
+    7-bit ones (the overflow fix, 255 x 64 x 2 <= 32767) keep."""
+    result = subprocess.run(
+        [sys.executable, "-c", SATURATION_PROBE], env=AVX2_ENV, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    got, exact, kernels = probe["127"]
+    assert kernels == ["jit_avx2_1x1_I8"], kernels  # the cap took effect
+    assert got == 16 * 32767 < exact  # each of the 16 pair sums saturated
+    got, exact, kernels = probe["63"]
+    assert got == exact
+
+
+def test_nncf_gets_the_overflow_fix_on_every_layer(monkeypatch):
+    """Both ways of quantizing ask NNCF for 7-bit weights everywhere, not its default of the
+    first layer only."""
+    import nncf
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    from exporter.export import int8 as int8_module
+
+    given = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(name):
+        def call(*args, **kwargs):
+            given[name] = kwargs
+            raise Stop
+
+        return call
+
+    monkeypatch.setattr(nncf, "quantize", record("quantize"))
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", record("accuracy control"))
+    monkeypatch.setattr(int8_module, "_validation_items", lambda *args: [])
+    case = synthetic_case(8, 8, 0)
+    frames = int8_module.Frames([case], [case], "synthetic", TARGET_FP32)
+    for options in (Int8Options(frames=1), Int8Options(frames=1, max_drop=1.0, validation_frames=1)):
+        with pytest.raises(Stop):
+            int8_module.quantize_model(object(), frames, options, progress=False)
+    assert given["quantize"]["advanced_parameters"].overflow_fix == OverflowFix.ENABLE
+    assert given["accuracy control"]["advanced_quantization_parameters"].overflow_fix == OverflowFix.ENABLE
+    assert INT8_OVERFLOW_FIX == OverflowFix.ENABLE.value
+
+
+def _wide_weights(xml: Path) -> list[str]:
+    """Convolutions (not depthwise: oneDNN's depthwise INT8 kernels do not sum in pairs) whose
+    8-bit weights exceed 64 in magnitude, the most 7 bits give."""
+    import openvino as ov
+
+    wide = []
+    for op in ov.Core().read_model(xml).get_ordered_ops():
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0).get_type_name() != "i8":
+            continue
+        node = op
+        while node.get_type_name() not in ("Convolution", "GroupConvolution") and node.get_output_size():
+            node = next(iter(node.output(0).get_target_inputs())).get_node()
+        if node.get_type_name() == "Convolution" and np.abs(op.get_data().astype(np.int16)).max() > 64:
+            wide.append(node.get_friendly_name())
+    return wide
+
+
+def _widened(xml: Path, out: Path) -> Path:
+    """``xml`` with every convolution's 7-bit weights doubled (at most 127) and their scale halved:
+    about the same numbers where sums do not saturate, 8-bit weights where they do."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    model = ov.Core().read_model(xml)
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0).get_type_name() != "i8":
+            continue
+        convert = next(iter(op.output(0).get_target_inputs())).get_node()
+        multiply = next(iter(convert.output(0).get_target_inputs())).get_node()
+        conv = next(iter(multiply.output(0).get_target_inputs())).get_node()
+        if conv.get_type_name() != "Convolution" or multiply.get_type_name() != "Multiply":
+            continue
+        scale = multiply.input_value(1).get_node()
+        op.output(0).replace(
+            ops.constant((op.get_data().astype(np.int16) * 2).clip(-127, 127).astype(np.int8)).output(0)
+        )
+        scale.output(0).replace(ops.constant(scale.get_data() / 2).output(0))
+    ov.save_model(model, out, compress_to_fp16=False)
+    return out
+
+
+# Runs an IR on verify's first synthetic case: saves its alpha, prints its INT8 convolutions' kernels.
+RUN_IR = """
+import json, sys, numpy as np, openvino as ov
+from exporter.data import synthetic_case
+compiled = ov.Core().compile_model(sys.argv[1], "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+np.save(sys.argv[2], compiled(synthetic_case(192, 320, 0).feeds())[compiled.output("pha")])
+rt = [op.get_rt_info() for op in compiled.get_runtime_model().get_ordered_ops()]
+kernels = {r["primitiveType"].astype(str) for r in rt if r["layerType"].astype(str) == "Convolution"}
+print(json.dumps(sorted(k for k in kernels if k.endswith("I8"))))
+"""
+
+
+def _alpha(xml: Path, out: Path, env: dict[str, str] | None = None) -> tuple[np.ndarray, list[str]]:
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_IR, str(xml), str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return np.load(out), json.loads(result.stdout)
+
+
+@pytest.mark.slow
+@needs_avx2
+def test_int8_computes_the_same_on_avx2_and_vnni_kernels(int8_ir, tmp_path):
+    """7-bit weights: the IR's alpha on AVX2 kernels is what the CPU's own (VNNI here) gives,
+    to float rounding. On a CPU without VNNI both runs use AVX2 kernels, and only the
+    widened IR's saturation is checked."""
+    assert _wide_weights(int8_ir) == []
+    native, _ = _alpha(int8_ir, tmp_path / "native.npy")
+    avx2, kernels = _alpha(int8_ir, tmp_path / "avx2.npy", AVX2_ENV)
+    assert kernels and all(k.startswith("jit_avx2") for k in kernels), kernels
+    assert np.abs(native - avx2).max() <= 1e-5
+    # Negative: the same IR with 8-bit weights (doubled, at half the scale) saturates on AVX2.
+    wide = _widened(int8_ir, tmp_path / "wide.xml")
+    assert len(_wide_weights(wide)) > 30
+    wide_avx2, _ = _alpha(wide, tmp_path / "wide_avx2.npy", AVX2_ENV)
+    assert np.abs(wide_avx2 - avx2).mean() > 10 * np.abs(native - avx2).mean() + 1e-4

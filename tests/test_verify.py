@@ -376,3 +376,29 @@ def test_broken_weight_variants_fail(storage, tensor, change, onnx_weight_varian
     report = verify([path], weights, cases=CASES, inference_precision="f32")
     assert report.artifacts and all(not a.passed for a in report.artifacts)
     assert {a.precision for a in report.artifacts} == {storage}
+
+
+def test_verify_judges_the_hard_cases_and_they_stay_hard(good_report, golden_irs, weights):
+    """verify's synthetic cases are the hard family; on them the FP16 IR's error stays above
+    its floor and above the plain cases' (exporter.tolerances.HARD_FP16_PHA_FLOOR)."""
+    assert good_report.case_names == [f"hard-{i}" for i in range(CASES)]
+    (hard,) = [a for a in good_report.artifacts if a.precision == "FP16" and a.arithmetic == "f32"]
+    plain = verify([golden_irs["FP16"]], weights, cases=CASES, family="plain", inference_precision="f32")
+    assert plain.case_names == [f"synthetic-{i}" for i in range(CASES)]
+    assert hard.outputs["pha"].mean_abs > tol.HARD_FP16_PHA_FLOOR > plain.artifacts[0].outputs["pha"].mean_abs
+    assert hard.outputs["fgr"].mean_abs > plain.artifacts[0].outputs["fgr"].mean_abs
+
+
+@pytest.mark.slow
+def test_int8_error_on_the_hard_cases_stays_above_its_floor(int8_ir, weights):
+    result = verify([int8_ir], weights, cases=CASES, inference_precision="f32").artifacts[0]
+    assert result.outputs["pha"].mean_abs > tol.HARD_INT8_PHA_FLOOR
+
+
+def test_family_is_checked_and_not_given_with_images(golden_onnx, weights, tmp_path):
+    with pytest.raises(ConfigError, match="synthetic family 'easy' is not one of plain, hard"):
+        verify([golden_onnx], weights, cases=1, family="easy")
+    (tmp_path / "com").mkdir()
+    (tmp_path / "bgr").mkdir()
+    with pytest.raises(ConfigError, match="--family applies to synthetic composites, not to --images"):
+        verify([golden_onnx], weights, images=tmp_path, family="plain")

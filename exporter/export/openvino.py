@@ -20,6 +20,7 @@ from exporter.errors import ArtifactError, ConfigError, OutputError, shown
 from exporter.export.int8 import Int8Options, calibration_frames, check_frame_memory, quantize_model
 from exporter.export.onnx import export_onnx
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, write_failure
+from exporter.isa import isa_metadata
 from exporter.stages import Stages
 
 __all__ = ["IRExport", "export_ir", "export_ir_from_weights", "int8_shortfall"]
@@ -118,7 +119,8 @@ def export_ir(
         shown = on_stage is not None if progress is None else progress
         quantized = quantize_model(model, frames, int8, stage=stages, progress=shown)
         model = quantized.model
-        int8_metadata = quantized.metadata
+        # The kernels it was calibrated (and, from a checkpoint, verified) with: INT8 computes by the ISA.
+        int8_metadata = {**quantized.metadata, **isa_metadata()}
         metadata.update(int8_metadata)
     with stages("name"):
         _stable_names(model)

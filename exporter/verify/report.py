@@ -14,7 +14,7 @@ from exporter.table import format_table
 from exporter.verify.metrics import METRICS
 from exporter.verify.run import ArtifactResult, VerifyReport
 
-__all__ = ["check_outputs", "format_report", "verdict_line", "write_previews"]
+__all__ = ["check_outputs", "format_report", "isa_lines", "verdict_line", "write_previews"]
 
 
 def _e(value: float) -> str:
@@ -63,6 +63,7 @@ def format_report(report: VerifyReport) -> str:
     table = format_table(rows)
     lines = [
         f"Reference: eager PyTorch from {report.checkpoint}; cases: {', '.join(report.case_names)}",
+        *isa_lines(report),
         "",
         *table,
         "",
@@ -72,6 +73,14 @@ def format_report(report: VerifyReport) -> str:
     lines += [f"warning: {w}" for w in report.warnings]
     lines.append(verdict_line(report))
     return "\n".join(lines)
+
+
+def isa_lines(report: VerifyReport) -> list[str]:
+    """The CPU the runs computed on: its INT8 kernel class (capped or not) and how it sums
+    INT8 products, which make an INT8 IR's numbers this machine's (``exporter.isa``)."""
+    if report.isa is None:
+        return []
+    return [f"CPU: {report.isa.description}; {report.isa.int8_arithmetic}"]
 
 
 def format_accuracy(report: VerifyReport) -> list[str]:
