@@ -25,7 +25,7 @@ from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig
 from exporter.data import synthetic_cases
 from exporter.eager import EagerRunner
-from exporter.errors import ConfigError, InputError
+from exporter.errors import InputError
 from exporter.export.onnx import export_onnx
 from exporter.export.openvino import export_ir
 from exporter.export.upstream import export_upstream_onnx
@@ -36,16 +36,13 @@ from exporter.pipeline.infer import InferStage
 from exporter.remote import PROTOCOLS, Remote
 from exporter.resources import cpu_description
 from exporter.runtime import LayerTime, Runner, default_inference_precision, load_runner
-from exporter.settings import option_names
 from exporter.table import format_table
 
 __all__ = [
-    "BENCH_OPTIONS",
     "BenchReport",
     "BenchRow",
     "ServerBench",
     "bench",
-    "bench_mode",
     "bench_server",
     "format_bench",
     "format_server_bench",
@@ -53,45 +50,6 @@ __all__ = [
 
 WARMUP = 3
 SETTLE_SECONDS = 1.0
-
-# bench's four modes: ``export`` (export every variant and time it), ``matte`` (time ``matte``
-# on one IR), ``server`` (time a V2 server) and ``web`` (one ONNX in the browser module beside
-# the native runtimes), and the modes each option applies in; an option not named here
-# (``json_path``) applies in every mode.
-_EXPORTING = ("checkpoint", "backbone", "preset", "height", "width", "sample_pixels", "model_type", "profile")
-BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(_EXPORTING, ("export",)),  # the IR, the server or the ONNX fixes the model
-    "runs": ("export", "web"),
-    "matte": ("matte",),
-    "frames": ("matte", "server"),
-    **dict.fromkeys(("server", "model_name", "clients", "local", "timeout"), ("server",)),
-    **dict.fromkeys(("web", "warmup", "chromium"), ("web",)),
-    "inference_precision": ("export", "matte", "server"),  # --web times OpenVINO in f32, as ONNX Runtime computes
-}
-# What is said of options given in a mode they do not apply in (after those that apply with
-# --server only, which are named as such in every other mode).
-_REFUSALS = {
-    "server": "cannot apply with --server",
-    "matte": "cannot apply with --matte: the IR fixes the model",
-    "export": "applies with --matte only",  # --frames, the one option left to refuse here
-    "web": "cannot apply with --web: the ONNX fixes the model, and OpenVINO runs it in f32 as ONNX Runtime does",
-}
-
-
-def bench_mode(options: dict[str, object]) -> str:
-    """The mode the given ``options`` (option name -> value; None or False: not given) ask
-    for: ``server`` with ``server``, else ``web`` with ``web``, else ``matte`` with ``matte``,
-    else ``export``; raises ``ConfigError`` naming every option given that does not apply in it."""
-    given = [name for name, value in options.items() if value is not None and value is not False]
-    mode = next((name for name in ("server", "web", "matte") if name in given), "export")
-    refused = [name for name in given if mode not in BENCH_OPTIONS.get(name, (mode,))]
-    for only in ("server", "web"):
-        named = [name for name in refused if BENCH_OPTIONS[name] == (only,)]
-        if named:
-            raise ConfigError(f"{option_names(named)} apply with --{only} only")
-    if refused:
-        raise ConfigError(f"{option_names(refused)} {_REFUSALS[mode]}")
-    return mode
 
 
 @dataclass

@@ -30,6 +30,7 @@ from exporter import __version__
 from exporter import tolerances as tol
 from exporter.backbones import BACKBONES, DEFAULT_BACKBONE
 from exporter.config import DEFAULT_OPSET, MODEL_TYPES, ONNX_WEIGHTS, PRECISIONS, PRESETS, REFINE_MODES
+from exporter.data import FAMILIES
 from exporter.errors import (
     TERMINATING_SIGNALS,
     BgmExportError,
@@ -52,6 +53,7 @@ from exporter.serve import (
 )
 from exporter.settings import DEFAULT_PRESET, OPTION_FIELDS, option_names, resolve_export
 from exporter.web import DEFAULT_WEB_PORT
+from exporter.webbench import DEFAULT_CHROMIUM, WEB_WARMUP
 
 if TYPE_CHECKING:
     from exporter.checkpoint import Weights
@@ -225,6 +227,15 @@ def progress(message: str) -> None:
     typer.echo(f"  {printable(message)}", err=True)
 
 
+def capped(name: str, quiet: bool) -> None:
+    """``--cpu-isa``: the cap set, and the kernels that show it took effect."""
+    from exporter.isa import limit_cpu_isa
+
+    isa = limit_cpu_isa(name)
+    if not quiet:
+        progress(f"{isa.description} (checked: {', '.join(isa.kernels)})")
+
+
 def warn(message: str | None) -> None:
     if message:
         typer.secho(f"warning: {printable(message)}", err=True, fg=typer.colors.YELLOW)
@@ -255,6 +266,7 @@ def frame_bar(label: str) -> Iterator[Callable[[int, int], None]]:
 
 Backbone = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+Family = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 OnnxWeights = Literal[ONNX_WEIGHTS]  # type: ignore[valid-type]
 RefineMode = Literal[REFINE_MODES]  # type: ignore[valid-type]
@@ -362,6 +374,14 @@ ArtifactsArg = Annotated[
     Optional[list[Path]], typer.Argument(help=".onnx / .xml files (default: what make export writes).")
 ]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write every number here (default: not written).")]
+CpuIsaOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Cap OpenVINO's CPU kernels at this oneDNN ISA (ONEDNN_MAX_CPU_ISA: AVX2, AVX2_VNNI, AVX512_CORE, "
+        "AVX512_CORE_VNNI, AVX512_CORE_BF16, AVX512_CORE_AMX), to judge INT8 as a CPU with only that ISA "
+        "computes it; at most what this CPU has (default: no cap).",
+    ),
+]
 ArithmeticOpt = Annotated[
     Optional[InferencePrecision],
     typer.Option(
@@ -417,21 +437,25 @@ EXPORT_OPTIONS: dict[str, object] = {
 }
 
 
-def export_options(command: F) -> F:
-    """``command(..., export: dict)`` gets ``EXPORT_OPTIONS`` as options of its own, placed
-    before its ``quiet`` flag, and receives the given ones (not None) as ``export``."""
+def export_options(command: F | None = None, *, without: tuple[str, ...] = ()) -> F:
+    """``command(..., export: dict)`` gets ``EXPORT_OPTIONS`` (but those ``without``) as options
+    of its own, placed before its ``quiet`` flag, and receives the given ones (not None) as
+    ``export``. Used bare (``@export_options``) or with ``without`` (``@export_options(without=...)``)."""
+    if command is None:
+        return functools.partial(export_options, without=without)  # type: ignore[return-value]
+    options = {name: annotation for name, annotation in EXPORT_OPTIONS.items() if name not in without}
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.name != "export"]
     shared = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
-        for name, annotation in EXPORT_OPTIONS.items()
+        for name, annotation in options.items()
     ]
     split = next((i for i, p in enumerate(own) if p.name == "quiet"), len(own))
     own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
 
     @functools.wraps(command)
     def wrapper(**kwargs: object) -> object:
-        export = given(**{name: kwargs.pop(name) for name in EXPORT_OPTIONS})
+        export = given(**{name: kwargs.pop(name) for name in options})
         return command(**kwargs, export=export)
 
     wrapper.__signature__ = signature.replace(parameters=[*own[:split], *shared, *own[split:]])  # type: ignore[attr-defined]
@@ -444,7 +468,11 @@ def export_options(command: F) -> F:
 @export_options
 def onnx(
     output: Annotated[
-        Optional[Path], typer.Option(help="Where to write the .onnx (default models/<model name>.onnx).")
+        Optional[Path],
+        typer.Option(
+            help="Where to write the .onnx (default models/<model name>.onnx; <model name>-fp16.onnx or -int8.onnx "
+            "with --onnx-weights FP16 or INT8)."
+        ),
     ] = None,
     quiet: QuietOpt = False,
     export: dict | None = None,
@@ -461,7 +489,8 @@ def onnx(
 
 @app.command(cls=Command)
 @user_errors
-@export_options
+# An IR's precision is --precision: --onnx-weights (how an ONNX stores its weights) has no IR.
+@export_options(without=("onnx_weights",))
 def ir(
     precision: Annotated[
         Precision,
@@ -531,11 +560,19 @@ def verify(
     seed: Annotated[
         Optional[int], typer.Option(min=0, help="Seed of the first synthetic composite (default 0).")
     ] = None,
+    family: Annotated[
+        Optional[Family],
+        typer.Option(
+            help="The synthetic composites: hard (hair strands, colours close to the background's, texture, sensor "
+            "noise, a background captured a pixel or two off) or plain, the easier ones verify used before "
+            "(default hard)."
+        ),
+    ] = None,
     images: Annotated[
         Optional[Path],
         typer.Option(
-            help="Real data: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout "
-            "(default: synthetic composites only)."
+            help="Your own frames: com/, bgr/ (and pha/, fgr/ ground truth), Open Model Zoo layout; the best judge "
+            "of an artifact, INT8 above all (default: synthetic composites only)."
         ),
     ] = None,
     json_path: JsonOpt = None,
@@ -564,6 +601,7 @@ def verify(
         ),
     ] = None,
     inference_precision: ArithmeticOpt = None,
+    cpu_isa: CpuIsaOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Check every artifact against the eager model: parity per output, patch flips, accuracy.
@@ -581,12 +619,15 @@ def verify(
     )  # fmt: skip
     check_outputs(json_path, report, *(artifacts or []), checkpoint)
     # Without either, each artifact is checked against its own backbone's default weights.
+    if cpu_isa is not None:  # before OpenVINO's CPU plugin loads: it reads the cap then
+        capped(cpu_isa, quiet)
     weights = None if checkpoint is None and backbone is None else load_weights(checkpoint, backbone)
     result = run_verify(
         artifacts or default_artifacts(),
         weights,
         cases=cases,
         seed=seed,
+        family=family,
         images=images,
         bars=bars,
         inference_precision=inference_precision,
@@ -691,35 +732,46 @@ def bench(
         ),
     ] = None,
     warmup: Annotated[
-        Optional[int], typer.Option(min=0, help="With --web: untimed frames each row runs first (default 3).")
+        Optional[int],
+        typer.Option(min=0, help=f"With --web: untimed frames each row runs first (default {WEB_WARMUP})."),
     ] = None,
     chromium: Annotated[
-        Optional[Path], typer.Option(help="With --web: the Chromium to drive (default /usr/bin/chromium).")
+        Optional[Path], typer.Option(help=f"With --web: the Chromium to drive (default {DEFAULT_CHROMIUM}).")
     ] = None,
     inference_precision: ArithmeticOpt = None,
+    cpu_isa: CpuIsaOpt = None,
     json_path: JsonOpt = None,
 ) -> None:
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR; or
     the browser module beside the native runtimes (--web)."""
-    from exporter.bench import MATTE_BENCH_FRAMES, bench_matte, bench_mode, format_bench, format_matte_bench
-    from exporter.bench import bench as run_bench
+    # exporter.bench imports torch: --web and --server import only what they run.
     from exporter.files import check_writable
+    from exporter.settings import bench_mode
 
     mode = bench_mode(dict(
         checkpoint=checkpoint, backbone=backbone, preset=preset, height=height, width=width,
         sample_pixels=sample_pixels, model_type=model_type, runs=runs, profile=profile, matte=matte, frames=frames,
         server=server, model_name=model_name, clients=clients, local=local, timeout=timeout, web=web,
-        warmup=warmup, chromium=chromium, inference_precision=inference_precision,
+        warmup=warmup, chromium=chromium, inference_precision=inference_precision, cpu_isa=cpu_isa,
     ))  # fmt: skip
+    if json_path is not None:  # before the minutes of timing it would hold
+        check_writable(json_path)
+    if cpu_isa is not None:
+        capped(cpu_isa, False)
     if mode == "web":
-        from exporter.webbench import DEFAULT_CHROMIUM, WEB_RUNS, WEB_WARMUP, bench_web, format_web_bench
+        from exporter.webbench import WEB_RUNS, bench_web, format_web_bench
 
         result = bench_web(
             web, runs=runs or WEB_RUNS, warmup=WEB_WARMUP if warmup is None else warmup,
             chromium=chromium or DEFAULT_CHROMIUM, on_progress=progress,
         )  # fmt: skip
         typer.echo(format_web_bench(result))
-    elif mode == "server":
+        if json_path is not None:
+            write_json(result.to_dict(), json_path)
+        # A row whose answer missed the FP32 bars, or that ran other threads than asked: its
+        # speed does not count, and a script must be able to tell (as verify's exit code).
+        raise typer.Exit(code=0 if result.passed else 1)
+    if mode == "server":
         from exporter.bench import bench_server, format_server_bench
         from exporter.remote import parse_remote
 
@@ -729,14 +781,17 @@ def bench(
         )  # fmt: skip
         typer.echo(format_server_bench(result))
     elif mode == "matte":
+        from exporter.bench import MATTE_BENCH_FRAMES, bench_matte, format_matte_bench
+
         result = bench_matte(
             matte, frames or MATTE_BENCH_FRAMES, json_path=json_path, inference_precision=inference_precision or "auto",
             on_progress=progress,
         )  # fmt: skip
         typer.echo(format_matte_bench(result))
     else:
-        if json_path is not None:  # before the minutes of timing it would hold
-            check_writable(json_path)
+        from exporter.bench import bench as run_bench
+        from exporter.bench import format_bench
+
         config, weights = resolve_export(
             checkpoint, backbone, preset, height=height, width=width, sample_pixels=sample_pixels,
             model_type=model_type, on_warning=warn,

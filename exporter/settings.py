@@ -21,7 +21,15 @@ from exporter.resources import require_memory
 if TYPE_CHECKING:  # (the command line imports this module, and must not wait for torch)
     from exporter.checkpoint import Weights
 
-__all__ = ["DEFAULT_PRESET", "NOT_OPTIONS", "OPTION_FIELDS", "option_names", "resolve_export"]
+__all__ = [
+    "BENCH_OPTIONS",
+    "DEFAULT_PRESET",
+    "NOT_OPTIONS",
+    "OPTION_FIELDS",
+    "bench_mode",
+    "option_names",
+    "resolve_export",
+]
 
 DEFAULT_PRESET = "720p"
 
@@ -107,3 +115,57 @@ def resolve_export(
     config = base.replace(backbone=weights.backbone, **stated, **options)
     require_memory(config)
     return config, weights
+
+
+# bench's modes: ``export`` (export every variant and time it), ``matte`` (time ``matte`` on
+# one IR), ``server`` (time a V2 server) and ``web`` (one ONNX in the browser module beside the
+# native runtimes); the option that chooses each; and the modes each option applies in (an
+# option not named here, ``json_path``, applies in every mode). Here rather than in
+# exporter.bench, which imports torch: ``bench --web`` and ``--server`` must not load it.
+BENCH_MODES = ("server", "web", "matte")
+_EXPORTING = ("checkpoint", "backbone", "preset", "height", "width", "sample_pixels", "model_type", "profile")
+BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(_EXPORTING, ("export",)),
+    "runs": ("export", "web"),
+    "matte": ("matte",),
+    "frames": ("matte", "server"),
+    **dict.fromkeys(("server", "model_name", "clients", "local", "timeout"), ("server",)),
+    **dict.fromkeys(("web", "warmup", "chromium"), ("web",)),
+    "inference_precision": ("export", "matte", "server"),  # --web times OpenVINO in f32, as ONNX Runtime computes
+    "cpu_isa": ("export", "matte", "web"),  # the kernels of this process's OpenVINO, not a server's
+}
+# Why a mode refuses the options of the export: what fixes the model there.
+_FIXED_BY = {
+    "server": "the server fixes the model",
+    "matte": "the IR fixes the model",
+    "web": "the ONNX fixes the model, and OpenVINO runs it in f32 as ONNX Runtime does",
+}
+
+
+def _verb(names: list[str]) -> str:
+    return "applies" if len(names) == 1 else "apply"
+
+
+def bench_mode(options: dict[str, object]) -> str:
+    """The mode the given ``options`` (option name -> value; None or False: not given) ask
+    for: ``server``, ``web`` or ``matte`` when that option is given, else ``export``; raises
+    ``ConfigError`` when two modes are asked for, or naming every option given that does not
+    apply in the mode."""
+    given = [name for name, value in options.items() if value is not None and value is not False]
+    modes = [name for name in BENCH_MODES if name in given]
+    if len(modes) > 1:
+        raise ConfigError(f"{option_names(modes)} are separate modes of bench: give one of them")
+    mode = modes[0] if modes else "export"
+    refused = [name for name in given if mode not in BENCH_OPTIONS.get(name, (mode,))]
+    # Options of another mode are named with the modes they belong to; the export's, with
+    # what fixes the model in this one.
+    by_modes: dict[tuple[str, ...], list[str]] = {}
+    for name in refused:
+        by_modes.setdefault(BENCH_OPTIONS[name], []).append(name)
+    for owners, names in by_modes.items():
+        if "export" not in owners:
+            where = " or ".join(f"--{owner}" for owner in owners)
+            raise ConfigError(f"{option_names(names)} {_verb(names)} with {where} only")
+    if refused:
+        raise ConfigError(f"{option_names(refused)} cannot apply with --{mode}: {_FIXED_BY[mode]}")
+    return mode

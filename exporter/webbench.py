@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import logging
 import statistics
 import tempfile
 import threading
@@ -38,16 +39,17 @@ from exporter.images import to_model_input
 from exporter.resources import cpu_description
 from exporter.runtime import Runner, load_runner
 from exporter.table import format_table
+from exporter.verify.compare import BARS, OutputComparison, compare_output
 
 __all__ = [
     "CHROMIUM_ARGS",
     "DEFAULT_CHROMIUM",
-    "Accuracy",
     "WebBench",
     "WebBenchRow",
     "bench_web",
     "browser_missing",
     "compare_fp32",
+    "verdict",
     "format_web_bench",
 ]
 
@@ -86,8 +88,6 @@ BENCH_PAGE_HTML = (
     "<title>bgm-export bench --web</title>\n"
 )
 MODEL_URL = "/model.onnx"
-# The 4x4 patches the FP32 bars count (exporter.verify.compare.PATCH).
-PATCH = 4
 # MattingError codes that say the model is at fault, not the browser or the runtime's files.
 MODEL_CODES = frozenset({"model-unreadable", "not-bgm-artifact", "dynamic-model", "runtime", "bad-output"})
 
@@ -135,49 +135,17 @@ STEP_JS = "(i) => bgmBench.answer(() => bgmBench.step(i))"
 OUTPUTS_JS = "(i) => bgmBench.answer(() => bgmBench.outputs(i))"
 
 
-@dataclass
-class Accuracy:
-    """One output of one row against the reference's, under the FP32 bars."""
-
-    output: str
-    max_abs: float
-    mean_abs: float
-    max_abs_outside: float  # outside the 4x4 patches that differ by more than FP32_PATCH_DELTA
-    patch_share: float
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.max_abs_outside <= tol.FP32_ATOL and self.patch_share <= tol.FP32_PATCH_SHARE)
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def summary(self) -> str:
-        if self.passed:
-            return f"PASSED | {self.output} | max {self.max_abs_outside:.1e} ≤ {tol.FP32_ATOL:g}"
-        return (
-            f"FAILED | {self.output} | max {self.max_abs_outside:.1e} > {tol.FP32_ATOL:g} outside "
-            f"{self.patch_share:.2%} of patches off (≤ {tol.FP32_PATCH_SHARE:.2%})"
-        )
+def compare_fp32(name: str, reference: np.ndarray, actual: np.ndarray) -> OutputComparison:
+    """``actual`` against ``reference`` (``(N, C, H, W)``) as ``verify`` judges an FP32 artifact."""
+    return compare_output(name, reference, actual, BARS["FP32"])
 
 
-def compare_fp32(name: str, reference: np.ndarray, actual: np.ndarray) -> Accuracy:
-    """``actual`` against ``reference`` (``(N, C, H, W)``) as ``exporter.verify.compare`` judges an
-    FP32 artifact (BARS["FP32"]), computed here: the verification package imports torch."""
-    if reference.shape != actual.shape:
-        raise ValueError(f"{name}: shape {actual.shape} differs from the reference's {reference.shape}")
-    error = np.abs(actual.astype(np.float64) - reference.astype(np.float64))
-    n, c, h, w = error.shape
-    patches = error.reshape(n, c, h // PATCH, PATCH, w // PATCH, PATCH).max(axis=(1, 3, 5))
-    differing = ~(patches <= tol.FP32_PATCH_DELTA)  # a NaN patch differs
-    outside = np.repeat(np.repeat(~differing, PATCH, axis=1), PATCH, axis=2)[:, None]
-    return Accuracy(
-        output=name,
-        max_abs=float(error.max()),
-        mean_abs=float(error.mean()),
-        max_abs_outside=float(np.where(outside, error, 0.0).max()),
-        patch_share=float(differing.mean()),
-    )
+def verdict(comparison: OutputComparison) -> str:
+    """``PASSED | pha`` or ``FAILED | pha | <each bar missed, its value and bound>``."""
+    if comparison.passed:
+        return f"PASSED | {comparison.output}"
+    missed = "; ".join(f"{c.name} {c.value:.3g} > {c.bound:g}" for c in comparison.checks if not c.passed)
+    return f"FAILED | {comparison.output} | {missed}"
 
 
 @dataclass
@@ -189,7 +157,7 @@ class WebBenchRow:
     threads: int  # asked for
     threads_used: int  # what the runtime reports it started (natively: what was asked)
     times_ms: list[float] = field(default_factory=list)
-    accuracy: list[Accuracy] = field(default_factory=list)  # empty: the reference itself
+    accuracy: list[OutputComparison] = field(default_factory=list)  # empty: the reference itself
     ratio: float = 0.0  # frames/s over the reference row's
     notes: list[str] = field(default_factory=list)
 
@@ -279,12 +247,29 @@ def _served(folder: Path) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+class _DriverGone(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" for Playwright's calls: Ctrl-C at
+    a terminal reaches Playwright's driver too (it is in our process group), and the calls it
+    left pending report its death when they are collected, after our one ``error:`` line."""
+
+    # What Playwright's transport raises when its driver's pipe closes (playwright/_impl/transport.py).
+    GONE = "Connection closed while reading from the driver"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return self.GONE not in record.getMessage() and self.GONE not in str(error or "")
+
+
+_DRIVER_GONE = _DriverGone()
+
+
 @contextlib.contextmanager
 def _chromium(chromium: Path) -> Iterator[object]:
     """Headless Chromium driven by Playwright; closed (and Playwright's driver stopped) on the
     way out, quietly: after Ctrl-C the driver may be gone already."""
     from playwright.sync_api import Error, sync_playwright
 
+    logging.getLogger("asyncio").addFilter(_DRIVER_GONE)  # stays: the futures are collected later
     manager = sync_playwright().start()
     browser = None
     try:
@@ -518,5 +503,5 @@ def format_web_bench(result: WebBench) -> str:
     lines += format_table(table)
     for r in result.rows:
         lines += [f"  {r.label}: {note}" for note in r.notes]
-        lines += [f"  {r.label}: {a.summary()}" for a in r.accuracy if not a]
+        lines += [f"  {r.label}: {verdict(a)}" for a in r.accuracy if not a]
     return "\n".join(lines)

@@ -123,7 +123,7 @@ EXPORTING = {"checkpoint": Path("c.pth"), "preset": "1080p", "runs": 3, "profile
     ],
 )
 def test_bench_modes(options, mode):
-    from exporter.bench import bench_mode
+    from exporter.settings import bench_mode
 
     assert bench_mode(options) == mode
 
@@ -131,19 +131,22 @@ def test_bench_modes(options, mode):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"timeout": 5.0}, "--timeout apply with --server only"),
+        ({"timeout": 5.0}, "--timeout applies with --server only"),
         ({"matte": Path("m.xml"), "clients": 2, "local": Path("l.xml")}, "--clients, --local apply with --server only"),
-        ({"frames": 3}, "--frames applies with --matte only"),
+        ({"frames": 3}, "--frames applies with --matte or --server only"),
         ({"matte": Path("m.xml"), **EXPORTING}, "--checkpoint, --preset, --runs, --profile cannot apply with --matte"),
-        ({"server": "grpc://h:1", "runs": 3, "matte": Path("m")}, "--runs, --matte cannot apply with --server$"),
+        ({"server": "grpc://h:1", "runs": 3}, "--runs cannot apply with --server: the server fixes the model$"),
+        ({"server": "grpc://h:1", "matte": Path("m")}, "--server, --matte are separate modes of bench: give one"),
+        ({"web": Path("m.onnx"), "server": "grpc://h:1"}, "--server, --web are separate modes of bench: give one"),
         ({"warmup": 1, "chromium": Path("c")}, "--warmup, --chromium apply with --web only"),
-        ({"matte": Path("m.xml"), "warmup": 0}, "--warmup apply with --web only"),
-        ({"web": Path("m.onnx"), "preset": "web", "frames": 3}, "--preset, --frames cannot apply with --web: the ONNX"),
+        ({"matte": Path("m.xml"), "warmup": 0}, "--warmup applies with --web only"),
+        ({"web": Path("m.onnx"), "frames": 3}, "--frames applies with --matte or --server only"),
+        ({"web": Path("m.onnx"), "preset": "web"}, "--preset cannot apply with --web: the ONNX fixes the model"),
         ({"web": Path("m.onnx"), "inference_precision": "bf16"}, "--inference-precision cannot apply with --web"),
     ],
 )
 def test_bench_refuses_options_of_another_mode(options, message):
-    from exporter.bench import bench_mode
+    from exporter.settings import bench_mode
 
     with pytest.raises(ConfigError, match=message):
         bench_mode(options)

@@ -36,6 +36,20 @@ def test_onnx_then_ir_from_onnx(tmp_path, monkeypatch, cli):
 
 
 @pytest.mark.slow
+def test_a_weight_variant_does_not_replace_the_fp32_export_by_default(tmp_path, monkeypatch, cli):
+    """``onnx --onnx-weights FP16`` without --output writes beside the FP32 export, not over
+    it: ``ir`` converts that one, and refuses a variant."""
+    monkeypatch.chdir(tmp_path)
+    assert cli("onnx", *SMALL, "--quiet").exit_code == 0
+    fp32 = tmp_path / "models/background-matting-mobilenetv2.onnx"
+    before = fp32.read_bytes()
+    result = cli("onnx", *SMALL, "--onnx-weights", "fp16", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert fp32.read_bytes() == before
+    assert (tmp_path / "models/background-matting-mobilenetv2-fp16.onnx").stat().st_size < len(before) * 0.6
+
+
+@pytest.mark.slow
 def test_ir_without_onnx_exports_first_and_leaves_no_onnx(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
     result = cli("ir", *SMALL, "--precision", "FP32", "--output", "out/m.xml", "--quiet")
@@ -54,6 +68,11 @@ def test_ir_without_onnx_exports_first_and_leaves_no_onnx(tmp_path, monkeypatch,
         (["bench", "--runs", "abc"], "Invalid value for '--runs': Input should be a valid integer"),
         (["bench", "--runs", "0"], "Invalid value for '--runs': Input should be greater than or equal to 1"),
         (["verify", "--cases", "0"], "Invalid value for '--cases'"),
+        (["verify", "--family", "odd"], "Invalid value for '--family'"),
+        (
+            ["verify", "--family", "plain", "--images", "x"],
+            "--family applies to synthetic composites, not to --images x",
+        ),
         (["onnx", "--bogus"], "No such option: --bogus (see "),
         (["exprot"], "No such command 'exprot'."),
         (["onnx", "--output", "m.xml"], "ONNX output m.xml must end in .onnx"),
@@ -291,7 +310,8 @@ def test_every_export_config_field_is_an_option_or_excluded_on_purpose():
 
 @pytest.mark.parametrize("command", ["onnx", "ir"])
 def test_each_field_option_reaches_the_settings(command, monkeypatch, cli, one_error):
-    """Every declared field is an option of both exports and arrives at ``resolve_export``."""
+    """Every declared field is an option of both exports (but --onnx-weights, which only ONNX
+    has) and arrives at ``resolve_export``."""
     from exporter import cli as module
     from exporter.cli import FIELD_OPTIONS
     from exporter.errors import ConfigError
@@ -303,12 +323,16 @@ def test_each_field_option_reaches_the_settings(command, monkeypatch, cli, one_e
         raise ConfigError("stopped here")
 
     monkeypatch.setattr(module, "resolve_export", resolve)
-    argv = ["--threshold", "0.2", "--extra-outputs", "err", "--dynamic", "--onnx-weights", "fp16", "--preset", "4k"]
-    one_error(cli(command, *argv, *(["--precision", "FP32"] if command == "ir" else [])), "stopped here")
+    argv = ["--threshold", "0.2", "--extra-outputs", "err", "--dynamic", "--preset", "4k"]
+    argv += ["--precision", "FP32"] if command == "ir" else ["--onnx-weights", "fp16"]
+    one_error(cli(command, *argv), "stopped here")
     assert received["threshold"] == 0.2 and received["extra_outputs"] == "err" and received["dynamic"] is True
-    assert received["onnx_weights"] == "FP16" and received["preset"] == "4k"
+    assert received["preset"] == "4k" and received.get("onnx_weights") == ("FP16" if command == "onnx" else None)
     help_text = cli(command, "--help").stdout
-    assert [name for name in FIELD_OPTIONS if f"--{name.replace('_', '-')}" not in help_text] == []
+    missing = [name for name in FIELD_OPTIONS if f"--{name.replace('_', '-')}" not in help_text]
+    assert missing == ([] if command == "onnx" else ["onnx_weights"])
+    if command == "ir":
+        one_error(cli("ir", "--onnx-weights", "FP16"), "No such option: --onnx-weights")
 
 
 def command_options(app) -> list[tuple[str, object]]:

@@ -579,7 +579,7 @@ def test_a_target_without_a_composite_is_refused(model, tmp_path):
         (["--matte", "MODEL", "--runs", "3"], "--runs cannot apply with --matte"),
         (["--matte", "MODEL", "--profile", "--preset", "1080p"], "--preset, --profile cannot apply with --matte"),
         (["--matte", "MODEL", "--checkpoint", "c.pth", "--height", "96"], "--checkpoint, --height cannot apply"),
-        (["--frames", "3"], "--frames applies with --matte only"),
+        (["--frames", "3"], "--frames applies with --matte or --server only"),
         (["--matte", "MODEL", "--json", "MODEL"], "refusing to overwrite it"),
         (["--matte", "MODEL", "--json", "BIN"], "the weights of the input"),
     ],

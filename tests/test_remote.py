@@ -522,7 +522,7 @@ def test_timeout_applies_with_server_only(tmp_path, cli, one_error):
     result = cli("matte", "--model", tmp_path / "m.xml", "--timeout", "5", "--src", tmp_path / "a.png",
                  "--bgr", tmp_path / "b.png")  # fmt: skip
     one_error(result, "--timeout applies with --server only")
-    one_error(cli("bench", "--timeout", "5"), "--timeout apply with --server only")
+    one_error(cli("bench", "--timeout", "5"), "--timeout applies with --server only")
 
 
 @pytest.mark.parametrize(

@@ -160,12 +160,16 @@ def export_onnx(
     on_stage: Callable[[str, float], None] | None = None,
 ) -> OnnxExport:
     """Export ``MattingRefine`` with ``weights`` at ``config`` to ``output``, atomically
-    (default ``models/<model name>.onnx``).
+    (default ``models/<model name>.onnx``, ``<model name>-fp16.onnx`` / ``-int8`` for weights
+    stored so).
 
     Raises ``ConfigError`` for an impossible configuration, ``OutputError`` for an
     unwritable path and ``ExportError`` if the graph fails ``check_graph``.
     """
-    output = Path(output) if output is not None else default_artifact_path(config.model_name)
+    # A variant's weight storage is in its default name: it never replaces the FP32 export, the
+    # one ``ir`` converts.
+    stem = config.model_name if config.onnx_weights == "FP32" else f"{config.model_name}-{config.onnx_weights.lower()}"
+    output = Path(output) if output is not None else default_artifact_path(stem)
     check_writable(output)
     if output.suffix != ".onnx":
         raise OutputError(f"ONNX output {output} must end in .onnx")
