@@ -268,7 +268,6 @@ Backbone = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 Family = Literal[tuple(FAMILIES)]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
-OnnxWeights = Literal[ONNX_WEIGHTS]  # type: ignore[valid-type]
 RefineMode = Literal[REFINE_MODES]  # type: ignore[valid-type]
 ModelType = Literal[tuple(MODEL_TYPES)]  # type: ignore[valid-type]
 InferencePrecision = Literal[INFERENCE_PRECISIONS]  # type: ignore[valid-type]
@@ -354,10 +353,22 @@ ModelTypeOpt = Annotated[
         "refiner at the input's resolution, outputs pha, fgr, err, hid (the original's --model-type mattingbase)."
     ),
 ]
+
+
+def _onnx_weights(value: str) -> str:
+    # Typer would refuse a bad value with "Value error," and the values lower-cased: named
+    # here as the help and the config name them.
+    for choice in ONNX_WEIGHTS:
+        if value.upper() == choice:
+            return choice
+    raise typer.BadParameter(f"{value!r} is not one of {', '.join(ONNX_WEIGHTS)}")
+
+
 OnnxWeightsOpt = Annotated[
-    Optional[OnnxWeights],
+    Optional[str],
     typer.Option(
-        case_sensitive=False,
+        parser=_onnx_weights,
+        metavar=f"<{'|'.join(ONNX_WEIGHTS)}>",
         help="How the ONNX stores its weights: FP32 (default); FP16 (the large tensors) or INT8 (the convolutions', "
         "per output channel), turned back into FP32 in the graph: a smaller download for ONNX Runtime and "
         "browsers. An IR is made from FP32 weights only.",
@@ -745,7 +756,7 @@ def bench(
     """Latency and throughput: eager PyTorch, ONNX Runtime, IR FP32/FP16/INT8, and the original recipe's IR; or
     the browser module beside the native runtimes (--web)."""
     # exporter.bench imports torch: --web and --server import only what they run.
-    from exporter.files import check_writable
+    from exporter.files import check_not_input, check_writable
     from exporter.settings import bench_mode
 
     mode = bench_mode(dict(
@@ -754,7 +765,10 @@ def bench(
         server=server, model_name=model_name, clients=clients, local=local, timeout=timeout, web=web,
         warmup=warmup, chromium=chromium, inference_precision=inference_precision, cpu_isa=cpu_isa,
     ))  # fmt: skip
+    if mode == "web":
+        chromium = chromium or DEFAULT_CHROMIUM
     if json_path is not None:  # before the minutes of timing it would hold
+        check_not_input(json_path, web, chromium, matte, local, checkpoint)
         check_writable(json_path)
     if cpu_isa is not None:
         capped(cpu_isa, False)
@@ -763,7 +777,7 @@ def bench(
 
         result = bench_web(
             web, runs=runs or WEB_RUNS, warmup=WEB_WARMUP if warmup is None else warmup,
-            chromium=chromium or DEFAULT_CHROMIUM, on_progress=progress,
+            chromium=chromium, on_progress=progress,
         )  # fmt: skip
         typer.echo(format_web_bench(result))
         if json_path is not None:

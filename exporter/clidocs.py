@@ -1,15 +1,24 @@
 """docs/cli.md, rendered from the command objects Typer builds, so the reference is the code's.
 
 ``python -m exporter.clidocs`` prints it; ``--write`` replaces docs/cli.md; ``--check`` exits 1
-when docs/cli.md differs from what the code renders (tests/test_docs.py runs the same check).
+when docs/cli.md differs from what the code renders (tests/test_docs.py runs the same check);
+what cannot be done (docs/cli.md unreadable or unwritable, standard output closed or full) is
+one ``error:`` line and exit 2.
 The Markdown is plain (no Rich boxes) and does not depend on the terminal's width.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from exporter.errors import OutputError, StandardOutputClosed
+from exporter.files import atomic_outputs
+from exporter.redact import printable
 
 __all__ = ["CLI_MD", "REGENERATE", "command_tree", "render", "stale"]
 
@@ -89,13 +98,22 @@ def render() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise OutputError(f"{path} cannot be read (it is not UTF-8 text)") from None
+
+
 def stale(path: Path = CLI_MD) -> str | None:
     """None when ``path`` holds what :func:`render` gives, else a message naming the fix."""
     expected = render()
     try:
-        actual = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return f"{path} cannot be read ({exc.strerror}): run `{REGENERATE}`"
+        actual = _read(path)
+    except OutputError as exc:
+        return f"{exc}: run `{REGENERATE}`"
     if actual == expected:
         return None
     differing = next(
@@ -105,24 +123,58 @@ def stale(path: Path = CLI_MD) -> str | None:
     return f"{path} is stale (first difference at line {differing}): run `{REGENERATE}`"
 
 
-def main(argv: list[str]) -> int:
-    if argv == ["--write"]:
-        from exporter.files import atomic_outputs
+def _print(text: str) -> None:
+    """``text`` on standard output, flushed here: a closed or full one (``>&-``, ``>/dev/full``)
+    is an ``OutputError``, not a traceback now or at exit."""
+    if sys.stdout is None:
+        raise OutputError("standard output is closed")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        # Python flushes what is left at exit: point it at nothing, so that flush is quiet.
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a stream with no file
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if exc.errno == errno.EPIPE:
+            raise StandardOutputClosed("") from None
+        raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
-        with atomic_outputs(CLI_MD) as (temporary,):
+
+def _error(message: str) -> None:
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"error: {printable(message)}", file=sys.stderr)
+
+
+def main(argv: list[str], path: Path = CLI_MD) -> int:
+    """``python -m exporter.clidocs [--write | --check]`` on ``path``: 0 done (or up to date),
+    1 ``--check`` found it stale, 2 with one ``error:`` line otherwise."""
+    try:
+        return _main(argv, Path(path))
+    except StandardOutputClosed as exc:  # the reader left (`| head`): nothing to say
+        return exc.exit_code
+    except OutputError as exc:
+        _error(str(exc))
+        return 2
+
+
+def _main(argv: list[str], path: Path) -> int:
+    if argv == ["--write"]:
+        with atomic_outputs(path) as (temporary,):
             temporary.write_text(render(), encoding="utf-8")
-        print(f"wrote {CLI_MD}")
+        _print(f"wrote {path}\n")
         return 0
     if argv == ["--check"]:
-        message = stale()
+        _read(path)  # unreadable is an error, not "stale"
+        message = stale(path)
         if message:
             print(message, file=sys.stderr)
             return 1
         return 0
     if argv:
-        print("usage: python -m exporter.clidocs [--write | --check]", file=sys.stderr)
+        _error("usage: python -m exporter.clidocs [--write | --check]")
         return 2
-    sys.stdout.write(render())
+    _print(render())
     return 0
 
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,8 +45,7 @@ def writable_dir(path: Path) -> list[Path]:
     """Create ``path``'s parent if needed and return the folders created, deepest first;
     raise ``OutputError`` if it cannot hold ``path``."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"output {path} is a directory; give a file path")
+    _check_replaceable(path)
     parent = path.parent
     missing = [folder for folder in (parent, *parent.parents) if not folder.exists()]
     try:
@@ -81,12 +81,38 @@ def check_not_input(output: Path | None, *inputs: object) -> None:
                 raise OutputError(f"output {output} is {what}; refusing to overwrite it")
 
 
+def _check_replaceable(path: Path) -> None:
+    """Raise ``OutputError`` if ``path`` exists (links followed) and is not a regular file.
+
+    Outputs are written beside and renamed into place: over a device (``/dev/null``, a
+    terminal) or a FIFO that would replace the node itself with a file, and writing into it
+    instead would be neither atomic nor safe (``/dev/full``). So only a regular file is
+    replaced; ``--json /dev/stdout`` is refused unless standard output is a file."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there (or a dangling link): a new file
+        return
+    if stat.S_ISDIR(mode):
+        raise OutputError(f"output {path} is a directory; give a file path")
+    if not stat.S_ISREG(mode):
+        raise OutputError(
+            f"output {path} exists and is not a regular file (a device, FIFO or socket); give a file path"
+        )
+
+
+def _final(path: Path) -> Path:
+    # A link's target is what gets replaced, the link kept (as `>` writes through it): renaming
+    # over the link would put a file where it was (/dev/stdout as root).
+    return path.resolve() if path.is_symlink() else path
+
+
 def check_writable(path: Path) -> None:
     """Raise ``OutputError`` if ``path`` could not be written, creating nothing: for checks
-    made before long work whose own writer creates the folders."""
+    made before long work whose own writer creates the folders. The rules are
+    :func:`atomic_outputs`' (an existing ``path`` must be a regular file)."""
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"output {path} is a directory; give a file path")
+    _check_replaceable(path)
+    path = _final(path)
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -109,8 +135,13 @@ def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
 
     The temporaries share one stem (an IR's ``.xml`` finds its ``.bin`` by stem). On any
     exception, or an interrupt, they are removed and existing files are left untouched.
+    An existing path must be a regular file (links followed; a directory, device, FIFO or
+    socket raises ``OutputError``); a symbolic link stays, the file it names is replaced.
     """
     paths = [Path(p) for p in paths]
+    for path in paths:
+        _check_replaceable(path)
+    paths = [_final(p) for p in paths]
     created = writable_dir(paths[0])
     parent, stem = paths[0].parent, paths[0].stem
     done = False
@@ -183,6 +214,7 @@ def write_failure(folder: Path, exc: Exception) -> str:
 
 
 def write_json(data: object, path: Path) -> None:
-    """``data`` as indented JSON at ``path``, atomically."""
+    """``data`` as indented JSON at ``path``, atomically: ``path`` is new or a regular file
+    (:func:`atomic_outputs`), never a device or FIFO, which would be replaced by a file."""
     with atomic_outputs(Path(path)) as (temporary,):
         temporary.write_text(json.dumps(data, indent=2) + "\n")

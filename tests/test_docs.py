@@ -212,6 +212,55 @@ def test_a_stale_cli_md_is_reported_with_the_command_that_regenerates_it(tmp_pat
     assert clidocs.stale(stale) is None
 
 
+def test_clidocs_what_it_cannot_do_is_one_error_line(tmp_path, capsys):
+    """--check on a file that is not UTF-8 (or missing), --write onto a folder: exit 2 and one
+    ``error:`` line, no traceback; --write writes the given path, not docs/cli.md."""
+    (tmp_path / "latin1.md").write_bytes(b"\xff\xfe r\xe9f\xe9rence")
+    (tmp_path / "folder.md").mkdir()
+    cases = [
+        (["--check"], "latin1.md", "cannot be read (it is not UTF-8 text)"),
+        (["--check"], "missing.md", "cannot be read (No such file or directory)"),
+        (["--write"], "folder.md", "is a directory"),
+        (["--wrong"], "missing.md", "usage: python -m exporter.clidocs"),
+    ]
+    for argv, name, message in cases:
+        assert clidocs.main(argv, tmp_path / name) == 2, (argv, name)
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert clidocs.main(["--write"], tmp_path / "new" / "cli.md") == 0
+    assert (tmp_path / "new" / "cli.md").read_text(encoding="utf-8") == clidocs.render()
+    assert clidocs.main(["--check"], tmp_path / "new" / "cli.md") == 0
+
+
+class _FullStream:
+    """A standard output whose writes fail as /dev/full's do (no fileno: nothing is dup'ed)."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("stdout", [None, _FullStream()], ids=["closed", "full"])
+def test_clidocs_on_a_closed_or_full_stdout_is_one_error_line(stdout, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert clidocs.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "standard output" in err, err
+
+
+def test_onnx_weights_refusal_names_the_values_as_the_help_does(cli, one_error):
+    """Typer's own refusal said "Value error, 'bf16' is not one of 'fp32', 'fp16', 'int8'"."""
+    result = cli("onnx", "--onnx-weights", "bf16")
+    one_error(result, "'bf16' is not one of FP32, FP16, INT8")
+    assert "Value error" not in result.stderr
+    assert "| `--onnx-weights <FP32\\|FP16\\|INT8>` |" in clidocs.render()
+    from exporter.cli import _onnx_weights
+
+    assert [_onnx_weights(v) for v in ("fp16", "Int8", "FP32")] == ["FP16", "INT8", "FP32"]
+
+
 def test_cli_md_renders_plain_markdown_of_every_command_and_option(tree):
     text = clidocs.render()
     assert "╭" not in text and "<bool>" not in text

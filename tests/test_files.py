@@ -91,3 +91,77 @@ def test_staging_folder_leaves_nothing_on_failure_and_refuses_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="exists and is not a folder"), staging_folder(tmp_path / "file", "t"):
         pass
+
+
+def _nodes(tmp_path: Path) -> dict[str, Path]:
+    """A FIFO and a character device (/dev/null's numbers) made in ``tmp_path``, never the
+    real /dev: mknod needs root (the CI container's user)."""
+    import os
+    import stat
+
+    fifo, device = tmp_path / "fifo.json", tmp_path / "null.json"
+    os.mkfifo(fifo)
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        return {"fifo": fifo}
+    return {"fifo": fifo, "device": device}
+
+
+def test_a_device_or_fifo_is_refused_as_an_output_and_left_as_it_was(tmp_path):
+    """Renaming a file into place over /dev/null (as root) would put a file where the device
+    was: an existing output must be a regular file, also behind a link, checked before the work
+    (check_writable) and by the writer itself (write_json, atomic_outputs)."""
+    import stat
+
+    for kind, node in _nodes(tmp_path).items():
+        link = tmp_path / f"link-to-{kind}"
+        link.symlink_to(node)
+        for path in (node, link):
+            with pytest.raises(OutputError, match="exists and is not a regular file"):
+                check_writable(path)
+            with pytest.raises(OutputError, match="exists and is not a regular file"):
+                write_json({"a": 1}, path)
+        mode = node.lstat().st_mode
+        assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISCHR(mode), kind
+        assert link.is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_an_output_behind_a_link_replaces_the_file_and_keeps_the_link(tmp_path):
+    """As `>` writes through a link: renaming over the link itself would put a file where it
+    was (/dev/stdout, redirected to a file, as root)."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "n.json"
+    target.write_text("old")
+    link = tmp_path / "n.json"
+    link.symlink_to(target)
+    check_writable(link)
+    write_json({"a": 1}, link)
+    assert link.is_symlink() and target.read_text() == '{\n  "a": 1\n}\n'
+
+
+@pytest.mark.parametrize("what", ["web", "chromium", "checkpoint"])
+def test_bench_json_never_overwrites_an_input(what, tmp_path, cli, one_error):
+    """bench --web M --json M wrote its JSON over the model (exit 0); so could --chromium C
+    --json C and --checkpoint W --json W. Refused before any work (the files are not real)."""
+    model, chromium, weights = tmp_path / "v.onnx", tmp_path / "chromium", tmp_path / "w.pth"
+    for path in (model, chromium, weights):
+        path.write_text(f"the {path.name}")
+    argv = {
+        "web": ["--web", model, "--json", model],
+        "chromium": ["--web", model, "--chromium", chromium, "--json", chromium],
+        "checkpoint": ["--checkpoint", weights, "--json", weights],
+    }[what]
+    result = cli("bench", *argv)
+    one_error(result, "refusing to overwrite it")
+    assert all(path.read_text() == f"the {path.name}" for path in (model, chromium, weights))
+
+
+def test_an_empty_checkpoint_path_is_named_empty():
+    """Path("") is ".": the refusal said "checkpoint . is a directory"."""
+    from exporter.errors import ConfigError
+    from exporter.settings import resolve_export
+
+    with pytest.raises(ConfigError, match="checkpoint is an empty path"):
+        resolve_export(checkpoint="")
