@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
-from exporter.config import EXTRA_OUTPUTS, MODEL_TYPES, ExportConfig
+from exporter.config import EXTRA_OUTPUTS, MODEL_TYPES, ONNX_WEIGHTS, ExportConfig
 from exporter.errors import ArtifactError, shown
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "read_ir",
     "read_ir_metadata",
     "read_onnx_metadata",
+    "stored_weights",
 ]
 
 INPUT_NAMES = ("src", "bgr")
@@ -272,6 +273,41 @@ def check_io(
                 )
 
 
+# How a reduced storage shows in a graph (exporter.export.weights_storage writes them): an
+# initializer of this type read by this op, which turns it back into float32.
+_STORED_AS = {"FP16": ("FLOAT16", "Cast"), "INT8": ("INT8", "DequantizeLinear")}
+
+
+def stored_weights(model: object) -> str:
+    """How an ``onnx.ModelProto`` stores its weights, read from its graph, not its metadata:
+    ``FP16`` (float16 initializers into a Cast), ``INT8`` (int8 initializers into a
+    DequantizeLinear), ``FP32`` (neither, as traced), or both joined by ``+`` (which bgm-export
+    never writes). Reads the initializers' types only, never their data."""
+    from onnx import TensorProto
+
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    readers = {(getattr(TensorProto, dtype), op): storage for storage, (dtype, op) in _STORED_AS.items()}
+    found = {
+        readers[key]
+        for node in model.graph.node
+        if node.input and (key := (types.get(node.input[0]), node.op_type)) in readers
+    }
+    return "+".join(storage for storage in ONNX_WEIGHTS if storage in found) or "FP32"
+
+
+def _check_storage(path: Path, model: object, metadata: dict[str, str]) -> None:
+    """``ArtifactError`` when the metadata's ``onnx_weights`` (absent: FP32) is not what the
+    graph stores: ``ir`` would convert half weights as FP32 ones, ``verify`` judge by the
+    wrong precision's bars."""
+    stated = metadata.get("onnx_weights", "FP32")
+    stored = stored_weights(model)
+    if stored != stated:
+        raise ArtifactError(
+            f"{path}: its metadata says its weights are stored as {shown(stated)}, but the graph stores "
+            f"{stored}: the metadata was edited or copied from another model (re-export it with `bgm-export onnx`)"
+        )
+
+
 def artifact_files(path: Path) -> list[Path]:
     """The files an artifact consists of: an ``.xml`` and the ``.bin`` beside it (whether or
     not it exists yet), any other path alone. What an output must never overwrite."""
@@ -299,16 +335,22 @@ def artifact_kind(path: Path) -> str:
 
 def artifact_metadata(path: Path) -> dict[str, str]:
     """The bgm-export metadata of an ``.onnx`` or ``.xml``; ``ArtifactError`` if it has none.
-    An ``.onnx`` (parsed whole here anyway) also has its declared inputs and outputs checked
-    against it; an IR's are checked where it is compiled (``exporter.runtime``), and its
-    ``.bin`` here (``read_ir``)."""
+    An ``.onnx`` (parsed whole here anyway) also has its declared inputs and outputs, and how
+    its graph stores its weights, checked against it; an IR's are checked where it is compiled
+    (``exporter.runtime``), and its ``.bin`` here (``read_ir``)."""
     if artifact_kind(path) == ".xml":
         metadata = read_ir(path)
+        if metadata.get("onnx_weights", "FP32") != "FP32":  # verify would judge it by that storage's bars
+            raise ArtifactError(
+                f"{path}: its metadata says its ONNX weights are stored as {shown(metadata['onnx_weights'])}, "
+                "but an IR is made from FP32 weights only: the metadata was edited or copied from another model"
+            )
     else:
         model = _load_onnx(path)
         metadata = _onnx_metadata(model)
         if metadata:
             check_io(path, *_onnx_io(model), metadata)
+            _check_storage(path, model, metadata)
     if not metadata:
         raise ArtifactError(f"{path} carries no bgm-export metadata; was it made by bgm-export?")
     return metadata

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from exporter import __version__
 from exporter.backbones import BACKBONES, DEFAULT_BACKBONE
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, shown
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -29,6 +29,7 @@ __all__ = [
     "WEB_PRESET",
     "ExportConfig",
     "default_artifact_path",
+    "quoted",
     "sample_pixels_for",
 ]
 
@@ -53,6 +54,37 @@ ONNX_WEIGHTS = ("FP32", "FP16", "INT8")
 # every op the graph needs (TopK, GatherElements, ScatterElements, Resize).
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 22)
+# The finest backbone scale: ``size_step`` reads the scale as a fraction of denominator at
+# most 2**16, and below it the base network's 16 pixels would need an image over a million
+# pixels a side (16 / scale overflows a float for the smallest ones).
+MIN_BACKBONE_SCALE = 1 / (1 << 16)
+# Every whole number of an export (a size, the sampler's TopK count, the opset) becomes an
+# int64 in the graph or a runtime's shapes; a larger one is a mistake, not a setting.
+_INT64_MAX = (1 << 63) - 1
+# The fields that name one of a table's entries: each one's name in messages, and its table.
+_CHOICES = {
+    "backbone": ("backbone", BACKBONES),
+    "refine_mode": ("refine mode", REFINE_MODES),
+    "model_type": ("model type", MODEL_TYPES),
+    "precision": ("precision", PRECISIONS),
+    "onnx_weights": ("ONNX weights", ONNX_WEIGHTS),
+}
+
+
+def _finite(value: object) -> bool:
+    """A real number (not a bool) that a float holds: an int beyond a float's range is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def quoted(value: object) -> str:
+    """``value`` for a message, quoted when a string (as ``{value!r}``), shortened when large
+    (``repr`` itself refuses an int of over 4,300 digits)."""
+    return shown(repr(value)) if isinstance(value, str) else shown(value)
 
 
 @dataclass(frozen=True)
@@ -102,30 +134,38 @@ class ExportConfig:
         for name in ("height", "width", "sample_pixels", "opset"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name.replace('_', ' ')} {value!r} is not a whole number")
+                raise ConfigError(f"{name.replace('_', ' ')} {quoted(value)} is not a whole number")
+            if abs(value) > _INT64_MAX:
+                raise ConfigError(f"{name.replace('_', ' ')} {shown(value)} is beyond what an int64 holds")
         for name in ("backbone_scale", "threshold"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{name.replace('_', ' ')} {value!r} is not a finite number")
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+            if not _finite(value):
+                raise ConfigError(f"{name.replace('_', ' ')} {quoted(value)} is not a finite number")
+        # Before any lookup in a table: a list or a dict there would raise TypeError.
+        for name, (label, choices) in _CHOICES.items():
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ConfigError(f"{label} {quoted(value)} is not one of {', '.join(choices)}")
+        if not isinstance(self.dynamic, bool):
+            raise ConfigError(f"dynamic {quoted(self.dynamic)} is not True or False")
         if not 0 < self.backbone_scale <= 0.5:
             raise ConfigError(f"backbone scale {self.backbone_scale} is not in (0, 0.5]")
-        if self.refine_mode not in REFINE_MODES:
-            raise ConfigError(f"refine mode {self.refine_mode!r} is not one of {', '.join(REFINE_MODES)}")
-        if self.model_type not in MODEL_TYPES:
-            raise ConfigError(f"model type {self.model_type!r} is not one of {', '.join(MODEL_TYPES)}")
-        extra = tuple(self.extra_outputs)
+        if self.backbone_scale < MIN_BACKBONE_SCALE:
+            raise ConfigError(
+                f"backbone scale {self.backbone_scale} is below 1/{1 / MIN_BACKBONE_SCALE:.0f}, the smallest supported"
+            )
+        extra = self.extra_outputs
+        if not isinstance(extra, (tuple, list)) or not all(isinstance(name, str) for name in extra):
+            raise ConfigError(f"extra outputs {quoted(extra)} is not a list of names of {', '.join(EXTRA_OUTPUTS)}")
+        extra = tuple(extra)
         unknown = [name for name in extra if name not in EXTRA_OUTPUTS]
         if unknown or len(set(extra)) != len(extra):
-            raise ConfigError(f"extra outputs {','.join(extra)}: each at most once, of {', '.join(EXTRA_OUTPUTS)}")
+            raise ConfigError(
+                f"extra outputs {shown(','.join(extra))}: each at most once, of {', '.join(EXTRA_OUTPUTS)}"
+            )
         if extra and self.model_type != "refine":
             raise ConfigError(f"extra outputs apply to the refine model; the {self.model_type} model has err already")
         object.__setattr__(self, "extra_outputs", tuple(n for n in EXTRA_OUTPUTS if n in extra))  # canonical order
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.onnx_weights not in ONNX_WEIGHTS:
-            raise ConfigError(f"ONNX weights {self.onnx_weights!r} is not one of {', '.join(ONNX_WEIGHTS)}")
         if self.opset not in SUPPORTED_OPSETS:
             raise ConfigError(f"opset {self.opset} is not in {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
         step, minimum = self.size_step, self.min_size

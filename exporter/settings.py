@@ -10,11 +10,13 @@ asked for it. Whether the result fits in memory is asked before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exporter.config import PRESETS, ExportConfig
+from exporter.backbones import BACKBONES
+from exporter.config import PRESETS, ExportConfig, quoted
 from exporter.errors import ConfigError
 from exporter.resources import require_memory
 
@@ -54,9 +56,31 @@ def option_names(names: Iterable[str]) -> str:
 def _preset(name: str | None) -> ExportConfig:
     if name is None:
         return PRESETS[DEFAULT_PRESET]
-    if name not in PRESETS:
-        raise ConfigError(f"preset {name!r} is not one of {', '.join(PRESETS)}")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"preset {quoted(name)} is not one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def _checkpoint(checkpoint: object) -> Path | None:
+    """``checkpoint`` as a path, or ``ConfigError`` for what no file can be named by (the API
+    takes any object; ``Path`` would raise TypeError, and ``stat`` ValueError for a NUL)."""
+    if checkpoint is None:
+        return None
+    path = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise ConfigError(f"checkpoint {quoted(checkpoint)} is not a path (a str or a pathlib.Path)")
+    if "\x00" in path:
+        raise ConfigError(f"checkpoint {quoted(path)} holds a NUL character, which no file name can")
+    if not path:  # Path("") is ".", which would be refused as a directory
+        raise ConfigError("checkpoint is an empty path; give a file")
+    return Path(path)
+
+
+def _check_arguments(backbone: object, on_warning: object) -> None:
+    if backbone is not None and not isinstance(backbone, str):
+        raise ConfigError(f"backbone {quoted(backbone)} is not one of {', '.join(BACKBONES)}")
+    if on_warning is not None and not callable(on_warning):
+        raise ConfigError(f"on_warning {quoted(on_warning)} is not a function of one message")
 
 
 def _options(options: dict[str, object]) -> dict[str, object]:
@@ -94,8 +118,9 @@ def resolve_export(
     machine has now; a size too large for the memory before the weights are read (a large
     checkpoint is not loaded to refuse a size given by mistake).
     """
-    from exporter.checkpoint import resolve_weights
-
+    # Every argument's type before torch is imported: a mistake costs no seconds.
+    path = _checkpoint(checkpoint)
+    _check_arguments(backbone, on_warning)
     base = _preset(preset)
     options = _options(options)
     try:
@@ -106,7 +131,9 @@ def resolve_export(
         early = None
         # A file never states a size, and the memory needed depends on the size alone.
         require_memory(wanted)
-    weights = resolve_weights(None if checkpoint is None else Path(checkpoint), backbone)
+    from exporter.checkpoint import resolve_weights
+
+    weights = resolve_weights(path, backbone)
     if weights.warning and on_warning is not None:
         on_warning(weights.warning)
     stated = {name: value for name, value in weights.settings.items() if name not in options}

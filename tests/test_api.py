@@ -13,7 +13,7 @@ import pytest
 
 from exporter import checkpoint, resources
 from exporter.config import PRESETS
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, shown
 from exporter.settings import resolve_export
 
 # What a TorchScript wrapper of the original states (its hoisted refine settings).
@@ -90,6 +90,48 @@ def test_what_is_not_a_setting_is_a_typed_error(kwargs, message, stating):
     with pytest.raises(ConfigError, match=message):
         resolve_export(**kwargs)
     assert stating.calls == []
+
+
+# Arguments of the wrong type or beyond any number's range: each was a TypeError, ValueError
+# or OverflowError from inside the library before it was a ConfigError (issue: API boundary).
+WRONG_ARGUMENTS = [
+    ({"threshold": 10**400}, "threshold <an integer of 1,329 bits> is not a finite number"),
+    ({"backbone_scale": 10**400}, "backbone scale <an integer of 1,329 bits> is not a finite number"),
+    ({"backbone_scale": 5e-324}, "backbone scale 5e-324 is below 1/65536"),
+    ({"extra_outputs": 5}, "extra outputs 5 is not a list of names of err, ref"),
+    ({"extra_outputs": [["err"]]}, "extra outputs [['err']] is not a list of names"),
+    ({"extra_outputs": b"err"}, "extra outputs b'err' is not a list of names"),
+    ({"model_type": {}}, "model type {} is not one of refine, base"),
+    ({"model_type": ["base"]}, "model type ['base'] is not one of refine, base"),
+    ({"dynamic": "yes"}, "dynamic 'yes' is not True or False"),
+    ({"dynamic": 2}, "dynamic 2 is not True or False"),
+    ({"height": 10**5000}, "height <an integer of 16,610 bits> is beyond what an int64 holds"),
+    ({"preset": ["web"]}, "preset ['web'] is not one of 720p"),
+    ({"preset": {}}, "preset {} is not one of 720p"),
+    ({"backbone": ["resnet50"]}, "backbone ['resnet50'] is not one of mobilenetv2"),
+    ({"backbone": {}}, "backbone {} is not one of mobilenetv2"),
+    ({"checkpoint": 5}, "checkpoint 5 is not a path"),
+    ({"checkpoint": ["x"]}, "checkpoint ['x'] is not a path"),
+    ({"checkpoint": b"/tmp/x"}, "checkpoint b'/tmp/x' is not a path"),
+    ({"checkpoint": "/tmp/a\0b"}, "checkpoint '/tmp/a\\x00b' holds a NUL character"),
+    ({"on_warning": 5}, "on_warning 5 is not a function of one message"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", WRONG_ARGUMENTS, ids=[shown(kwargs) for kwargs, _ in WRONG_ARGUMENTS])
+def test_arguments_of_the_wrong_type_are_typed_errors(kwargs, message, stating):
+    """Every argument of ``resolve_export`` checked at the boundary; an export setting by
+    ``ExportConfig`` itself (``dynamic="yes"`` was a config whose ``dynamic`` was 'yes')."""
+    with pytest.raises(ConfigError) as info:
+        resolve_export(**{"preset": "web", **kwargs})
+    assert message in str(info.value)
+
+
+def test_a_scale_no_size_fits_is_one_error_line(stating, cli, one_error, tmp_path):
+    """``16 / 5e-324`` overflowed in ``min_size``: a traceback, before the scale had a floor."""
+    result = cli("onnx", "--preset", "web", "--backbone-scale", "5e-324", "--output", tmp_path / "m.onnx")
+    one_error(result, "backbone scale 5e-324 is below 1/65536")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_extra_outputs_as_the_command_line_writes_them(stating):

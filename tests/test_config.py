@@ -61,6 +61,20 @@ def test_web_preset_is_the_recommended_size():
         ({"refine_mode": "full", "threshold": float("nan")}, "threshold nan is not a finite number"),
         ({"height": 720.0}, "height 720.0 is not a whole number"),
         ({"backbone_scale": True}, "backbone scale True is not a finite number"),
+        # Beyond a float: math.isfinite raised OverflowError; below 1/65536, 16 / scale did.
+        ({"threshold": 10**400}, "threshold <an integer of 1,329 bits> is not a finite number"),
+        ({"backbone_scale": 1e-320}, "backbone scale 1e-320 is below 1/65536, the smallest supported"),
+        ({"sample_pixels": 1 << 63}, "sample pixels 9223372036854775808 is beyond what an int64 holds"),
+        # Each field its type: a list or a dict was looked up in a table (TypeError), a string
+        # or a 2 was a config whose ``dynamic`` was neither True nor False.
+        ({"dynamic": "yes"}, "dynamic 'yes' is not True or False"),
+        ({"dynamic": 1}, "dynamic 1 is not True or False"),
+        ({"backbone": ["mobilenetv2"]}, "backbone ['mobilenetv2'] is not one of mobilenetv2, resnet50, resnet101"),
+        ({"refine_mode": {}}, "refine mode {} is not one of sampling"),
+        ({"precision": ["FP32"]}, "precision ['FP32'] is not one of FP32"),
+        ({"onnx_weights": None}, "ONNX weights None is not one of FP32"),
+        ({"extra_outputs": "err"}, "extra outputs 'err' is not a list of names of err, ref"),
+        ({"extra_outputs": ("err", 1)}, "extra outputs ('err', 1) is not a list of names"),
     ],
 )
 def test_invalid_configs_name_the_problem(changes, message):
@@ -70,6 +84,13 @@ def test_invalid_configs_name_the_problem(changes, message):
     with pytest.raises(ConfigError) as info:
         ExportConfig().replace(**changes)
     assert message in str(info.value)
+
+
+def test_the_smallest_scale_still_has_sizes():
+    """At the floor, the rule that refuses a smaller scale still names a valid size."""
+    with pytest.raises(ConfigError, match="sizes must be multiples of 65536, at least 1048576"):
+        ExportConfig(backbone_scale=1 / 65536)
+    assert ExportConfig(backbone_scale=1 / 65536, height=1 << 20, width=1 << 20).min_size == 1 << 20
 
 
 def test_metadata_round_trip():

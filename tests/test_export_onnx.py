@@ -424,6 +424,55 @@ def test_ir_refuses_an_onnx_with_reduced_weights(storage, onnx_weight_variants, 
     assert list(tmp_path.iterdir()) == []
 
 
+def _restated(path: Path, out: Path, storage: str | None) -> Path:
+    """A copy of the ONNX at ``path`` whose metadata says ``storage`` (None: no key, as FP32)."""
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != "onnx_weights"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if storage is not None:
+        model.metadata_props.add(key="onnx_weights", value=storage)
+    onnx.save(model, str(out))
+    return out
+
+
+def test_stored_weights_are_read_from_the_graph(golden_onnx, onnx_weight_variants):
+    """What each storage writes is what ``stored_weights`` reads, from the initializers' types
+    and their readers (no tensor data); both at once is neither claim."""
+    from exporter.export.weights_storage import store_int8, stored_weights
+
+    def load(path: Path) -> onnx.ModelProto:
+        return onnx.load(str(path), load_external_data=False)
+
+    assert stored_weights(load(golden_onnx)) == "FP32"
+    for storage, path in onnx_weight_variants.items():
+        assert stored_weights(load(path)) == storage
+    assert stored_weights(store_int8(onnx.load(str(onnx_weight_variants["FP16"])))) == "FP16+INT8"
+
+
+@pytest.mark.parametrize(
+    "source, stated, stored",
+    [("FP16", None, "FP16"), (None, "INT8", "FP32"), ("INT8", "FP16", "INT8"), (None, "FP16", "FP32")],
+    ids=["fp16-without-key", "fp32-said-int8", "int8-said-fp16", "fp32-said-fp16"],
+)
+def test_metadata_that_disagrees_with_the_graph_is_refused(
+    source, stated, stored, golden_onnx, onnx_weight_variants, tmp_path, cli, one_error
+):
+    """The ``onnx_weights`` key was believed: an FP16 file without it became an "FP32" IR of
+    half weights, an FP32 file marked INT8 was refused by ``ir`` as INT8 (and judged by
+    verify's INT8 bars, tests/test_verify.py). Every reader of an artifact's metadata refuses
+    the lie, ``ir`` before it writes anything."""
+    from exporter.artifact import artifact_metadata
+    from exporter.errors import ArtifactError
+
+    path = _restated(golden_onnx if source is None else onnx_weight_variants[source], tmp_path / "m.onnx", stated)
+    message = f"metadata says its weights are stored as {stated or 'FP32'}, but the graph stores {stored}"
+    with pytest.raises(ArtifactError, match=message):
+        artifact_metadata(path)
+    one_error(cli("ir", "--onnx", path, "--precision", "FP32", "--output", tmp_path / "m.xml"), message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["360p", "480p"])
 def test_webcam_presets_export_and_verify(preset, weights, tmp_path, cli):

@@ -338,6 +338,27 @@ def test_weight_variants_are_judged_by_their_own_bars(variants_report):
     assert "INT8 of synthetic weights is judged by the looser synthetic INT8 bars" in format_report(variants_report)
 
 
+def test_bars_are_chosen_by_what_the_graph_stores_not_what_its_metadata_says(golden_onnx, golden_irs, weights,
+                                                                            tmp_path):  # fmt: skip
+    """An FP32 file marked INT8 (or an IR marked as ONNX weights, which no IR has) was judged by
+    the looser INT8 bars: a storage the graph does not have is refused before any work."""
+    import shutil
+
+    import onnx
+
+    model = onnx.load(str(golden_onnx))
+    model.metadata_props.add(key="onnx_weights", value="INT8")
+    onnx.save(model, str(tmp_path / "lie.onnx"))
+    with pytest.raises(ArtifactError, match="says its weights are stored as INT8, but the graph stores FP32"):
+        verify([tmp_path / "lie.onnx"], weights, cases=1)
+    xml = golden_irs["FP32"]
+    shutil.copy(xml.with_suffix(".bin"), tmp_path / "lie.bin")
+    text = xml.read_text().replace("<model_info>", '<model_info>\n<onnx_weights value="INT8" />', 1)
+    (tmp_path / "lie.xml").write_text(text)
+    with pytest.raises(ArtifactError, match="says its ONNX weights are stored as INT8, but an IR is made from FP32"):
+        verify([tmp_path / "lie.xml"], weights, cases=1)
+
+
 def test_fp16_weights_would_miss_the_fp32_bars(onnx_weight_variants, weights):
     """Rounded weights are not FP32 parity: judged by the FP32 bars (given as the FP16 ones, which
     also shows a bar given for FP16 applies to an FP16-weight ONNX), the variant fails."""

@@ -10,7 +10,9 @@ loads the model (a constant into a Cast or a DequantizeLinear is a constant):
   keeps in floating point stay float32.
 
 What the rounding costs is verify's to judge, with the bars of that precision
-(``exporter.verify``). One entry per storage in ``STORAGES``.
+(``exporter.verify``). One entry per storage in ``STORAGES``. What a graph stores is read
+back from the graph by ``stored_weights``, which lives in ``exporter.artifact`` because the
+deployment side checks every ONNX's metadata against it without importing this package.
 """
 
 from __future__ import annotations
@@ -22,9 +24,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from exporter.artifact import stored_weights
 from exporter.export.int8 import INT8_FIXED_LAYERS, INT8_FP_LAYERS
 
-__all__ = ["FP16_MIN_ELEMENTS", "INT8_KEPT_LAYERS", "STORAGES", "store_fp16", "store_int8", "store_weights"]
+__all__ = [
+    "FP16_MIN_ELEMENTS",
+    "INT8_KEPT_LAYERS",
+    "STORAGES",
+    "store_fp16",
+    "store_int8",
+    "store_weights",
+    "stored_weights",
+]
 
 # Below this many elements a tensor is a bias, a depthwise kernel or a constant of the graph's
 # arithmetic (clip bounds, a fixed upsampling kernel): all of them together are under 2% of an

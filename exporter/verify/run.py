@@ -211,7 +211,8 @@ def _arithmetics(inference_precision: str | None) -> tuple[str, ...]:
 
 def judged_precision(config: ExportConfig) -> str:
     """The precision whose bars judge an artifact: an ONNX's weight storage where it is not
-    FP32 (its weights are rounded as that IR's are), else the IR's precision (FP32 for ONNX)."""
+    FP32 (its weights are rounded as that IR's are), else the IR's precision (FP32 for ONNX).
+    The storage is the graph's: ``artifact_metadata`` refuses a metadata that says otherwise."""
     return config.onnx_weights if config.onnx_weights != "FP32" else config.precision
 
 
