@@ -31,11 +31,11 @@ from typing import BinaryIO
 import numpy as np
 
 from exporter.artifact import artifact_files, artifact_metadata
-from exporter.errors import TERMINATING_SIGNALS, ConfigError, InputError, OutputError, Terminated
+from exporter.errors import TERMINATING_SIGNALS, ArtifactError, ConfigError, InputError, OutputError, Terminated
 from exporter.files import staging_folder
 from exporter.images import read_image, same_aspect
-from exporter.pipeline.infer import LATENCY_DEPTH, InferStage
-from exporter.pipeline.prepare import Backdrop, Composite, Prepare, median_background, resize
+from exporter.pipeline.infer import LATENCY_DEPTH, InferStage, nonfinite
+from exporter.pipeline.prepare import COMPOSITED, Backdrop, Composite, Prepare, median_background, resize
 from exporter.pipeline.sinks import PNG_SUFFIXES, PipeSink, PngSink, Sink, VideoSink
 from exporter.pipeline.sources import (
     MAX_CAMERA_INDEX,
@@ -516,7 +516,8 @@ def _sinks(
 
 class _Writer:
     """The writing side of a run: compositing and every sink, behind the write-behind
-    threads; a frame's latency is taken when its last ordered write is done."""
+    threads; a frame's latency is taken when its last ordered write is done. ``model``: the
+    model as the user named it, for the error a broken one's answer gets."""
 
     def __init__(
         self,
@@ -525,9 +526,10 @@ class _Writer:
         backdrop: Backdrop | None,
         timings: Timings,
         stop: threading.Event,
+        model: str,
     ) -> None:
         self.sinks, self.composite, self.backdrop, self.timings = sinks, composite, backdrop, timings
-        self.stop = stop
+        self.stop, self.model = stop, model
         self.behind = WriteBehind(WRITE_BEHIND, PNG_WRITERS, stop)
 
     def put(self, frame: Frame, outputs: dict[str, np.ndarray]) -> None:
@@ -535,6 +537,13 @@ class _Writer:
 
     def _write(self, frame: Frame, outputs: dict[str, np.ndarray]) -> list:
         with self.timings.measure("write"):
+            # Here, beside the model rather than in its collector: a live run's latency stays its own.
+            broken = nonfinite(outputs, COMPOSITED)
+            if broken is not None:
+                raise ArtifactError(
+                    f"{self.model} answered NaN or infinite values ({broken} of frame {frame.name}): the artifact "
+                    "is broken; check it with bgm-export verify"
+                )
             needs = any(sink.needs_composite for sink in self.sinks)
             matted = self.composite(outputs, self.backdrop() if needs and self.backdrop else None)
             jobs = [job for sink in self.sinks for job in sink.write(frame, matted)]
@@ -637,7 +646,7 @@ def matte(
         start = time.perf_counter()
         with contextlib.nullcontext(None) if isinstance(out, PipeOut) else _staging(out, landed) as folder:
             writer = _Writer(_sinks(kinds, source, out, folder, timings, stop), Composite(source.size, height, width),
-                             backdrop, timings, stop)  # fmt: skip
+                             backdrop, timings, stop, str(remote or model))  # fmt: skip
             stopped = _run(frames, prepare, infer, writer, source, on_frame)
             warnings = []
             if source.stalled:

@@ -41,3 +41,18 @@ def huge_png(path: Path, width: int, height: int) -> Path:
     data[12:33] = header + struct.pack(">I", zlib.crc32(header))
     path.write_bytes(bytes(data))
     return path
+
+
+def with_nan_weights(onnx_path: Path, path: Path) -> Path:
+    """``onnx_path`` with the decoder's last convolution's weights NaN: a broken artifact
+    that loads and runs, answering NaN everywhere (the backbone's first would not do: its
+    ReLU6 clamps NaN to a number in OpenVINO)."""
+    import numpy as np
+    import onnx
+
+    proto = onnx.load(onnx_path)
+    tensor = next(t for t in proto.graph.initializer if t.name == "decoder.conv4.weight")
+    nan = np.full_like(onnx.numpy_helper.to_array(tensor), np.nan)
+    tensor.CopyFrom(onnx.numpy_helper.from_array(nan, tensor.name))
+    onnx.save(proto, path)
+    return path

@@ -27,7 +27,7 @@ from exporter.pipeline.prepare import Composite, Prepare, letterbox
 from exporter.pipeline.sources import Frame, Pipe, Stream
 from exporter.runtime import load_runner
 from exporter.tolerances import OFF_BY_ONE_LEVEL
-from helpers import CLI_COMMAND
+from helpers import CLI_COMMAND, with_nan_weights
 
 
 def save(image: np.ndarray, path: Path) -> Path:
@@ -969,3 +969,30 @@ def test_a_video_named_like_a_url_is_read_as_that_file(name, model, tmp_path, mo
     assert summary.frames == 5
     capture = cv2.VideoCapture(str(tmp_path / "at:12/composite.mp4"))
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 5
+
+
+@pytest.fixture(scope="module")
+def nan_model(golden_onnx, tmp_path_factory) -> Path:
+    return with_nan_weights(golden_onnx, tmp_path_factory.mktemp("nan") / "nan.onnx")
+
+
+def test_a_model_answering_nan_is_named_broken_and_writes_nothing(nan_model, tmp_path, cli, one_error):
+    """Its alpha was written as black, exit 0, with numpy's cast warning."""
+    case = synthetic_case(96, 160, 1)
+    src, bgr = save(case.src, tmp_path / "src.png"), save(case.bgr, tmp_path / "bgr.png")
+    result = cli("matte", "--model", nan_model, "--src", src, "--bgr", bgr, "--out", tmp_path / "out")
+    one_error(result, "nan.onnx answered NaN or infinite values (pha of frame src): the artifact is broken; "
+                      "check it with bgm-export verify")  # fmt: skip
+    assert "RuntimeWarning" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_answering_nan_sends_no_frame_down_a_pipe(nan_model, tmp_path):
+    case = synthetic_case(96, 160, 1)
+    bgr = save(case.bgr, tmp_path / "bgr.png")
+    result = bgm_export("matte", "--model", nan_model, "--src", "-", "--size", "160x96", "--bgr", bgr, "--out", "-",
+                        stdin=raw_bgr([case.src] * 3))  # fmt: skip
+    stderr = result.stderr.decode()
+    assert result.returncode == 2 and result.stdout == b"", stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: ") and "answered NaN or infinite values" in stderr
+    assert "Traceback" not in stderr and "RuntimeWarning" not in stderr

@@ -17,7 +17,7 @@ from exporter.data import synthetic_case
 from exporter.errors import InputError, OutputError
 from exporter.matte import FirstFrames, parse_background, parse_out, parse_outputs, parse_source, parse_target
 from exporter.pipeline import sources
-from exporter.pipeline.infer import InferStage
+from exporter.pipeline.infer import InferStage, nonfinite
 from exporter.pipeline.prepare import Backdrop, Composite, Prepare, median_background
 from exporter.pipeline.sinks import PipeSink, PngSink
 from exporter.pipeline.sources import Camera, Frame, Pipe, Stream, open_source, read_ahead
@@ -669,3 +669,17 @@ def test_a_video_size_mp4v_cannot_encode_names_the_file_and_the_cause(tmp_path):
     with pytest.raises(OutputError) as raised:
         VideoSink(tmp_path / ".matte-x" / "composite.mp4", 25, (1, 1), tmp_path / "composite.mp4")
     assert ".matte-x" not in str(raised.value) and "mp4v cannot encode 1x1" in str(raised.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["pha", "fgr"])
+def test_nonfinite_names_the_first_output_holding_nan_or_an_infinity(bad, where):
+    outputs = {"pha": np.full((1, 1, 6, 10), 0.5, np.float32), "fgr": np.ones((1, 3, 6, 10), np.float32)}
+    outputs["fgr"][0, 0, 0, 0] = -3e38  # finite, however far out of 0..1 (its square too big for float32)
+    assert nonfinite(outputs) is None
+    outputs[where][0, -1, 5, 9] = bad  # one value, the last one read
+    assert nonfinite(outputs) == where
+    assert nonfinite(outputs, ["pha", "fgr", "err_sm"]) == where  # a name the model lacks is skipped
+    others = [name for name in outputs if name != where]
+    assert nonfinite(outputs, others) is None  # only the names asked for are read
+    assert nonfinite({"ids": np.arange(4)}) is None  # integers are always finite

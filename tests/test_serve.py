@@ -36,6 +36,7 @@ from exporter.repository import add_to_repository, tensor_specs
 from exporter.runtime import load_runner
 from exporter.serve.limits import MAX_CONNECTIONS
 from exporter.tolerances import SERVED_ATOL
+from helpers import with_nan_weights
 from serving import COMMAND, Served, start_server, stop_server
 
 MODEL = "background-matting-mobilenetv2"
@@ -423,6 +424,27 @@ def test_each_bad_request_is_counted_once(golden_irs, feeds, tmp_path):
     ):
         time.sleep(0.05)
     assert line and f"(answered: {MODEL} 1; refused as bad requests: {MODEL} 3)" in line[0], served.output
+
+
+def test_a_model_answering_nan_gets_an_error_not_nan(golden_onnx, feeds, tmp_path):
+    """A broken artifact (a NaN weight) answered NaN with 200 over both transports: now 500 /
+    INTERNAL naming it broken, unless the request's own inputs hold NaN (then it is the
+    request's fault: 400); the server stays up and stops cleanly."""
+    served = start_server(with_nan_weights(golden_onnx, tmp_path / "nan.onnx"), tmp_path / "serve.log")
+    name = f"{MODEL}-onnx"
+    words = f"model {name} answered NaN or infinite values in pha: its artifact is broken"
+    bad_input = {"src": feeds[0]["src"].copy(), "bgr": feeds[0]["bgr"]}
+    bad_input["src"][0, 2, 100, 200] = np.inf
+    try:
+        answer, content = urlopen(served, "POST", f"/v2/models/{name}/infer", *binary_body(feeds[0]))
+        assert answer == 500 and words in json.loads(content)["error"], content
+        answer, content = urlopen(served, "POST", f"/v2/models/{name}/infer", *binary_body(bad_input))
+        assert answer == 400 and "input 'src' holds NaN or infinite values" in json.loads(content)["error"], content
+        with pytest.raises(InferenceServerException) as error:
+            served.grpc_client().infer(name, grpc_inputs(feeds[0]))
+        assert error.value.status() == "StatusCode.INTERNAL" and words in error.value.message()
+    finally:
+        assert stop_server(served) == 0, served.log.read_text()
 
 
 def test_repository_changes_are_refused(server):

@@ -12,9 +12,10 @@ callback would stall OpenVINO's threads on the GIL while this process decodes an
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 import numpy as np
@@ -23,7 +24,7 @@ from exporter.pipeline.timings import Timings
 from exporter.pipeline.waits import STOP_GRACE, wait_until
 from exporter.runtime import Feeds, Runner
 
-__all__ = ["LATENCY_DEPTH", "InferStage"]
+__all__ = ["LATENCY_DEPTH", "InferStage", "nonfinite"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,29 @@ T = TypeVar("T")
 LATENCY_DEPTH = 2
 
 _DONE = object()
+
+
+def nonfinite(arrays: Mapping[str, np.ndarray], names: Iterable[str] | None = None) -> str | None:
+    """The first of ``names`` (default: all) among ``arrays`` that holds NaN or an infinity,
+    or None. A broken artifact (a NaN weight) answers NaN everywhere, which an 8-bit cast
+    writes as black without a word: every answer is checked before it is used.
+
+    Each array's sum of squares, OpenCV's ``norm`` (accumulated in float64, on the calling
+    thread): a NaN or an infinity anywhere makes it non-finite, in one pass at memory speed
+    (0.8 ms for a 720p alpha and foreground on a busy 2-core machine; numpy's ``sum`` or
+    ``min``/``max`` 1.2 to 1.5 ms),
+    with no array of flags the size of the frame. Not numpy's ``dot``, as fast: OpenBLAS
+    spreads it over threads that then spin on the cores the model and the server need."""
+    import cv2
+
+    for name in arrays if names is None else names:
+        array = arrays.get(name)
+        if array is None or not array.size or not np.issubdtype(array.dtype, np.floating):
+            continue
+        flat = array.reshape(-1)  # a view when contiguous, as runtimes' outputs are
+        if not math.isfinite(cv2.norm(flat, cv2.NORM_L2SQR)):
+            return name
+    return None
 
 
 class InferStage:

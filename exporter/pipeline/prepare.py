@@ -20,6 +20,7 @@ from exporter.images import read_image, to_model_input
 from exporter.pipeline.sources import VIDEO_SUFFIXES, Frame
 
 __all__ = [
+    "COMPOSITED",
     "Aligner",
     "Backdrop",
     "Composite",
@@ -30,6 +31,9 @@ __all__ = [
     "median_background",
     "resize",
 ]
+
+# The model's outputs ``Composite`` reads (the maps only where the model has them).
+COMPOSITED = ("pha", "fgr", "err_sm", "ref_sm")
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:

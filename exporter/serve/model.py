@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 
 from exporter.errors import shown
+from exporter.pipeline.infer import nonfinite
 from exporter.repository import TensorSpec, tensor_specs
 from exporter.runtime import Runner, load_runner
 from exporter.serve import ServedModel
@@ -115,7 +116,23 @@ class MattingModel(Model):
         feeds = {item.name: _array(item) for item in payload.inputs}
         # Shared: the request's tensors are read where they arrived (a REST body's buffer).
         outputs = self.runner.submit(feeds, share_inputs=True).result()
+        self._check_finite(feeds, outputs, [output.name for output in payload.request_outputs or []])
         return [_output(spec, outputs[spec.name], payload.from_grpc) for spec in self.outputs]
+
+    def _check_finite(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], asked: list[str]) -> None:
+        """Refuse an answer holding NaN or infinite values (a client would write NaN as black):
+        the request's fault (400) when its inputs hold them, else the artifact's (500). The
+        inputs are read only then: a good answer costs one pass over the outputs asked for."""
+        broken = nonfinite(outputs, asked or [spec.name for spec in self.outputs])
+        if broken is None:
+            return
+        bad_input = nonfinite(feeds)
+        if bad_input is not None:
+            raise InvalidInput(f"input '{bad_input}' holds NaN or infinite values")
+        raise InferenceError(
+            f"model {self.name} answered NaN or infinite values in {broken}: its artifact is broken; "
+            "check it with bgm-export verify"
+        )
 
     def _check(self, payload: InferRequest) -> None:
         """The request's tensors and outputs, checked against the artifact's."""
