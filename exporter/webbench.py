@@ -18,10 +18,16 @@ Torch-free (the deployment side).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import errno
 import functools
 import logging
+import os
+import re
+import shutil
+import signal
 import statistics
 import tempfile
 import threading
@@ -34,8 +40,9 @@ import numpy as np
 
 from exporter import tolerances as tol
 from exporter.data import synthetic_cases
-from exporter.errors import ArtifactError, InputError
+from exporter.errors import ArtifactError, InputError, shown
 from exporter.images import to_model_input
+from exporter.pipeline.waits import WAIT_TICK
 from exporter.resources import cpu_description
 from exporter.runtime import Runner, load_runner
 from exporter.table import format_table
@@ -72,6 +79,9 @@ THREADS = (1, 2)
 # bench --web's defaults: rounds timed, and untimed frames a row runs first (ONNX Runtime
 # Web's first frames take 2-3x a warm one).
 WEB_RUNS, WEB_WARMUP = 20, 3
+# The most of each a run takes: 10,000 rounds of the five rows are ~40 minutes at 192x320 on
+# 2 cores (hours at 720p), far past where a median settles; more is a typo, not a benchmark.
+MAX_WEB_RUNS, MAX_WEB_WARMUP = 10_000, 1_000
 # Bounds on every wait, in seconds. Chromium starts in about a second; the model loads into
 # ONNX Runtime Web in ~3 s at 192x320 and ~10 s at 720p on 2 cores; a 720p frame takes ~0.5 s.
 LAUNCH_TIMEOUT_SECONDS = 60
@@ -248,9 +258,9 @@ def _served(folder: Path) -> Iterator[str]:
 
 
 class _DriverGone(logging.Filter):
-    """Drops asyncio's "Future exception was never retrieved" for Playwright's calls: Ctrl-C at
-    a terminal reaches Playwright's driver too (it is in our process group), and the calls it
-    left pending report its death when they are collected, after our one ``error:`` line."""
+    """Drops asyncio's "Future exception was never retrieved" for Playwright's calls, should its
+    driver die under us (killed, or crashed): the calls it left pending report its death when
+    they are collected, after our one ``error:`` line."""
 
     # What Playwright's transport raises when its driver's pipe closes (playwright/_impl/transport.py).
     GONE = "Connection closed while reading from the driver"
@@ -263,29 +273,133 @@ class _DriverGone(logging.Filter):
 _DRIVER_GONE = _DriverGone()
 
 
+# Chromium's process singleton listens on a Unix socket in its TMPDIR, at
+# "TMPDIR/org.chromium.Chromium.XXXXXX/SingletonSocket": 46 characters more, within the 107 of
+# a socket's path (sun_path). A deeper TMPDIR makes Chromium abort ("Socket path too long").
+CHROMIUM_TMPDIR_MAX_CHARS = 107 - 46
+# How long killed processes may take to be gone: milliseconds, or ~1 s for an orphan that init
+# reaps (Chromium's helpers, killed with their parent).
+KILLED_GONE_SECONDS = 3
+
+
 @contextlib.contextmanager
-def _chromium(chromium: Path) -> Iterator[object]:
-    """Headless Chromium driven by Playwright; closed (and Playwright's driver stopped) on the
-    way out, quietly: after Ctrl-C the driver may be gone already."""
+def _own_session(folder: Path, started: list) -> Iterator[None]:
+    """Playwright's driver, while it is started here, in a session of its own with its TMPDIR in
+    ``folder`` (and its process appended to ``started``): a terminal's Ctrl-C signals the whole
+    foreground group, and a driver killed by it failed the call in flight ("Target ... has been
+    closed", exit 2 instead of 130) or reported its pending calls after our one line. Outside the
+    group only Python gets the signal, and the ``finally`` clauses close everything in order.
+    (Playwright spawns it with ``asyncio.create_subprocess_exec`` and offers no option for this.)"""
+    spawn = asyncio.create_subprocess_exec
+
+    async def separate(*args: object, **kwargs: object) -> object:
+        kwargs["env"] = {**(kwargs.get("env") or os.environ), "TMPDIR": str(folder)}
+        process = await spawn(*args, **kwargs, start_new_session=True)
+        started.append(process)
+        return process
+
+    asyncio.create_subprocess_exec = separate
+    try:
+        yield
+    finally:
+        asyncio.create_subprocess_exec = spawn
+
+
+def _kill_started(drivers: list, folders: Sequence[Path]) -> None:
+    """Every process whose TMPDIR is one of ``folders`` (Chromium and its helpers, which the
+    driver starts detached in a group of their own), then Playwright's driver (its session's
+    group, while it is not reaped), killed and gone. Only our own processes' environments can be
+    read, and only what we started has these fresh folders as TMPDIR."""
+    marks = [b"\0TMPDIR=" + str(folder).encode() + b"\0" for folder in folders]
+    ours = {os.getpid(), *(process.pid for process in drivers)}
+    killed = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):  # gone, or not ours
+            if entry.isdigit() and int(entry) not in ours:
+                environ = b"\0" + Path(f"/proc/{entry}/environ").read_bytes()
+                if any(mark in environ for mark in marks):
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed.append(int(entry))
+    # The driver reaps what it started once it is killed; killed after the driver, it would be
+    # an orphan, its /proc entry left until init reaps it (here, a second later).
+    _gone(killed)
+    killed = []
+    for process in drivers:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+                killed.append(process.pid)
+    _gone(killed)
+
+
+def _gone(pids: list[int]) -> None:
+    """Waits until none of ``pids`` is in /proc (a kill is delivered, and a process reaped, a
+    moment later), for at most ``KILLED_GONE_SECONDS``."""
+    deadline = time.monotonic() + KILLED_GONE_SECONDS
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(WAIT_TICK)
+
+
+# What Playwright's launch error says of a browser that exited ("<process did exit: exitCode=3,
+# ...>", after the "[pid=N][err] ..." lines it wrote) or could not be run ("spawn PATH EACCES").
+_EXITED = re.compile(r"<process did exit: exitCode=(\d+)")
+_SAID = re.compile(r"^\s*(?:- )?\[pid=\d+\]\[err\] (.*\S)", re.MULTILINE)
+_SPAWN_FAILED = re.compile(r"Failed to launch: Error: spawn .* (E[A-Z]+)$", re.MULTILINE)
+
+
+def _launch_failure(error: str) -> str:
+    """Why Chromium did not start, in one line, from Playwright's launch error."""
+    exited, spawn = _EXITED.search(error), _SPAWN_FAILED.search(error)
+    if exited:
+        said = _SAID.findall(error)
+        return f"it exited with code {exited[1]}" + (f" ({shown(said[-1])})" if said else "")
+    if spawn and isinstance(getattr(errno, spawn[1], None), int):
+        return os.strerror(getattr(errno, spawn[1]))
+    return error.splitlines()[0].removeprefix("BrowserType.launch: ")
+
+
+@contextlib.contextmanager
+def _chromium(chromium: Path, folder: Path) -> Iterator[object]:
+    """Headless Chromium launched by Playwright, which drives it over a pipe: no DevTools port
+    that another local user could connect to and drive a browser running as us. Its files (the
+    driver's profile, Chromium's TMPDIR) are in ``folder``; Chromium's TMPDIR is in a folder of
+    its own in /tmp where ``folder`` is too deep for its socket, removed here. On the way out,
+    quietly (whatever failed or interrupted us may have broken either already): the browser
+    closed, then the driver stopped. An interrupted launch cannot be closed: Playwright's stop
+    then waited ~30 s for the launch to give up, so what we started is killed first."""
     from playwright.sync_api import Error, sync_playwright
 
     logging.getLogger("asyncio").addFilter(_DRIVER_GONE)  # stays: the futures are collected later
-    manager = sync_playwright().start()
-    browser = None
+    driver_tmp, browser_tmp = folder / "driver", folder / "t"
+    driver_tmp.mkdir(parents=True)
+    if len(str(browser_tmp)) > CHROMIUM_TMPDIR_MAX_CHARS:
+        browser_tmp = Path(tempfile.mkdtemp(prefix="bgm-chromium-", dir="/tmp"))
+    drivers: list = []
+    manager = browser = None
     try:
+        browser_tmp.mkdir(exist_ok=True)
+        with _own_session(driver_tmp, drivers):
+            manager = sync_playwright().start()
         try:
             browser = manager.chromium.launch(
-                executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True, timeout=LAUNCH_TIMEOUT_SECONDS * 1000
-            )
+                executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True,
+                env={**os.environ, "TMPDIR": str(browser_tmp)}, timeout=LAUNCH_TIMEOUT_SECONDS * 1000,
+            )  # fmt: skip
         except Error as exc:
-            raise InputError(f"Chromium at {chromium} did not start: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"Chromium at {chromium} did not start: {_launch_failure(str(exc))}") from None
         yield browser
     finally:
         if browser is not None:
             with contextlib.suppress(Exception):
                 browser.close()
-        with contextlib.suppress(Exception):
-            manager.stop()
+        else:
+            _kill_started(drivers, (driver_tmp, browser_tmp))
+        if manager is not None:
+            with contextlib.suppress(Exception):
+                manager.stop()
+        _kill_started(drivers, (driver_tmp, browser_tmp))  # what a crashed driver may have left
+        if browser_tmp.parent != folder:
+            shutil.rmtree(browser_tmp, ignore_errors=True)
 
 
 def _page_answer(answer: dict, what: str, model: Path) -> dict:
@@ -363,8 +477,11 @@ def bench_web(
     say = on_progress or (lambda message: None)
     onnx = Path(onnx)
     browser_model = Path(browser_model) if browser_model is not None else onnx
-    if runs < 1 or warmup < 0:
-        raise InputError(f"runs {runs} and warm-up {warmup}: give at least 1 run and 0 or more warm-up frames")
+    if not (1 <= runs <= MAX_WEB_RUNS and 0 <= warmup <= MAX_WEB_WARMUP):
+        raise InputError(
+            f"runs {shown(runs)} and warm-up {shown(warmup)}: give 1 to {MAX_WEB_RUNS:,} runs and 0 to "
+            f"{MAX_WEB_WARMUP:,} warm-up frames"
+        )
     threads = tuple(dict.fromkeys(threads))
     if not threads or not all(isinstance(t, int) and t >= 1 for t in threads):
         raise InputError(f"threads {threads}: give one or more whole numbers of at least 1")
@@ -398,7 +515,7 @@ def bench_web(
             say("building the site")
             site = build_site(browser_model, Path(scratch) / "site").folder
             (site / BENCH_PAGE).write_text(BENCH_PAGE_HTML)
-            with _served(site) as url, _chromium(chromium) as browser:
+            with _served(site) as url, _chromium(chromium, Path(scratch)) as browser:
                 versions["chromium"] = browser.version
                 say(f"serving at {url}/, Chromium {browser.version} started")
                 for count in threads:
@@ -494,12 +611,12 @@ def format_web_bench(result: WebBench) -> str:
     for r in result.rows:
         by = {a.output: a for a in r.accuracy}
         if r.reference:
-            cells, verdict = ("reference",) * 3, "reference"
+            cells, judged = ("reference",) * 3, "reference"
         else:
             cells = (f"{by['pha'].max_abs:.1e}", f"{by['pha'].mean_abs:.1e}", f"{by['fgr'].max_abs:.1e}")
-            verdict = "PASSED" if all(r.accuracy) else "FAILED: its speed does not count"
+            judged = "PASSED" if all(r.accuracy) else "FAILED: its speed does not count"
         table.append((r.label, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.fps:.2f}", f"{r.ratio:.2f}", *cells,
-                      verdict))  # fmt: skip
+                      judged))  # fmt: skip
     lines += format_table(table)
     for r in result.rows:
         lines += [f"  {r.label}: {note}" for note in r.notes]

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +104,10 @@ def _playwright_stub(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["not-ours", "dynamic", "runs", "threads", "no-playwright", "no-chromium", "no-ort-web", "other-size"]
-)
+    "case",
+    ["not-ours", "dynamic", "runs", "too-many-runs", "too-much-warmup", "threads", "no-playwright", "no-chromium",
+     "no-ort-web", "other-size"],
+)  # fmt: skip
 def test_bench_web_refuses_bad_input(case, tmp_path, golden_onnx, monkeypatch):
     """Each a typed error naming the problem (or what to install), before a browser starts."""
     from exporter import web
@@ -113,8 +118,11 @@ def test_bench_web_refuses_bad_input(case, tmp_path, golden_onnx, monkeypatch):
         model, error, expected = _plain_onnx(tmp_path / "plain.onnx"), ArtifactError, "carries no bgm-export metadata"
     elif case == "dynamic":
         model, error, expected = _dynamic_copy(golden_onnx, tmp_path / "d.onnx"), ArtifactError, "--dynamic export"
-    elif case == "runs":
-        kwargs["runs"], error, expected = 0, InputError, "give at least 1 run"
+    elif case in ("runs", "too-many-runs", "too-much-warmup"):
+        # Refused before anything else is looked at (here, a Chromium that is not there).
+        kwargs["chromium"], error, expected = tmp_path / "nowhere", InputError, "give 1 to 10,000 runs and 0 to 1,000"
+        kwargs.update({"runs": {"runs": 0, "too-many-runs": 99999999999999999999999}.get(case, 1),
+                       "warmup": webbench.MAX_WEB_WARMUP + 1 if case == "too-much-warmup" else 0})  # fmt: skip
     elif case == "threads":
         kwargs["threads"], error, expected = (2, 0), InputError, "whole numbers of at least 1"
     elif case == "no-playwright":
@@ -167,7 +175,8 @@ def _descendants() -> set[int]:
 @pytest.fixture()
 def browser_bench(tmp_path, monkeypatch):
     """``run(onnx, **kwargs)``: bench_web with the test's Chromium, its temporary folder in
-    ``tmp_path / "tmp"`` and the server's URL recorded; afterwards, nothing of it is left: no
+    ``tmp_path / "tmp"`` and the server's URL recorded (``at``: a call with the progress message
+    of each stage named); afterwards, nothing of it is left: no
     folder, no server, no process."""
     _require(_browser_missing())
     _require(_ort_missing())
@@ -178,10 +187,18 @@ def browser_bench(tmp_path, monkeypatch):
     before = _descendants()
     urls: list[str] = []
 
-    def run(onnx_path: Path, interrupt_at: str | None = None, **kwargs: object) -> webbench.WebBench:
+    def run(
+        onnx_path: Path,
+        interrupt_at: str | None = None,
+        at: dict[str, Callable[[str], None]] | None = None,
+        **kwargs: object,
+    ) -> webbench.WebBench:
         def progress(message: str) -> None:
             if "serving at " in message:
                 urls.append(message.split("serving at ")[1].split("/,")[0])
+            for stage, call in (at or {}).items():
+                if message.startswith(stage):
+                    call(message)
             if interrupt_at is not None and message.startswith(interrupt_at):
                 raise KeyboardInterrupt
 
@@ -264,6 +281,43 @@ def test_bench_web_cleans_up(browser_bench, golden_onnx, monkeypatch, case):
             browser_bench(golden_onnx, runs=1, warmup=0, interrupt_at="loading the model in a page")
 
 
+def _listening_ports(pids: set[int]) -> set[int]:
+    """The TCP ports on which any of ``pids`` listens (its sockets' inodes in /proc/net/tcp*)."""
+    listening = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                listening[f"socket:[{fields[9]}]"] = int(fields[1].rsplit(":", 1)[1], 16)
+    ports = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    ports.add(listening.get(os.readlink(fd)))
+    return ports - {None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["as-run", "devtools-port-asked"])
+def test_nothing_of_bench_web_listens_but_the_site_server(browser_bench, golden_onnx, monkeypatch, case):
+    """Chromium is driven over a pipe: while the rows run, the only TCP port that this process,
+    Playwright's driver, Chromium or its helpers listen on is the site server's. A DevTools port
+    (``--remote-debugging-port``) would let any local user drive a browser running as us (read
+    our files through file:// pages); asked for, the check finds it."""
+    if case == "devtools-port-asked":
+        monkeypatch.setattr(webbench, "CHROMIUM_ARGS", [*webbench.CHROMIUM_ARGS, "--remote-debugging-port=0"])
+    site, seen = [], []
+    stages = {"serving at ": lambda m: site.append(int(m.split("/,")[0].rsplit(":", 1)[1])),
+              "1 rounds": lambda m: seen.append(_listening_ports(_descendants() | {os.getpid()}))}  # fmt: skip
+    browser_bench(golden_onnx, runs=1, warmup=0, threads=(1,), at=stages)
+    assert len(site) == 1 and len(seen) == 1, (site, seen)
+    if case == "as-run":
+        assert seen[0] == set(site), f"listening besides the site server's port {site}: {seen[0] - set(site)}"
+    else:
+        assert site[0] in seen[0] and seen[0] - set(site), seen
+
+
 def test_bench_web_command_loads_no_torch(tmp_path):
     """``bench --web`` is the deployment side: the command imports no torch (exporter.bench,
     the export mode's, does), here up to its refusal of a file that is not an ONNX."""
@@ -278,21 +332,51 @@ def test_bench_web_command_loads_no_torch(tmp_path):
     assert result.stderr.splitlines()[-1] == "False", result.stderr
 
 
+def _ours(folder: Path) -> list[str]:
+    """The running processes whose environment names ``folder`` (every one a command started
+    with TMPDIR there, in whatever session or process group it went on to)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and str(folder).encode() in Path(f"/proc/{entry}/environ").read_bytes():
+                found.append(Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+    return found
+
+
+@pytest.fixture()
+def short_tmp() -> Iterator[Path]:
+    """A TMPDIR shallow enough for Chromium's socket (webbench.CHROMIUM_TMPDIR_MAX_CHARS), so that
+    its files are made there, where the test looks; pytest's tmp_path is too deep."""
+    folder = Path(tempfile.mkdtemp(prefix="bgmt-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _left_in(folder: Path) -> list[str]:
+    # ONNX Runtime's session file (its telemetry's, written on a session's creation) is not ours to remove.
+    return sorted(p.name for p in folder.iterdir() if p.name != ".ses")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_to_the_process_group_ends_bench_web_with_one_line(golden_onnx, signum, code):
-    """Ctrl-C at a terminal signals the whole process group, Playwright's driver included:
-    the command ends with its code and one ``error:`` line, and nothing after it (Playwright's
-    pending calls reported "Future exception was never retrieved" when collected)."""
+@pytest.mark.parametrize(
+    "signum, code, stage",
+    [(signal.SIGINT, 130, "rounds"), (signal.SIGTERM, 143, "rounds"), (signal.SIGINT, 130, "loading the model in")],
+)
+def test_a_signal_to_the_process_group_ends_bench_web_with_one_line(golden_onnx, short_tmp, signum, code, stage):
+    """Ctrl-C at a terminal signals the whole process group: the command ends with its code and
+    one ``error:`` line, and nothing after it (a driver killed with us failed the call in flight,
+    "Target ... has been closed", or reported its pending calls when they were collected); no
+    process of it is left, nor any file in its TMPDIR (Chromium killed with the group left its
+    org.chromium.Chromium.* folder)."""
     _require(_browser_missing() or _ort_missing())
-    command = [*CLI_COMMAND, "bench", "--web", str(golden_onnx), "--runs", "100000", "--warmup", "0"]
+    command = [*CLI_COMMAND, "bench", "--web", str(golden_onnx), "--runs", str(webbench.MAX_WEB_RUNS), "--warmup", "0"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # fmt: skip
+                               start_new_session=True, env={**os.environ, "TMPDIR": str(short_tmp)})  # fmt: skip
     try:
         lines = []
-        for line in process.stderr:  # progress lines until the timed rounds begin
+        for line in process.stderr:  # progress lines until the stage
             lines.append(line)
-            if "rounds" in line:
+            if stage in line:
                 break
         os.killpg(process.pid, signum)
         _, rest = process.communicate(timeout=30)
@@ -302,3 +386,57 @@ def test_a_signal_to_the_process_group_ends_bench_web_with_one_line(golden_onnx,
     assert process.returncode == code, "".join(lines) + rest
     assert rest.count("error:") == 1 and rest.strip().startswith("error:"), rest
     assert "Traceback" not in rest and "Future exception" not in rest, rest
+    assert not _ours(short_tmp), _ours(short_tmp)
+    assert not _left_in(short_tmp), _left_in(short_tmp)
+
+
+def _fake_chromium(path: Path, body: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_signal_during_a_hung_browser_launch_ends_bench_web_at_once(golden_onnx, tmp_path, short_tmp):
+    """A "Chromium" that never answers (a script sleeping): Ctrl-C to the group while bench
+    --web waits for it ends the command with 130 within seconds (~0.5 s; Playwright's stop
+    waited ~30 s for the launch it was in), the script and its sleep killed (Playwright starts
+    the browser detached: the driver's end would not end it), nothing left in TMPDIR."""
+    _require(_ort_missing())
+    pytest.importorskip("playwright.sync_api")
+    started = tmp_path / "started"
+    hang = _fake_chromium(tmp_path / "hang.sh", f"echo $$ > {started}; exec sleep 1000")
+    scratch = short_tmp
+    command = [*CLI_COMMAND, "bench", "--web", str(golden_onnx), "--chromium", str(hang)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "TMPDIR": str(scratch)})  # fmt: skip
+    try:
+        for _ in range(600):  # the launch begins once the site is built (bounded: 60 s)
+            if started.exists() and started.read_text().strip() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None and started.exists(), process.stderr.read()
+        os.killpg(process.pid, signal.SIGINT)
+        _, rest = process.communicate(timeout=10)  # a bound on a hang, not a speed
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and rest.strip().splitlines()[-1].startswith("error: interrupted"), rest
+    assert not Path(f"/proc/{started.read_text().strip()}").exists(), "the launched script is still running"
+    assert not _ours(scratch) and not _left_in(scratch), (_ours(scratch), _left_in(scratch))
+
+
+@pytest.mark.parametrize("case", ["exits", "not-executable"])
+def test_a_chromium_that_does_not_start_is_one_error(golden_onnx, tmp_path, short_tmp, monkeypatch, case):
+    """A browser that exits at once is an InputError with its exit code and last word, one that
+    cannot be run an InputError saying why; nothing of it is left in the temporary folder."""
+    _require(_ort_missing())
+    pytest.importorskip("playwright.sync_api")
+    monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
+    broken = _fake_chromium(tmp_path / "broken.sh", "echo 'cannot open display' >&2; exit 3")
+    expected = r"did not start: it exited with code 3 \(cannot open display\)$"
+    if case == "not-executable":
+        broken.chmod(0o644)
+        expected = r"did not start: Permission denied$"
+    with pytest.raises(InputError, match=expected):
+        bench_web(golden_onnx, runs=1, warmup=0, chromium=broken)
+    assert not list(short_tmp.iterdir())
