@@ -474,7 +474,7 @@ def test_metadata_that_disagrees_with_the_graph_is_refused(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["360p", "480p"])
+@pytest.mark.parametrize("preset", ["360p"])  # 480p's settings: test_config.py (the suite's time is bounded)
 def test_webcam_presets_export_and_verify(preset, weights, tmp_path, cli):
     """`onnx --preset 360p` (the web preset) and `--preset 480p`, then `verify`: the sample counts
     scaled to the size (20,000 and 26,672) are exported and meet the FP32 bars."""

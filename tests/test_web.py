@@ -382,7 +382,9 @@ def test_server_bounds_connections_and_slow_headers(hostile_folder, capsys, monk
 # --- the browser ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: while a sync Playwright is started its event loop counts as running in this
+# thread, and bench --web (tests/test_webbench.py, later in the same run) starts its own.
+@pytest.fixture(scope="module")
 def playwright_instance():
     _require(_browser_missing())
     from playwright.sync_api import sync_playwright
@@ -437,7 +439,7 @@ def _launch(playwright_instance, tmp_path: Path, *flags: str):
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def camera_browser(playwright_instance, tmp_path_factory, clip):
     """Chromium with the fake camera playing the clip, granted without asking."""
     context = _launch(
