@@ -44,7 +44,12 @@ __all__ = [
     "read_weights",
     "resolve_weights",
     "synthetic_weights",
+    "SYNTHETIC_LABEL",
 ]
+
+# How the synthetic recipe's weights are named in every artifact made from them (its
+# metadata's ``checkpoint``), followed by the seed.
+SYNTHETIC_LABEL = f"synthetic {SYNTHETIC_NAME}"
 
 CHECKPOINTS_DIR = Path("checkpoints")
 _SHOWN_KEYS = 5
@@ -296,7 +301,7 @@ def check_state_dict(
 
 def synthetic_weights(seed: int = 0, backbone: str = DEFAULT_BACKBONE) -> Weights:
     """The ``bgmv2-synthetic-v1`` recipe, labelled as such wherever it ends up."""
-    label = f"synthetic {SYNTHETIC_NAME} seed {seed}"
+    label = f"{SYNTHETIC_LABEL} seed {seed}"
     if backbone != DEFAULT_BACKBONE:  # MobileNetV2's label predates the other backbones
         label += f" {backbone}"
     warning = (

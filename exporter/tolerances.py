@@ -5,6 +5,9 @@ from __future__ import annotations
 __all__ = [
     "INT8_CALIBRATION_FRAMES",
     "INT8_FGR_MEAN_ATOL",
+    "INT8_HARD_MEAN_ATOL",
+    "INT8_MIN_PIXELS",
+    "INT8_HARD_PATCH_SHARE",
     "INT8_MEAN_ATOL",
     "INT8_METRIC_RISE",
     "INT8_PATCH_DELTA",
@@ -67,6 +70,26 @@ INT8_MEAN_ATOL = 4e-3
 INT8_FGR_MEAN_ATOL = 1e-2
 INT8_PATCH_DELTA = 0.05
 INT8_PATCH_SHARE = 0.02
+# INT8 on frames as hard as real ones: verify's hard composites (exporter.data.hard_case) and
+# a user's own frames (--images). The mean is issue 30's bar. Hundreds of one-pixel strands
+# make many more patches that an 8-bit change moves by > 0.05: trained_v1's 720p INT8 IR
+# (calibrated on hard composites) measured pha mean |d| 3.9e-3 and 3.4% of patches off on
+# verify's 4 hard composites against 1.1e-3 and 0.97% on the plain ones, identical with AVX2
+# and VNNI kernels; of its differing patches, 35% lie on strands the refiner refines in
+# neither model (beyond its 80,000 pixels), 20% were refined by one model only, 45% by both.
+# Its alpha MAD, GRAD and foreground MSE against the truth rose -0.2%, -0.4%, +1.5%: the
+# metric rises (INT8_METRIC_RISE, alpha MAD at most +3%, tighter than issue 30's 1.05x) judge
+# what a viewer sees. Keeping decoder.conv4 in floating point as well left 2.6%.
+INT8_HARD_MEAN_ATOL = 5e-3
+INT8_HARD_PATCH_SHARE = 0.04
+# The smallest frame (in pixels) whose INT8 IR holds those bars: made from a trained model
+# below it, plain post-training INT8 is refused (accuracy control, --max-drop, may still
+# be asked for). Below 720p each 8-bit step moves more of the frame: the same strands cover
+# more of it and every refined patch is a larger share. trained_v1, INT8 IR calibrated on 16
+# hard composites, verify's 4 hard composites, pha mean |d| / patches off (bars 5e-3 / 4%):
+# 1920x1080 3.5e-3 / 3.1% (2 composites), 1280x720 3.9e-3 / 3.4%, 960x540 7.0e-3 / 6.2%,
+# 640x360 (the preset's 20,000 refined pixels) 9.8e-3 / 7.4%, 512x288 8.9e-3 / 8.4%.
+INT8_MIN_PIXELS = 1280 * 720
 # Largest relative rise of each accuracy metric (against ground truth) over the FP32 model.
 INT8_METRIC_RISE = (("alpha MAD", 0.03), ("alpha GRAD", 0.05), ("foreground MSE", 0.05))
 # Random synthetic weights amplify 8-bit rounding about fifty times (their alpha and error
@@ -98,7 +121,7 @@ REDUCED_FGR_MEAN_ATOL = 1e-2
 # (seed-0 synthetic weights) 192x320 model, 2 cases, f32 arithmetic, measured: FP16 IR pha
 # mean |d| 9.0e-4 on the hard cases, 5.5e-4 on the plain ones (synthetic_case); INT8 IR pha
 # mean |d| 3.5e-2 on both (random weights amplify 8-bit rounding alike everywhere, see
-# INT8_SYNTHETIC_MEAN_ATOL). Why they are hard shows on trained weights: trained_v1's 360p
+# INT8_SYNTHETIC_MEAN_ATOL; calibrated on the hard composites since, 3.9e-2 on 4 hard ones). Why they are hard shows on trained weights: trained_v1's 360p
 # INT8 IR measured pha mean |d| 1.17e-2 on 4 hard cases, 8.1e-3 on room_case composites
 # (cluttered room, background moved 1.8 px and 0.3 degrees), 2.1e-3 on the plain ones; with
 # AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 VNNI machine) 1.25e-2, 9.1e-3, 2.5e-3.

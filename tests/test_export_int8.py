@@ -222,8 +222,9 @@ def test_synthetic_validation_is_against_fp32():
     frames = calibration_frames(GOLDEN_CONFIG, Int8Options(frames=2, max_drop=1.0, validation_frames=2))
     assert frames.target == TARGET_FP32 and frames.source == "synthetic"
     # Calibration and validation frames are the named uses' seeds, never verify's (0..).
-    assert [case.name for case in frames.calibration] == ["synthetic-1000", "synthetic-1001"]
-    assert [case.name for case in frames.validation] == ["synthetic-2000", "synthetic-2001"]
+    # The hard composites: ranges calibrated on the plain ones clip real frames' (issue 30).
+    assert [case.name for case in frames.calibration] == ["hard-1000", "hard-1001"]
+    assert [case.name for case in frames.validation] == ["hard-2000", "hard-2001"]
 
 
 def test_agreement_score_is_never_zero_for_a_perfect_model():
@@ -367,6 +368,48 @@ def test_frames_beyond_memory_are_refused_before_the_onnx_export(weights, tmp_pa
     with pytest.raises(ConfigError, match=r"100,000,008 calibration and validation frames at 192x320 need about "):
         openvino.export_ir_from_weights(GOLDEN_CONFIG, weights, tmp_path / "m.xml", "INT8", int8=options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_of_trained_weights_below_720p_is_refused_before_any_work(weights, tmp_path, cli, one_error):
+    """Issue 30, item 4: below INT8_MIN_PIXELS plain INT8 of a trained model misses its bars
+    on hard frames, so it is refused, with the reason, before the ONNX export (a checkpoint
+    file counts as trained: only the synthetic recipe is known not to be)."""
+    import torch
+
+    checkpoint = tmp_path / "model.pth"
+    torch.save(weights.state_dict, checkpoint)
+    out = tmp_path / "out" / "m.xml"
+    for size in (["--preset", "360p"], ["--height", "540", "--width", "960", "--sample-pixels", "45000"]):
+        result = cli("ir", "--checkpoint", checkpoint, "--precision", "INT8", *size, "--output", out)
+        one_error(result, "is refused: below 1280x720 pixels, 8-bit rounding misses INT8's bars")
+        assert "--precision FP16" in result.stderr and "--max-drop" in result.stderr
+    assert not out.parent.exists()
+
+
+def test_int8_size_floor_spares_synthetic_weights_and_accuracy_control():
+    from exporter.export.int8 import check_int8_size
+
+    small = GOLDEN_CONFIG  # 192x320
+    with pytest.raises(ConfigError, match="INT8 at 192x320 is refused"):
+        check_int8_size(small, Int8Options(), synthetic=False)
+    check_int8_size(small, Int8Options(), synthetic=True)  # judged by the synthetic bars
+    check_int8_size(small, Int8Options(max_drop=1.0), synthetic=False)
+    check_int8_size(small.replace(height=720, width=1280, sample_pixels=80_000), Int8Options(), synthetic=False)
+
+
+def test_int8_from_an_onnx_of_trained_weights_below_720p_is_refused(golden_onnx, tmp_path, cli, one_error):
+    """From --onnx, the checkpoint its metadata names decides: not the synthetic recipe's, refused."""
+    import onnx
+
+    model = onnx.load(str(golden_onnx))
+    for prop in model.metadata_props:
+        if prop.key == "checkpoint":
+            prop.value = "sha256:" + "0" * 64
+    trained = tmp_path / "trained.onnx"
+    onnx.save(model, str(trained))
+    out = tmp_path / "out" / "m.xml"
+    one_error(cli("ir", "--onnx", trained, "--precision", "INT8", "--output", out), "INT8 at 192x320 is refused")
+    assert not out.parent.exists()
 
 
 @pytest.mark.slow

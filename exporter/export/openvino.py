@@ -14,10 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.artifact import RT_INFO_SECTION, artifact_kind, artifact_metadata
-from exporter.checkpoint import Weights
+from exporter.checkpoint import SYNTHETIC_LABEL, Weights
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError, OutputError, shown
-from exporter.export.int8 import Int8Options, calibration_frames, check_frame_memory, quantize_model
+from exporter.export.int8 import (
+    Int8Options,
+    calibration_frames,
+    check_frame_memory,
+    check_int8_size,
+    quantize_model,
+)
 from exporter.export.onnx import export_onnx
 from exporter.files import atomic_outputs, check_not_input, check_writable, sha256_of, write_failure
 from exporter.isa import isa_metadata
@@ -94,6 +100,8 @@ def export_ir(
         )
     if config.dynamic and precision == "INT8":
         raise ConfigError("INT8 is made from a static export only: export without --dynamic to quantize")
+    if precision == "INT8":
+        check_int8_size(config, int8 or Int8Options(), metadata.get("checkpoint", "").startswith(SYNTHETIC_LABEL))
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
@@ -172,6 +180,7 @@ def export_ir_from_weights(
     check_writable(output)
     check_writable(output.with_suffix(".bin"))
     if precision == "INT8":  # not after minutes of ONNX export
+        check_int8_size(config, int8 or Int8Options(), weights.synthetic)
         check_frame_memory(config, int8 or Int8Options())
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
         onnx_file = export_onnx(config, weights, Path(scratch) / f"{config.model_name}.onnx", on_stage=on_stage)
@@ -184,8 +193,8 @@ def export_ir_from_weights(
 
 def int8_shortfall(xml: Path, weights: Weights) -> str | None:
     """What ``verify`` would say of a new INT8 IR, said when it is made: post-training
-    quantization misses the INT8 bars at some sizes (192x320 from the synthetic
-    calibration), and a user should not learn that from a later command."""
+    quantization can miss the INT8 bars (calibrated on frames unlike the cases, say), and a
+    user should not learn that from a later command."""
     from exporter.verify import verify
     from exporter.verify.report import missed_bars
     from exporter.verify.run import DEFAULT_CASES

@@ -18,6 +18,7 @@ from exporter.errors import ConfigError
 
 __all__ = [
     "BARS",
+    "HARD_FRAME_INT8_BARS",
     "DIAGNOSTIC_OUTPUTS",
     "Bars",
     "REDUCED_ARITHMETIC_BARS",
@@ -91,6 +92,14 @@ BARS: dict[str, Bars] = {
         name="INT8",
     ),
 }
+# INT8 judged on frames as hard as real ones (the hard composites, a user's --images): see
+# INT8_HARD_* in exporter.tolerances.
+HARD_FRAME_INT8_BARS = dataclasses.replace(
+    BARS["INT8"],
+    mean_abs=tol.INT8_HARD_MEAN_ATOL,
+    patch_share=tol.INT8_HARD_PATCH_SHARE,
+    name="INT8 (hard frames)",
+)
 # INT8 of synthetic (random) weights: see INT8_SYNTHETIC_* in exporter.tolerances.
 SYNTHETIC_INT8_BARS = Bars(
     max_abs=None,

@@ -29,6 +29,7 @@ from exporter.verify.compare import (
     BAR_OPTIONS,
     BARS,
     DIAGNOSTIC_OUTPUTS,
+    HARD_FRAME_INT8_BARS,
     SYNTHETIC_INT8_BARS,
     Bars,
     Check,
@@ -280,7 +281,9 @@ def verify(
     if family not in FAMILIES:
         raise ConfigError(f"synthetic family {family!r} is not one of {', '.join(FAMILIES)}")
     overrides = dict(bars or {})
-    bars = {**BARS, **overrides}
+    # Frames as hard as real ones (the hard composites, a user's own) get INT8's bars for them.
+    hard_frames = images is not None or family != "plain"
+    bars = {**BARS, **({"INT8": HARD_FRAME_INT8_BARS} if hard_frames else {}), **overrides}
     if not artifacts:
         raise ArtifactError("no artifacts to verify: give .onnx / .xml files, or run `make export` first")
     if cases < 1:
