@@ -45,11 +45,19 @@ __all__ = [
     "resolve_weights",
     "synthetic_weights",
     "SYNTHETIC_LABEL",
+    "is_synthetic_label",
 ]
 
 # How the synthetic recipe's weights are named in every artifact made from them (its
 # metadata's ``checkpoint``), followed by the seed.
 SYNTHETIC_LABEL = f"synthetic {SYNTHETIC_NAME}"
+
+
+def is_synthetic_label(label: str) -> bool:
+    """Whether an artifact's ``checkpoint`` label names the synthetic recipe (and not a
+    look-alike such as ``...-v10``)."""
+    return label.startswith(SYNTHETIC_LABEL + " seed ")
+
 
 CHECKPOINTS_DIR = Path("checkpoints")
 _SHOWN_KEYS = 5

@@ -39,6 +39,7 @@ from exporter.errors import (
     StandardOutputClosed,
     interruption,
     raise_terminated,
+    shown,
 )
 from exporter.files import write_json
 from exporter.redact import printable
@@ -418,7 +419,7 @@ def load_weights(checkpoint: Path | None, backbone: str | None) -> Weights:
 
 
 def size_line(label: str, path: Path, size: int, sha256: str) -> str:
-    return f"  {label:<5} {path}  {size / 1e6:.2f} MB  sha256 {sha256}"
+    return f"  {label:<5} {shown(str(path))}  {size / 1e6:.2f} MB  sha256 {sha256}"
 
 
 # The declaration of each ExportConfig field that is an export option (settings.OPTION_FIELDS):
@@ -542,16 +543,13 @@ def ir(
     int8 = int8_options(precision, calibration, calibration_frames, max_drop)
     if onnx is not None and export:
         raise ConfigError(f"{option_names(export)} cannot apply with --onnx: the ONNX file fixes the export")
-    if int8 is not None and int8.calibration is None:
-        warn(
-            "INT8 is calibrated on synthetic composites; frames from the deployment's camera "
-            "(--calibration DIR) give a better INT8 model"
-        )
     if onnx is not None:
-        result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet))
+        result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet), on_warning=warn)
     else:
         config, weights = resolve_export(**export, on_warning=warn)
-        result = export_ir_from_weights(config, weights, output, precision, int8=int8, on_stage=printer(quiet))
+        result = export_ir_from_weights(
+            config, weights, output, precision, int8=int8, on_stage=printer(quiet), on_warning=warn
+        )
     for message in result.warnings:
         warn(message)
     if not quiet:

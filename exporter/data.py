@@ -26,6 +26,7 @@ __all__ = [
     "Case",
     "hard_case",
     "image_cases",
+    "image_names",
     "room_case",
     "seeds_for",
     "synthetic_case",
@@ -281,13 +282,9 @@ def _check_aspect(path: Path, height: int, width: int) -> None:
         )
 
 
-def image_cases(
-    folder: Path, height: int, width: int, same_aspect: bool = False, limit: int | None = None
-) -> list[Case]:
-    """Open Model Zoo HumanMatting layout: ``com/``, ``bgr/`` and optional ``pha/``, ``fgr/``.
-    ``same_aspect``: refuse frames, and their backgrounds, whose aspect differs from
-    ``width / height`` (resizing would stretch them); ``limit``: read only the first frames
-    (sorted by name)."""
+def image_names(folder: Path) -> list[str]:
+    """The frames of an Open Model Zoo HumanMatting folder (``com/``'s images, sorted), read
+    before any of them is: ``InputError`` for a folder that is not one, or holds none."""
     folder = Path(folder)
     com, bgr = folder / "com", folder / "bgr"
     if not folder.is_dir():
@@ -297,6 +294,19 @@ def image_cases(
     names = sorted(p.name for p in com.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not names:
         raise InputError(f"{com} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return names
+
+
+def image_cases(
+    folder: Path, height: int, width: int, same_aspect: bool = False, limit: int | None = None
+) -> list[Case]:
+    """Open Model Zoo HumanMatting layout: ``com/``, ``bgr/`` and optional ``pha/``, ``fgr/``.
+    ``same_aspect``: refuse frames, and their backgrounds, whose aspect differs from
+    ``width / height`` (resizing would stretch them); ``limit``: read only the first frames
+    (sorted by name)."""
+    folder = Path(folder)
+    com, bgr = folder / "com", folder / "bgr"
+    names = image_names(folder)
     cases = []
     for name in names[:limit]:
         if not (bgr / name).is_file():

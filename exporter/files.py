@@ -87,7 +87,8 @@ def _check_replaceable(path: Path) -> None:
     Outputs are written beside and renamed into place: over a device (``/dev/null``, a
     terminal) or a FIFO that would replace the node itself with a file, and writing into it
     instead would be neither atomic nor safe (``/dev/full``). So only a regular file is
-    replaced; ``--json /dev/stdout`` is refused unless standard output is a file."""
+    replaced, and never one named through ``/dev`` or ``/proc`` (``--json /dev/stdout`` with
+    standard output redirected to a file would replace that file)."""
     try:
         mode = path.stat().st_mode
     except OSError:  # nothing there (or a dangling link): a new file
@@ -98,12 +99,66 @@ def _check_replaceable(path: Path) -> None:
         raise OutputError(
             f"output {path} exists and is not a regular file (a device, FIFO or socket); give a file path"
         )
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        # /dev/stdout redirected to a file: the file would be replaced whole, and what the
+        # command printed to it before lost.
+        raise OutputError(f"output {path} is a stream or descriptor, not a file of its own; give a file path")
 
 
 def _final(path: Path) -> Path:
     # A link's target is what gets replaced, the link kept (as `>` writes through it): renaming
     # over the link would put a file where it was (/dev/stdout as root).
-    return path.resolve() if path.is_symlink() else path
+    try:
+        return path.resolve() if path.is_symlink() else path
+    except OSError as exc:  # a name too long for the file system, a loop of links
+        raise OutputError(f"output {path}: {_reason(exc)}") from None
+
+
+# What atomic_outputs adds to an output's stem for the folder it writes in:
+# ".{stem}." + mkdtemp's 8 random characters + ".partial".
+_PARTIAL_EXTRA = len("..") + 8 + len(".partial")
+
+
+def _check_name(path: Path, folder: Path) -> None:
+    """Raise ``OutputError`` if ``path``'s name, or the name of the folder it is written in
+    first, is longer than ``folder``'s file system allows: found before the work, not
+    after it."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(len(os.fsencode(path.name)), len(os.fsencode(path.stem)) + _PARTIAL_EXTRA)
+    if longest > limit:
+        raise OutputError(
+            f"output name {path.name[:40]}... is too long: {len(os.fsencode(path.name))} bytes, and its file "
+            f"system allows {limit} for a name (with {_PARTIAL_EXTRA} more for the folder it is written in first)"
+        )
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` itself (no lock file is left behind): concurrent runs
+    replacing the same pair of files (an IR's .xml and .bin) each rename their pair whole,
+    never one file of each."""
+    import fcntl
+
+    try:
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # a folder that cannot be opened for reading: renames still work
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
 
 
 def check_writable(path: Path) -> None:
@@ -113,13 +168,12 @@ def check_writable(path: Path) -> None:
     path = Path(path)
     _check_replaceable(path)
     path = _final(path)
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = _existing_ancestor(path)
     if not ancestor.is_dir():
         raise OutputError(f"cannot create output folder {path.parent}: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {ancestor} is not writable")
+    _check_name(path, ancestor)
     # Permission bits do not tell a read-only mount, /proc, or root's view: try for real.
     try:
         handle, probe = tempfile.mkstemp(prefix=".bgm-export-probe-", dir=ancestor)
@@ -142,6 +196,7 @@ def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
     for path in paths:
         _check_replaceable(path)
     paths = [_final(p) for p in paths]
+    _check_name(paths[0], _existing_ancestor(paths[0]))
     created = writable_dir(paths[0])
     parent, stem = paths[0].parent, paths[0].stem
     done = False
@@ -154,9 +209,10 @@ def atomic_outputs(*paths: Path) -> Iterator[list[Path]]:
         try:
             yield temporaries
             # The .xml goes last: it is what readers open, so its pair is in place first.
-            for temporary, final in reversed(list(zip(temporaries, paths, strict=True))):
-                created += writable_dir(final)
-                os.replace(temporary, final)
+            with _folder_lock(parent) if len(paths) > 1 else contextlib.nullcontext():
+                for temporary, final in reversed(list(zip(temporaries, paths, strict=True))):
+                    created += writable_dir(final)
+                    os.replace(temporary, final)
             done = True
         except OSError as exc:
             raise OutputError(f"cannot write {paths[0]}: {_reason(exc)}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,9 +40,12 @@ def _reading(path: Path) -> Iterator[None]:
     pixel is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
+    # Between MAX_IMAGE_PIXELS and twice that Pillow only warns (a raw warning line) and
+    # decodes the image: an error here too, with the limit the message states.
+    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     try:
         yield
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(
             f"image {path} is larger than the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow opens safely"
         ) from None

@@ -9,7 +9,15 @@ from exporter.errors import ConfigError
 from exporter.isa import SHOWN_FLAGS as CPU_FLAGS
 from exporter.isa import cpu_isa
 
-__all__ = ["CPU_FLAGS", "cpu_description", "estimated_memory", "frame_memory", "require_frame_memory", "require_memory"]
+__all__ = [
+    "CASE_BYTES_PER_PIXEL",
+    "CPU_FLAGS",
+    "cpu_description",
+    "estimated_memory",
+    "frame_memory",
+    "require_frame_memory",
+    "require_memory",
+]
 
 # Peak resident memory of `bgm-export onnx` (tracing + onnxsim, MobileNetV2), measured with
 # /usr/bin/time: 0.91 GB at 360x640 and 1.66 GB at 1080x1920, i.e. ~0.8 GB of libraries and
@@ -21,6 +29,10 @@ BYTES_PER_PIXEL = 450
 # model's float32 inputs that NNCF's dataset keeps (24). Measured: peak resident memory of
 # `ir --precision INT8` at 192x320 rose by 187 MB from 4 to 68 frames, 47.6 bytes a pixel.
 FRAME_BYTES_PER_PIXEL = 48
+# What one verification case holds while verify runs, a pixel: the frames, their truth and
+# background, the reference's outputs and an artifact's. Measured: peak resident memory of
+# `verify` of one FP32 IR at 192x320 rose by 297 MiB from 8 to 40 cases, 158 bytes a pixel.
+CASE_BYTES_PER_PIXEL = 160
 
 
 def estimated_memory(config: ExportConfig) -> float:
@@ -50,17 +62,20 @@ def require_memory(config: ExportConfig) -> None:
         )
 
 
-def frame_memory(config: ExportConfig, frames: int) -> float:
-    """Bytes ``frames`` INT8 calibration or validation frames at ``config`` hold."""
-    return float(FRAME_BYTES_PER_PIXEL) * config.height * config.width * frames
+def frame_memory(config: ExportConfig, frames: int, bytes_per_pixel: int = FRAME_BYTES_PER_PIXEL) -> float:
+    """Bytes ``frames`` frames at ``config`` hold, at ``bytes_per_pixel`` (INT8 calibration or
+    validation frames' by default)."""
+    return float(bytes_per_pixel) * config.height * config.width * frames
 
 
-def require_frame_memory(config: ExportConfig, frames: int, what: str = "calibration") -> None:
+def require_frame_memory(
+    config: ExportConfig, frames: int, what: str = "calibration", bytes_per_pixel: int = FRAME_BYTES_PER_PIXEL
+) -> None:
     """Raise ``ConfigError`` naming both numbers when ``frames`` frames at ``config`` cannot
     be held in memory now, before one is read or made (else they grow until the kernel ends
     the process). The frames alone: a floor, for counts that could never fit."""
     available = available_memory()
-    needed = frame_memory(config, frames)
+    needed = frame_memory(config, frames, bytes_per_pixel)
     if available is not None and needed > available:
         raise ConfigError(
             f"{frames:,} {what} frames at {config.height}x{config.width} need about {needed / 1e9:,.1f} GB of "

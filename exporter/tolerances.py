@@ -121,8 +121,9 @@ REDUCED_FGR_MEAN_ATOL = 1e-2
 # (seed-0 synthetic weights) 192x320 model, 2 cases, f32 arithmetic, measured: FP16 IR pha
 # mean |d| 9.0e-4 on the hard cases, 5.5e-4 on the plain ones (synthetic_case); INT8 IR pha
 # mean |d| 3.5e-2 on both (random weights amplify 8-bit rounding alike everywhere, see
-# INT8_SYNTHETIC_MEAN_ATOL; calibrated on the hard composites since, 3.9e-2 on 4 hard ones). Why they are hard shows on trained weights: trained_v1's 360p
-# INT8 IR measured pha mean |d| 1.17e-2 on 4 hard cases, 8.1e-3 on room_case composites
+# INT8_SYNTHETIC_MEAN_ATOL; calibrated on the hard composites since, 3.9e-2 on 4 hard ones).
+# Why they are hard shows on trained weights: trained_v1's 360p INT8 IR (calibrated on the
+# plain composites) measured pha mean |d| 1.17e-2 on 4 hard cases, 8.1e-3 on room_case composites
 # (cluttered room, background moved 1.8 px and 0.3 degrees), 2.1e-3 on the plain ones; with
 # AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 VNNI machine) 1.25e-2, 9.1e-3, 2.5e-3.
 HARD_FP16_PHA_FLOOR = 7e-4

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import pytest
@@ -401,3 +402,11 @@ def test_help_shows_no_value_label_after_a_flag(cli):
     runner = CliRunner()
     assert "<bool>" in runner.invoke(demo_app(), ["go", "--help"]).stdout  # what Typer does unasked
     assert "<bool>" not in runner.invoke(demo_app(Command), ["go", "--help"]).stdout
+
+
+def test_a_written_file_is_named_on_one_line_whatever_its_name():
+    """A newline in --output split the summary's xml / bin lines in two."""
+    from exporter.cli import size_line
+
+    line = size_line("xml", Path("out/a\nb.xml"), 1_000_000, "ab" * 32)
+    assert "\n" not in line and "a\\nb.xml" in line

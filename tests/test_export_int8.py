@@ -67,7 +67,7 @@ def frames_folder(root: Path, count: int, size: tuple[int, int] = (H, W), black:
 def test_metadata_says_how_it_was_made(int8_ir, golden_onnx):
     metadata = read_ir_metadata(int8_ir)
     assert metadata["precision"] == "INT8"
-    assert metadata["int8_calibration"] == "synthetic"
+    assert metadata["int8_calibration"] == "synthetic hard"  # the family: plain and hard make other models
     assert metadata["int8_calibration_frames"] == str(tol.INT8_CALIBRATION_FRAMES)
     assert metadata["int8_max_drop"] == "none"
     assert metadata["int8_validation_target"] == "none"
@@ -220,7 +220,7 @@ def test_one_validation_target_for_every_frame(pha, max_drop, target, tmp_path):
 
 def test_synthetic_validation_is_against_fp32():
     frames = calibration_frames(GOLDEN_CONFIG, Int8Options(frames=2, max_drop=1.0, validation_frames=2))
-    assert frames.target == TARGET_FP32 and frames.source == "synthetic"
+    assert frames.target == TARGET_FP32 and frames.source == "synthetic hard"
     # Calibration and validation frames are the named uses' seeds, never verify's (0..).
     # The hard composites: ranges calibrated on the plain ones clip real frames' (issue 30).
     assert [case.name for case in frames.calibration] == ["hard-1000", "hard-1001"]
@@ -383,6 +383,11 @@ def test_int8_of_trained_weights_below_720p_is_refused_before_any_work(weights, 
         result = cli("ir", "--checkpoint", checkpoint, "--precision", "INT8", *size, "--output", out)
         one_error(result, "is refused: below 1280x720 pixels, 8-bit rounding misses INT8's bars")
         assert "--precision FP16" in result.stderr and "--max-drop" in result.stderr
+        # Nothing said of calibration frames that will never be made.
+        assert "calibrated on synthetic composites" not in result.stderr
+    # A drop that allows more than the bars would let the plain INT8 through: refused too.
+    result = cli("ir", "--checkpoint", checkpoint, "--precision", "INT8", "--preset", "360p", "--max-drop", "100")
+    one_error(result, "with --max-drop 100 is refused: below 1280x720 pixels that drop allows plain INT8")
     assert not out.parent.exists()
 
 
@@ -394,22 +399,49 @@ def test_int8_size_floor_spares_synthetic_weights_and_accuracy_control():
         check_int8_size(small, Int8Options(), synthetic=False)
     check_int8_size(small, Int8Options(), synthetic=True)  # judged by the synthetic bars
     check_int8_size(small, Int8Options(max_drop=1.0), synthetic=False)
+    check_int8_size(small, Int8Options(max_drop=5.0), synthetic=False)  # alpha mean |d| 5e-3: the bar
+    with pytest.raises(ConfigError, match="with --max-drop 5.01 is refused"):
+        check_int8_size(small, Int8Options(max_drop=5.01), synthetic=False)
     check_int8_size(small.replace(height=720, width=1280, sample_pixels=80_000), Int8Options(), synthetic=False)
 
 
-def test_int8_from_an_onnx_of_trained_weights_below_720p_is_refused(golden_onnx, tmp_path, cli, one_error):
+@pytest.mark.parametrize(
+    "label",
+    [
+        "sha256:" + "0" * 64,
+        "synthetic bgmv2-synthetic-v10 seed 0",  # a look-alike of the recipe's name
+        "",
+    ],
+)
+def test_int8_from_an_onnx_of_trained_weights_below_720p_is_refused(label, golden_onnx, tmp_path, cli, one_error):
     """From --onnx, the checkpoint its metadata names decides: not the synthetic recipe's, refused."""
     import onnx
 
     model = onnx.load(str(golden_onnx))
     for prop in model.metadata_props:
         if prop.key == "checkpoint":
-            prop.value = "sha256:" + "0" * 64
+            prop.value = label
     trained = tmp_path / "trained.onnx"
     onnx.save(model, str(trained))
     out = tmp_path / "out" / "m.xml"
     one_error(cli("ir", "--onnx", trained, "--precision", "INT8", "--output", out), "INT8 at 192x320 is refused")
     assert not out.parent.exists()
+
+
+def test_seeds_of_another_use_are_refused_before_the_onnx_export(weights, tmp_path, monkeypatch):
+    """1,001 synthetic calibration frames would reach into the validation frames' seeds:
+    refused before minutes of export, as the memory and the size are."""
+    from exporter.export import openvino
+
+    def never(*args, **kwargs):
+        raise AssertionError("the ONNX export started")
+
+    monkeypatch.setattr(openvino, "export_onnx", never)
+    with pytest.raises(ConfigError, match="would reuse the validation frames' seeds"):
+        openvino.export_ir_from_weights(
+            GOLDEN_CONFIG, weights, tmp_path / "m.xml", "INT8", int8=Int8Options(frames=1001)
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,67 @@ def test_an_empty_checkpoint_path_is_named_empty():
 
     with pytest.raises(ConfigError, match="checkpoint is an empty path"):
         resolve_export(checkpoint="")
+
+
+def test_an_output_named_through_dev_or_proc_is_refused_even_when_it_is_a_file(tmp_path):
+    """`verify --json /dev/stdout > log` replaced log whole (what was printed to it before was
+    lost): a descriptor's file is not an output of its own."""
+    log = tmp_path / "log"
+    log.write_text("printed before\n")
+    with log.open("a") as handle:
+        fd_path = Path(f"/proc/self/fd/{handle.fileno()}")
+        for path in (fd_path, Path(f"/dev/fd/{handle.fileno()}")):
+            with pytest.raises(OutputError, match="is a stream or descriptor"):
+                check_writable(path)
+            with pytest.raises(OutputError, match="is a stream or descriptor"):
+                write_json({"a": 1}, path)
+    assert log.read_text() == "printed before\n"
+
+
+@pytest.mark.parametrize("length", [300, 250])
+def test_a_name_too_long_is_one_error_before_any_work(length, tmp_path):
+    """300 characters gave a traceback (the link check raised ENAMETOOLONG); 250 passed the
+    early checks and failed after minutes of work, on the name of the folder written in first."""
+    path = tmp_path / ("a" * length + ".xml")
+    with pytest.raises(OutputError, match="too long"):
+        check_writable(path)
+    with pytest.raises(OutputError, match="too long"), atomic_outputs(path, path.with_suffix(".bin")):
+        raise AssertionError("no work starts")
+    assert list(tmp_path.iterdir()) == []
+    check_writable(tmp_path / ("a" * 200 + ".xml"))  # within the limit with the folder's extra
+
+
+def test_two_writers_of_one_pair_never_leave_one_file_of_each(tmp_path, monkeypatch):
+    """The .xml and .bin of two runs could interleave (A's .bin, B's .bin, B's .xml, A's .xml):
+    each pair's renames hold a lock on the folder. A slow file system is made by a pause
+    after A's .bin is renamed, where B's pair would otherwise land."""
+    import threading
+    import time
+
+    from exporter import files
+
+    replace = os.replace
+
+    def slow_replace(source, target):
+        slow = Path(source).read_text() == "A"
+        replace(source, target)
+        if slow and str(target).endswith(".bin"):  # B's whole pair lands meanwhile, unless locked out
+            time.sleep(0.1)
+
+    monkeypatch.setattr(files.os, "replace", slow_replace)
+    xml, binary = tmp_path / "m.xml", tmp_path / "m.bin"
+    start = threading.Barrier(2)
+
+    def write(tag: str) -> None:
+        with atomic_outputs(xml, binary) as (x, b):
+            x.write_text(tag)
+            b.write_text(tag)
+            start.wait()
+
+    for _ in range(5):
+        threads = [threading.Thread(target=write, args=(tag,)) for tag in "AB"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert xml.read_text() == binary.read_text()

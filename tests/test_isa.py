@@ -100,6 +100,11 @@ def test_the_description_names_the_kernels_the_cap_and_the_cpu():
         f"AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2) on Test CPU, {os.cpu_count()} cores; avx2 avx512f avx512_vnni"
     )
     assert cpu_isa(cpuinfo(AVX512_VNNI), {"DNNL_MAX_CPU_ISA": "AVX2"}).cap == "AVX2"  # oneDNN's older name
+    # As oneDNN reads them: an empty new name falls back to the older one; a padded value is
+    # ignored (no cap), a lower-case one is not.
+    assert cpu_isa(cpuinfo(AVX512_VNNI), {"ONEDNN_MAX_CPU_ISA": "", "DNNL_MAX_CPU_ISA": "AVX2"}).cap == "AVX2"
+    assert cpu_isa(cpuinfo(AVX512_VNNI), {"ONEDNN_MAX_CPU_ISA": " AVX2"}).cap is None
+    assert cpu_isa(cpuinfo(AVX512_VNNI), {"ONEDNN_MAX_CPU_ISA": "avx2"}).cap == "AVX2"
     native = cpu_isa(cpuinfo(AVX512_VNNI), {})
     assert native.description.startswith("AVX-512 VNNI kernels on Test CPU,") and native.cap is None
     assert native.to_dict()["kernel_isa"] == "AVX-512 VNNI" and capped.to_dict()["cap"] == "AVX2"
@@ -114,6 +119,9 @@ def test_the_description_names_the_kernels_the_cap_and_the_cpu():
         ("AVX2", [("Convolution", "brgconv_avx512_I8")], "above it: brgconv_avx512_I8"),
         ("AVX2", [("Convolution", "jit_avx2_I8"), ("Interpolate", "jit_avx512_f32")], "above it: jit_avx512_f32"),
         ("AVX2", [("Convolution", "ref_any_I8")], "convolutions: ref_any_I8"),
+        # oneDNN has no INT8 convolution for AVX: under its cap SSE4.1's run, and the cap held.
+        ("AVX", [("Convolution", "jit_sse42_I8")], None),
+        ("AVX", [("Convolution", "jit_avx2_I8")], "above it: jit_avx2_I8"),
         ("AVX2", [("Subgraph", "jit_avx2_f32")], "convolutions: none"),
         ("AVX512_CORE_VNNI", [("Convolution", "brgconv_avx512_1x1_I8")], None),
         ("AVX512_CORE_BF16", [("Convolution", "brgconv_avx512_amx_I8")], "above it"),

@@ -380,6 +380,12 @@ def test_sixteen_bit_grey_and_oversized_images(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(InputError, match="is larger than the 100 pixels Pillow opens safely"):
         read_image(path)
+    # Between the limit and twice it Pillow only warned, and decoded the image (64x64 = 4,096
+    # pixels: 1.4 to 2 times a limit of 2,048-2,900).
+    for limit in (2_048, 2_900):
+        monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", limit)
+        with pytest.raises(InputError, match=f"is larger than the {limit:,} pixels Pillow opens safely"):
+            read_image(path)
 
 
 # ---- live sources, pipes, and promises kept under hostile input ----

@@ -468,3 +468,32 @@ def test_a_degraded_layer_that_passes_the_plain_cases_fails_the_hard_ones(golden
     # Not degraded, the same IR passes both.
     clean = _with_downsample_unbalanced(golden_irs["FP32"], tmp_path / "clean.xml", 0.0)
     assert verify([clean], weights, cases=CASES, inference_precision="f32", bars={"INT8": HARD_FRAME_INT8_BARS}).passed
+
+
+def test_cases_that_cannot_fit_in_memory_are_refused_before_one_is_made(golden_onnx, weights, tmp_path, monkeypatch):
+    """verify --cases 100000 (or --images with thousands of frames) grew until stopped."""
+    from exporter import data, resources
+
+    available = resources.available_memory
+    monkeypatch.setattr(resources, "available_memory", lambda: 1.5e8)
+    with pytest.raises(ConfigError, match=r"20 verification frames at 192x320 need about 0\.2 GB"):
+        verify([golden_onnx], weights, cases=20)
+    for sub in ("com", "bgr"):
+        (tmp_path / sub).mkdir()
+        for i in range(20):
+            (tmp_path / sub / f"{i:03}.png").write_bytes(b"not read")
+    monkeypatch.setattr(data, "read_image", lambda *a, **k: pytest.fail("a frame was read"))
+    with pytest.raises(ConfigError, match="20 verification frames"):
+        verify([golden_onnx], weights, images=tmp_path)
+    monkeypatch.setattr(resources, "available_memory", lambda: 5e9)  # the frames fit, the export too
+    monkeypatch.setattr(data, "read_image", lambda *a, **k: np.zeros((192, 320, 3), np.uint8))
+    assert verify([golden_onnx], weights, images=tmp_path).case_names[:2] == ["000", "001"]
+    assert available() is None or available() > 0
+
+
+def test_an_arithmetic_asked_for_and_not_run_is_said(golden_irs, weights):
+    """OpenVINO computes f32 where the CPU has no f16 arithmetic, without a word."""
+    report = verify([golden_irs["FP32"]], weights, cases=1, inference_precision="f16")
+    (result,) = report.artifacts
+    said = [w for w in report.warnings if "--inference-precision f16 was asked, but this CPU computes" in w]
+    assert bool(said) == (result.arithmetic != "f16"), (result.arithmetic, report.warnings)

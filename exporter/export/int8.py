@@ -26,7 +26,7 @@ import numpy as np
 
 from exporter import tolerances as tol
 from exporter.config import ExportConfig
-from exporter.data import Case, image_cases, synthetic_cases
+from exporter.data import Case, image_cases, seeds_for, synthetic_cases
 from exporter.errors import ConfigError, InputError
 from exporter.isa import OVERFLOW_FIX_KEY
 from exporter.resources import require_frame_memory
@@ -36,6 +36,7 @@ __all__ = [
     "INT8_OVERFLOW_FIX",
     "INT8_QUANTIZER_BARRIERS",
     "INT8_SYNTHETIC_FAMILY",
+    "SYNTHETIC_CALIBRATION_WARNING",
     "TARGET_FP32",
     "TARGET_TRUTH",
     "Frames",
@@ -44,6 +45,7 @@ __all__ = [
     "agreement_score",
     "calibration_frames",
     "check_frame_memory",
+    "check_int8_request",
     "check_int8_size",
     "int8_options",
     "quantize_model",
@@ -92,6 +94,10 @@ INT8_OVERFLOW_FIX = "enable"
 # 4 plain composites: calibrated on plain 6.31e-3 / 1.13e-3, on hard 3.90e-3 / 1.08e-3, on
 # 8 of each 4.60e-3 / 1.22e-3.
 INT8_SYNTHETIC_FAMILY = "hard"
+# Below INT8_MIN_PIXELS, the largest --max-drop accepted: the agreement score is 100 - alpha
+# MAD x1e3 against the FP32 model, so a drop of 5 is an alpha mean |d| of 5e-3, the bar on
+# hard frames; a larger drop would accept the plain INT8 the size floor refuses.
+MAX_DROP_BELOW_FLOOR = tol.INT8_HARD_MEAN_ATOL * 1e3
 # Ops NNCF must not move quantizers across (ignored, they stay in floating point).
 # - The plain graph's zero padding before the refiner's patch gather: otherwise NNCF places
 #   refiner.conv1's input quantizer above the padding, the CPU plugin dequantizes before
@@ -198,6 +204,14 @@ def _folder_label(folder: Path) -> str:
     return f"folder sha256:{digest}"
 
 
+# The calibration source of synthetic frames, as the IR records it: which family, since the
+# plain and the hard composites make different INT8 models.
+SYNTHETIC_SOURCE = f"synthetic {INT8_SYNTHETIC_FAMILY}"
+SYNTHETIC_CALIBRATION_WARNING = (
+    "INT8 is calibrated on synthetic composites; frames from the deployment's camera (--calibration DIR) give a "
+    "better INT8 model"
+)
+
 # The target of accuracy control's agreement score, as recorded in the IR's rt_info.
 TARGET_TRUTH = "truth"  # the validation frames' true alpha (pha/)
 TARGET_FP32 = "fp32"  # the FP32 model's alpha on them
@@ -226,16 +240,35 @@ def check_int8_size(config: ExportConfig, options: Int8Options, synthetic: bool)
     """``ConfigError`` for plain INT8 of a trained model below ``INT8_MIN_PIXELS``, where it
     misses its bars on frames as hard as real ones. Synthetic weights are judged by their own
     bars (tests and demonstrations at small sizes); accuracy control (``max_drop``) keeps in
-    floating point what the drop asks for."""
+    floating point what the drop asks for, when it asks for no more than the bars allow."""
     pixels = config.height * config.width
-    if pixels >= tol.INT8_MIN_PIXELS or synthetic or options.max_drop is not None:
+    if pixels >= tol.INT8_MIN_PIXELS or synthetic:
         return
-    raise ConfigError(
-        f"INT8 at {config.height}x{config.width} is refused: below 1280x720 pixels, 8-bit rounding misses "
-        f"INT8's bars on frames as hard as real ones (a trained model measured alpha mean |d| 7e-3 to 1e-2 "
-        f"against 5e-3, at 1280x720 3.9e-3). Use --precision FP16, a size of at least 1280x720 pixels, or "
-        f"--max-drop (accuracy control keeps the layers it needs in floating point)"
-    )
+    size = f"INT8 at {config.height}x{config.width}"
+    if options.max_drop is None:
+        raise ConfigError(
+            f"{size} is refused: below 1280x720 pixels, 8-bit rounding misses INT8's bars on frames as hard as "
+            f"real ones (a trained model measured alpha mean |d| 7e-3 to 1e-2 against 5e-3, at 1280x720 3.9e-3). "
+            f"Use --precision FP16, a size of at least 1280x720 pixels, or --max-drop (at most "
+            f"{MAX_DROP_BELOW_FLOOR:g}: accuracy control keeps the layers it needs in floating point)"
+        )
+    if options.max_drop > MAX_DROP_BELOW_FLOOR:
+        raise ConfigError(
+            f"{size} with --max-drop {options.max_drop:g} is refused: below 1280x720 pixels that drop allows "
+            f"plain INT8, which misses INT8's bars there; at most {MAX_DROP_BELOW_FLOOR:g} (alpha mean |d| "
+            f"{tol.INT8_HARD_MEAN_ATOL:g} against the FP32 model, the bar on hard frames)"
+        )
+
+
+def check_int8_request(config: ExportConfig, options: Int8Options, synthetic: bool) -> None:
+    """Everything about an INT8 request that can be refused before any work: its size, the
+    frames' memory, and, for synthetic frames, that their seeds are their use's own."""
+    check_int8_size(config, options, synthetic)
+    check_frame_memory(config, options)
+    if options.calibration is None:
+        seeds_for("calibration", options.frames)
+        if options.max_drop is not None:
+            seeds_for("validation", options.validation_frames)
 
 
 def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
@@ -248,13 +281,13 @@ def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
             config.height, config.width, options.frames, "calibration", family=INT8_SYNTHETIC_FAMILY
         )
         if not accuracy_control:
-            return Frames(calibration, [], "synthetic")
+            return Frames(calibration, [], SYNTHETIC_SOURCE)
         # Against the FP32 model, as for a folder without pha/: a synthetic composite's true
         # alpha is not what synthetic (random) weights compute, so scores against it are noise.
         validation = synthetic_cases(
             config.height, config.width, options.validation_frames, "validation", family=INT8_SYNTHETIC_FAMILY
         )
-        return Frames(calibration, validation, "synthetic", TARGET_FP32)
+        return Frames(calibration, validation, SYNTHETIC_SOURCE, TARGET_FP32)
     wanted = options.frames_needed
     cases = image_cases(Path(options.calibration), config.height, config.width, same_aspect=True, limit=wanted)
     if len(cases) < wanted:

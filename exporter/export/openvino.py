@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.artifact import RT_INFO_SECTION, artifact_kind, artifact_metadata
-from exporter.checkpoint import SYNTHETIC_LABEL, Weights
+from exporter.checkpoint import Weights, is_synthetic_label
 from exporter.config import ExportConfig, default_artifact_path
 from exporter.errors import ArtifactError, ConfigError, OutputError, shown
 from exporter.export.int8 import (
+    SYNTHETIC_CALIBRATION_WARNING,
     Int8Options,
     calibration_frames,
-    check_frame_memory,
-    check_int8_size,
+    check_int8_request,
     quantize_model,
 )
 from exporter.export.onnx import export_onnx
@@ -78,6 +78,7 @@ def export_ir(
     int8: Int8Options | None = None,
     on_stage: Callable[[str, float], None] | None = None,
     progress: bool | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> IRExport:
     """Convert ``onnx_path`` to IR at ``output`` (``.xml``; the ``.bin`` beside it), atomically.
     Without ``output``: ``models/<PRECISION>/<model name>.xml``. ``int8``: how to calibrate
@@ -101,7 +102,7 @@ def export_ir(
     if config.dynamic and precision == "INT8":
         raise ConfigError("INT8 is made from a static export only: export without --dynamic to quantize")
     if precision == "INT8":
-        check_int8_size(config, int8 or Int8Options(), metadata.get("checkpoint", "").startswith(SYNTHETIC_LABEL))
+        check_int8_request(config, int8 or Int8Options(), is_synthetic_label(metadata.get("checkpoint", "")))
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
@@ -114,6 +115,8 @@ def export_ir(
     stages = Stages(on_stage)
     if precision == "INT8":
         int8 = int8 or Int8Options()
+        if int8.calibration is None and on_warning is not None:  # said once nothing refuses the work
+            on_warning(SYNTHETIC_CALIBRATION_WARNING)
         with stages("calibration data"):
             frames = calibration_frames(config, int8)
     metadata["precision"] = precision
@@ -162,6 +165,7 @@ def export_ir_from_weights(
     int8: Int8Options | None = None,
     on_stage: Callable[[str, float], None] | None = None,
     progress: bool | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind.
     An INT8 IR is then verified against ``weights`` as ``verify`` would, and each bar it
@@ -180,11 +184,12 @@ def export_ir_from_weights(
     check_writable(output)
     check_writable(output.with_suffix(".bin"))
     if precision == "INT8":  # not after minutes of ONNX export
-        check_int8_size(config, int8 or Int8Options(), weights.synthetic)
-        check_frame_memory(config, int8 or Int8Options())
+        check_int8_request(config, int8 or Int8Options(), weights.synthetic)
     with tempfile.TemporaryDirectory(prefix="bgm-export-") as scratch:
         onnx_file = export_onnx(config, weights, Path(scratch) / f"{config.model_name}.onnx", on_stage=on_stage)
-        result = export_ir(onnx_file.path, output, precision, int8=int8, on_stage=on_stage, progress=progress)
+        result = export_ir(
+            onnx_file.path, output, precision, int8=int8, on_stage=on_stage, progress=progress, on_warning=on_warning
+        )
     result.durations = {**onnx_file.durations, **result.durations}
     if precision == "INT8":
         result.warnings.extend(filter(None, [int8_shortfall(result.xml, weights)]))

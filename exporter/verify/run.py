@@ -19,11 +19,11 @@ import numpy as np
 from exporter.artifact import artifact_metadata
 from exporter.checkpoint import Weights, build_model, resolve_weights
 from exporter.config import PRECISIONS, ExportConfig, default_artifact_path
-from exporter.data import FAMILIES, Case, image_cases, seeds_for, synthetic_cases
+from exporter.data import FAMILIES, Case, image_cases, image_names, seeds_for, synthetic_cases
 from exporter.eager import EagerRunner
 from exporter.errors import ArtifactError, ConfigError
 from exporter.isa import Isa, cpu_isa
-from exporter.resources import require_memory
+from exporter.resources import CASE_BYTES_PER_PIXEL, require_frame_memory, require_memory
 from exporter.runtime import check_inference_precision, default_inference_precision, runners_for
 from exporter.verify.compare import (
     BAR_OPTIONS,
@@ -297,6 +297,10 @@ def verify(
     _check_overrides(overrides, {judged_precision(ExportConfig.from_metadata(metadata)) for metadata in metadatas})
     if images is None:  # seeds that are another use's (INT8 calibration) are refused now, not later
         seeds_for("verify", cases, seed)
+    # Cases that could never fit in memory are refused before one is read or made.
+    count = cases if images is None else len(image_names(images))
+    for config in {ExportConfig.from_metadata(metadata) for metadata in metadatas}:
+        require_frame_memory(config, count, "verification", CASE_BYTES_PER_PIXEL)
     arithmetics = _arithmetics(inference_precision)
     report = VerifyReport(checkpoint="", case_names=[], artifacts=[], isa=cpu_isa())
     resolved: dict[str, Weights] = {} if weights is None else {weights.backbone: weights}
@@ -361,6 +365,14 @@ def verify(
             milliseconds = (time.perf_counter() - start) * 1000 / len(reference.cases)
             got = {name: np.concatenate(v) for name, v in actual.items()}
             arithmetic = runner.inference_precision
+            asked = inference_precision not in (None, "auto") and runner.runtime == "openvino"
+            if asked and arithmetic != inference_precision:  # OpenVINO falls back without a word
+                note = (
+                    f"{path}: --inference-precision {inference_precision} was asked, but this CPU computes "
+                    f"{arithmetic} (it has no {inference_precision} arithmetic): judged as {arithmetic}"
+                )
+                if note not in report.warnings:
+                    report.warnings.append(note)
             bar = bars_for(precision, arithmetic, artifact_weights.synthetic, bars, set(overrides))
             if bar is SYNTHETIC_INT8_BARS:
                 what = "INT8" if precision == "INT8" else f"{arithmetic} arithmetic"
