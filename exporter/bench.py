@@ -25,7 +25,8 @@ from exporter.checkpoint import Weights, build_model
 from exporter.config import ExportConfig
 from exporter.data import synthetic_cases
 from exporter.eager import EagerRunner
-from exporter.errors import InputError
+from exporter.errors import ConfigError, InputError
+from exporter.export.int8 import Int8Options, check_int8_size
 from exporter.export.onnx import export_onnx
 from exporter.export.openvino import export_ir
 from exporter.export.upstream import export_upstream_onnx
@@ -87,6 +88,7 @@ class BenchReport:
     threads: int
     rows: list[BenchRow]
     cpu: str = ""
+    notes: list[str] = field(default_factory=list)  # rows left out, and why
 
     def ratios(self) -> list[dict]:
         """Every IR against the original recipe's IR in the same arithmetic."""
@@ -111,6 +113,7 @@ class BenchReport:
             "cpu": self.cpu,
             "rows": [{**asdict(r), "gflops_per_second": r.gflops_per_second} for r in self.rows],
             "ratios": self.ratios(),
+            "notes": self.notes,
         }
 
 
@@ -288,11 +291,12 @@ def bench(
         else (inference_precision,)
     )
     rows: list[BenchRow] = []
+    precisions, notes = ir_precisions(config, weights)
     with tempfile.TemporaryDirectory(prefix="bgm-bench-") as scratch:
         root = Path(scratch)
-        say("exporting ONNX, IR FP32, IR FP16, IR INT8 and the original recipe's IR")
+        say(f"exporting ONNX, IR {', IR '.join(precisions)} and the original recipe's IR")
         ours = export_onnx(config, weights, root / "ours.onnx").path
-        irs = {p: export_ir(ours, root / p / "ours.xml", p, progress=False).xml for p in ("FP32", "FP16", "INT8")}
+        irs = {p: export_ir(ours, root / p / "ours.xml", p, progress=False).xml for p in precisions}
         upstream = None  # the original recipe is MattingRefine's (no --model-type base, no extra outputs)
         if config.model_type == "refine" and not config.extra_outputs:
             upstream_onnx = export_upstream_onnx(config, weights, root / "upstream.onnx").path
@@ -320,7 +324,17 @@ def bench(
         row.speedup_throughput = row.throughput_fps / eager_row.throughput_fps
         if not profile:
             row.profile, row.time_by_stage = [], {}
-    return BenchReport(config, weights.label, torch.get_num_threads(), rows, cpu_description())
+    return BenchReport(config, weights.label, torch.get_num_threads(), rows, cpu_description(), notes)
+
+
+def ir_precisions(config: ExportConfig, weights: Weights) -> tuple[list[str], list[str]]:
+    """The IR precisions bench times at ``config``, and a note for each left out: INT8 of a
+    trained model is refused below its size floor (``check_int8_size``), found before any export."""
+    try:
+        check_int8_size(config, Int8Options(), weights.synthetic)
+    except ConfigError as exc:
+        return ["FP32", "FP16"], [f"no IR INT8 row: {exc}"]
+    return ["FP32", "FP16", "INT8"], []
 
 
 def format_bench(report: BenchReport) -> str:
@@ -358,6 +372,7 @@ def format_bench(report: BenchReport) -> str:
         if r.profile:
             lines += ["", f"Top layers, {r.label}, ms in one request (LATENCY hint):"]
             lines += [f"  {c.milliseconds:7.2f}  {c.type:<14} {c.kernel:<24} {c.name}" for c in r.profile]
+    lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
 

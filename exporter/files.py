@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from exporter.artifact import artifact_files
-from exporter.errors import OutputError
+from exporter.errors import OutputError, shown
 
 # Free space below which a failed write is put down to a full disk (the half-written
 # temporary file is still there when the reason is asked).
@@ -99,10 +100,26 @@ def _check_replaceable(path: Path) -> None:
         raise OutputError(
             f"output {path} exists and is not a regular file (a device, FIFO or socket); give a file path"
         )
-    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+    if _through_descriptor(path):
         # /dev/stdout redirected to a file: the file would be replaced whole, and what the
         # command printed to it before lost.
         raise OutputError(f"output {path} is a stream or descriptor, not a file of its own; give a file path")
+
+
+# A process's descriptors and standard streams, by name: /dev/stdout, /dev/fd/1, /proc/self/fd/1.
+_DESCRIPTOR = re.compile(r"/(dev/(fd/|stdin$|stdout$|stderr$)|proc/[^/]+/fd/)")
+
+
+def _through_descriptor(path: Path) -> bool:
+    """Whether ``path``, or a link on the way to its file, names a descriptor or a standard stream."""
+    current = os.path.normpath(os.path.abspath(path)).replace("//", "/")
+    for _ in range(40):  # as many links as the kernel follows
+        if _DESCRIPTOR.match(current):
+            return True
+        if not os.path.islink(current):
+            return False
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+    return False
 
 
 def _final(path: Path) -> Path:
@@ -130,8 +147,9 @@ def _check_name(path: Path, folder: Path) -> None:
     longest = max(len(os.fsencode(path.name)), len(os.fsencode(path.stem)) + _PARTIAL_EXTRA)
     if longest > limit:
         raise OutputError(
-            f"output name {path.name[:40]}... is too long: {len(os.fsencode(path.name))} bytes, and its file "
-            f"system allows {limit} for a name (with {_PARTIAL_EXTRA} more for the folder it is written in first)"
+            f"output name {shown(path.name[:40])}... is too long: its stem is {len(os.fsencode(path.stem))} bytes, "
+            f"at most {limit - _PARTIAL_EXTRA} here (the file system's {limit} for a name, less "
+            f"{_PARTIAL_EXTRA} for the folder it is written in first)"
         )
 
 
@@ -148,7 +166,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock on folders (NFS): renames still work
+            pass
         yield
     finally:
         os.close(handle)

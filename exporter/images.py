@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,24 @@ def same_aspect(size: tuple[int, int], other: tuple[int, int]) -> bool:
     return abs(width * other_height / (height * other_width) - 1) <= ASPECT_SLACK
 
 
+@functools.cache
+def _quiet_bomb_warnings(image_module: object) -> None:
+    """Between MAX_IMAGE_PIXELS and twice that Pillow only warns (a raw warning line) and
+    would decode the image: ``_check_pixels`` refuses it instead, so the warning is not shown.
+    Once a process, the first time an image is read (the filter list is process-wide)."""
+    warnings.filterwarnings("ignore", category=image_module.DecompressionBombWarning)
+
+
+def _check_pixels(image: object, path: Path) -> None:
+    """Raise Pillow's own error for an image over its limit, which Pillow itself raises only
+    above twice the limit."""
+    from PIL import Image
+
+    width, height = image.size
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{path}: {width * height:,} pixels")
+
+
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
     """Pillow's errors for ``path`` as ``InputError`` naming the file: an unreadable image, and
@@ -40,12 +59,10 @@ def _reading(path: Path) -> Iterator[None]:
     pixel is decoded)."""
     from PIL import Image, UnidentifiedImageError
 
-    # Between MAX_IMAGE_PIXELS and twice that Pillow only warns (a raw warning line) and
-    # decodes the image: an error here too, with the limit the message states.
-    warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+    _quiet_bomb_warnings(Image)
     try:
         yield
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise InputError(
             f"image {path} is larger than the {Image.MAX_IMAGE_PIXELS:,} pixels Pillow opens safely"
         ) from None
@@ -58,6 +75,7 @@ def image_size(path: Path) -> tuple[int, int]:
     from PIL import Image
 
     with _reading(path), Image.open(path) as image:
+        _check_pixels(image, path)
         width, height = image.size
     return height, width
 
@@ -67,6 +85,7 @@ def read_image(path: Path, size: tuple[int, int] | None = None, mode: str = "RGB
     from PIL import Image
 
     with _reading(path), Image.open(path) as image:
+        _check_pixels(image, path)
         # 16-bit grey ("I;16") converted directly would clip to white; scale to 8 bits first.
         if image.mode.startswith("I;16") or image.mode == "I":
             image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))

@@ -185,8 +185,8 @@ def _level(name: str) -> IsaLevel:
 
 def _cap(environ: Mapping[str, str]) -> str | None:
     """The cap oneDNN reads from ``environ``, as it reads it: the first of its two names that is
-    set and not empty, upper-cased, not stripped (a padded value is one it ignores); None for
-    none (or a value it ignores)."""
+    set and not empty, upper-cased (checked: ``avx2`` gives ``jit_avx2`` kernels), not stripped
+    (a padded value is one it ignores); None for none (or a value it ignores)."""
     value = (environ.get(CAP_VARIABLES[0]) or environ.get(_LEGACY_CAP) or "").upper()
     return value if value in ONEDNN_ISAS else None
 

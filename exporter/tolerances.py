@@ -6,6 +6,7 @@ __all__ = [
     "INT8_CALIBRATION_FRAMES",
     "INT8_FGR_MEAN_ATOL",
     "INT8_HARD_MEAN_ATOL",
+    "INT8_MAX_DROP_BELOW_FLOOR",
     "INT8_MIN_PIXELS",
     "INT8_HARD_PATCH_SHARE",
     "INT8_MEAN_ATOL",
@@ -90,6 +91,11 @@ INT8_HARD_PATCH_SHARE = 0.04
 # 1920x1080 3.5e-3 / 3.1% (2 composites), 1280x720 3.9e-3 / 3.4%, 960x540 7.0e-3 / 6.2%,
 # 640x360 (the preset's 20,000 refined pixels) 9.8e-3 / 7.4%, 512x288 8.9e-3 / 8.4%.
 INT8_MIN_PIXELS = 1280 * 720
+# Below INT8_MIN_PIXELS, the largest --max-drop accepted: the agreement score is 100 - alpha
+# MAD x1e3 against the FP32 model (there accuracy control always compares with FP32), so a
+# drop of 5 is an alpha mean |d| of 5e-3, the bar on hard frames; a larger drop would accept
+# the plain INT8 the floor refuses.
+INT8_MAX_DROP_BELOW_FLOOR = INT8_HARD_MEAN_ATOL * 1e3
 # Largest relative rise of each accuracy metric (against ground truth) over the FP32 model.
 INT8_METRIC_RISE = (("alpha MAD", 0.03), ("alpha GRAD", 0.05), ("foreground MSE", 0.05))
 # Random synthetic weights amplify 8-bit rounding about fifty times (their alpha and error

@@ -381,13 +381,13 @@ def test_int8_of_trained_weights_below_720p_is_refused_before_any_work(weights, 
     out = tmp_path / "out" / "m.xml"
     for size in (["--preset", "360p"], ["--height", "540", "--width", "960", "--sample-pixels", "45000"]):
         result = cli("ir", "--checkpoint", checkpoint, "--precision", "INT8", *size, "--output", out)
-        one_error(result, "is refused: below 1280x720 pixels, 8-bit rounding misses INT8's bars")
+        one_error(result, "is refused: below 921,600 pixels (1280x720), 8-bit rounding misses INT8's bars")
         assert "--precision FP16" in result.stderr and "--max-drop" in result.stderr
         # Nothing said of calibration frames that will never be made.
         assert "calibrated on synthetic composites" not in result.stderr
     # A drop that allows more than the bars would let the plain INT8 through: refused too.
     result = cli("ir", "--checkpoint", checkpoint, "--precision", "INT8", "--preset", "360p", "--max-drop", "100")
-    one_error(result, "with --max-drop 100 is refused: below 1280x720 pixels that drop allows plain INT8")
+    one_error(result, "with --max-drop 100 is refused: below 921,600 pixels (1280x720) that drop allows plain INT8")
     assert not out.parent.exists()
 
 
@@ -395,7 +395,7 @@ def test_int8_size_floor_spares_synthetic_weights_and_accuracy_control():
     from exporter.export.int8 import check_int8_size
 
     small = GOLDEN_CONFIG  # 192x320
-    with pytest.raises(ConfigError, match="INT8 at 192x320 is refused"):
+    with pytest.raises(ConfigError, match=r"INT8 of a 320x192 frame \(61,440 pixels\) is refused"):
         check_int8_size(small, Int8Options(), synthetic=False)
     check_int8_size(small, Int8Options(), synthetic=True)  # judged by the synthetic bars
     check_int8_size(small, Int8Options(max_drop=1.0), synthetic=False)
@@ -424,24 +424,33 @@ def test_int8_from_an_onnx_of_trained_weights_below_720p_is_refused(label, golde
     trained = tmp_path / "trained.onnx"
     onnx.save(model, str(trained))
     out = tmp_path / "out" / "m.xml"
-    one_error(cli("ir", "--onnx", trained, "--precision", "INT8", "--output", out), "INT8 at 192x320 is refused")
+    one_error(
+        cli("ir", "--onnx", trained, "--precision", "INT8", "--output", out),
+        "INT8 of a 320x192 frame (61,440 pixels) is refused",
+    )
     assert not out.parent.exists()
 
 
 def test_seeds_of_another_use_are_refused_before_the_onnx_export(weights, tmp_path, monkeypatch):
-    """1,001 synthetic calibration frames would reach into the validation frames' seeds:
-    refused before minutes of export, as the memory and the size are."""
+    """1,001 synthetic calibration frames would reach into the validation frames' seeds, and a
+    folder may hold fewer frames than asked for: refused before minutes of export, as the
+    memory and the size are."""
     from exporter.export import openvino
 
     def never(*args, **kwargs):
         raise AssertionError("the ONNX export started")
 
     monkeypatch.setattr(openvino, "export_onnx", never)
+    folder = frames_folder(tmp_path / "two", 2)
+    with pytest.raises(InputError, match="has 2 frames; 4 calibration frames were asked for"):
+        openvino.export_ir_from_weights(
+            GOLDEN_CONFIG, weights, tmp_path / "m.xml", "INT8", int8=Int8Options(calibration=folder, frames=4)
+        )
     with pytest.raises(ConfigError, match="would reuse the validation frames' seeds"):
         openvino.export_ir_from_weights(
             GOLDEN_CONFIG, weights, tmp_path / "m.xml", "INT8", int8=Int8Options(frames=1001)
         )
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]
 
 
 @pytest.mark.slow

@@ -199,7 +199,7 @@ def test_a_name_too_long_is_one_error_before_any_work(length, tmp_path):
 def test_two_writers_of_one_pair_never_leave_one_file_of_each(tmp_path, monkeypatch):
     """The .xml and .bin of two runs could interleave (A's .bin, B's .bin, B's .xml, A's .xml):
     each pair's renames hold a lock on the folder. A slow file system is made by a pause
-    after A's .bin is renamed, where B's pair would otherwise land."""
+    after A's .bin is renamed, where B's pair lands unless the lock keeps it out."""
     import threading
     import time
 
@@ -207,21 +207,24 @@ def test_two_writers_of_one_pair_never_leave_one_file_of_each(tmp_path, monkeypa
 
     replace = os.replace
 
+    renamed = threading.Event()  # A's .bin is in place
+
     def slow_replace(source, target):
-        slow = Path(source).read_text() == "A"
+        first = Path(source).read_text() == "A"
         replace(source, target)
-        if slow and str(target).endswith(".bin"):  # B's whole pair lands meanwhile, unless locked out
+        if first and str(target).endswith(".bin"):  # B's whole pair lands meanwhile, unless locked out
+            renamed.set()
             time.sleep(0.1)
 
     monkeypatch.setattr(files.os, "replace", slow_replace)
     xml, binary = tmp_path / "m.xml", tmp_path / "m.bin"
-    start = threading.Barrier(2)
 
     def write(tag: str) -> None:
         with atomic_outputs(xml, binary) as (x, b):
             x.write_text(tag)
             b.write_text(tag)
-            start.wait()
+            if tag == "B":
+                assert renamed.wait(5)
 
     for _ in range(5):
         threads = [threading.Thread(target=write, args=(tag,)) for tag in "AB"]
@@ -230,3 +233,4 @@ def test_two_writers_of_one_pair_never_leave_one_file_of_each(tmp_path, monkeypa
         for thread in threads:
             thread.join()
         assert xml.read_text() == binary.read_text()
+        renamed.clear()

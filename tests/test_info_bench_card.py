@@ -316,3 +316,19 @@ def test_info_of_a_graph_whose_shapes_are_unknown_is_one_error_line(tmp_path, cl
     result = cli("info", path)
     one_error(result, "cannot count the FLOPs of Conv node")
     assert "c" * 101 not in result.stderr
+
+
+def test_bench_leaves_out_the_int8_row_where_int8_is_refused(weights):
+    """bench of a trained model at 360p exported ONNX, FP32 and FP16, then died on INT8's size
+    floor: the row is left out, with the reason, before any export."""
+    import dataclasses
+
+    from exporter.bench import ir_precisions
+    from exporter.settings import resolve_export
+
+    config, _ = resolve_export(preset="360p")
+    trained = dataclasses.replace(weights, synthetic=False, label="sha256:" + "0" * 64)
+    precisions, notes = ir_precisions(config, trained)
+    assert precisions == ["FP32", "FP16"] and len(notes) == 1 and "is refused: below 921,600 pixels" in notes[0]
+    assert ir_precisions(config, weights) == (["FP32", "FP16", "INT8"], [])  # synthetic: its own bars
+    assert ir_precisions(config.replace(height=720, width=1280, sample_pixels=80_000), trained)[1] == []

@@ -474,7 +474,6 @@ def test_cases_that_cannot_fit_in_memory_are_refused_before_one_is_made(golden_o
     """verify --cases 100000 (or --images with thousands of frames) grew until stopped."""
     from exporter import data, resources
 
-    available = resources.available_memory
     monkeypatch.setattr(resources, "available_memory", lambda: 1.5e8)
     with pytest.raises(ConfigError, match=r"20 verification frames at 192x320 need about 0\.2 GB"):
         verify([golden_onnx], weights, cases=20)
@@ -488,7 +487,6 @@ def test_cases_that_cannot_fit_in_memory_are_refused_before_one_is_made(golden_o
     monkeypatch.setattr(resources, "available_memory", lambda: 5e9)  # the frames fit, the export too
     monkeypatch.setattr(data, "read_image", lambda *a, **k: np.zeros((192, 320, 3), np.uint8))
     assert verify([golden_onnx], weights, images=tmp_path).case_names[:2] == ["000", "001"]
-    assert available() is None or available() > 0
 
 
 def test_an_arithmetic_asked_for_and_not_run_is_said(golden_irs, weights):
@@ -497,3 +495,16 @@ def test_an_arithmetic_asked_for_and_not_run_is_said(golden_irs, weights):
     (result,) = report.artifacts
     said = [w for w in report.warnings if "--inference-precision f16 was asked, but this CPU computes" in w]
     assert bool(said) == (result.arithmetic != "f16"), (result.arithmetic, report.warnings)
+
+
+def test_int8_is_judged_by_the_bars_of_the_frames_it_runs_on(tmp_path):
+    """The hard composites (verify's default) and a user's frames: INT8's bars for frames as
+    hard as real ones; the plain composites: the older, tighter ones."""
+    from exporter.verify.compare import HARD_FRAME_INT8_BARS
+    from exporter.verify.run import case_bars
+
+    assert case_bars(None, "hard")["INT8"] is HARD_FRAME_INT8_BARS
+    assert case_bars(tmp_path, "hard")["INT8"] is HARD_FRAME_INT8_BARS
+    assert case_bars(None, "plain")["INT8"] is BARS["INT8"]
+    assert HARD_FRAME_INT8_BARS.mean_abs == tol.INT8_HARD_MEAN_ATOL > BARS["INT8"].mean_abs == tol.INT8_MEAN_ATOL
+    assert all(case_bars(None, "hard")[p] is BARS[p] for p in ("FP32", "FP16"))

@@ -26,7 +26,7 @@ import numpy as np
 
 from exporter import tolerances as tol
 from exporter.config import ExportConfig
-from exporter.data import Case, image_cases, seeds_for, synthetic_cases
+from exporter.data import Case, image_cases, image_names, seeds_for, synthetic_cases
 from exporter.errors import ConfigError, InputError
 from exporter.isa import OVERFLOW_FIX_KEY
 from exporter.resources import require_frame_memory
@@ -45,6 +45,7 @@ __all__ = [
     "agreement_score",
     "calibration_frames",
     "check_frame_memory",
+    "below_int8_floor",
     "check_int8_request",
     "check_int8_size",
     "int8_options",
@@ -94,10 +95,6 @@ INT8_OVERFLOW_FIX = "enable"
 # 4 plain composites: calibrated on plain 6.31e-3 / 1.13e-3, on hard 3.90e-3 / 1.08e-3, on
 # 8 of each 4.60e-3 / 1.22e-3.
 INT8_SYNTHETIC_FAMILY = "hard"
-# Below INT8_MIN_PIXELS, the largest --max-drop accepted: the agreement score is 100 - alpha
-# MAD x1e3 against the FP32 model, so a drop of 5 is an alpha mean |d| of 5e-3, the bar on
-# hard frames; a larger drop would accept the plain INT8 the size floor refuses.
-MAX_DROP_BELOW_FLOOR = tol.INT8_HARD_MEAN_ATOL * 1e3
 # Ops NNCF must not move quantizers across (ignored, they stay in floating point).
 # - The plain graph's zero padding before the refiner's patch gather: otherwise NNCF places
 #   refiner.conv1's input quantizer above the padding, the CPU plugin dequantizes before
@@ -236,27 +233,35 @@ def check_frame_memory(config: ExportConfig, options: Int8Options) -> None:
     require_frame_memory(config, options.frames_needed, what)
 
 
+def below_int8_floor(config: ExportConfig) -> bool:
+    """Whether ``config``'s frames have fewer pixels than INT8 of a trained model needs."""
+    return config.height * config.width < tol.INT8_MIN_PIXELS
+
+
 def check_int8_size(config: ExportConfig, options: Int8Options, synthetic: bool) -> None:
     """``ConfigError`` for plain INT8 of a trained model below ``INT8_MIN_PIXELS``, where it
-    misses its bars on frames as hard as real ones. Synthetic weights are judged by their own
-    bars (tests and demonstrations at small sizes); accuracy control (``max_drop``) keeps in
-    floating point what the drop asks for, when it asks for no more than the bars allow."""
-    pixels = config.height * config.width
-    if pixels >= tol.INT8_MIN_PIXELS or synthetic:
+    misses its bars on frames as hard as real ones (calibrated on synthetic composites; frames
+    of a deployment were not measured, so they do not lift it). Synthetic weights are judged
+    by their own bars (tests and demonstrations at small sizes); accuracy control
+    (``max_drop``) keeps in floating point what the drop asks for, when it asks for no more
+    than the bars allow."""
+    if not below_int8_floor(config) or synthetic:
         return
-    size = f"INT8 at {config.height}x{config.width}"
+    frame = f"INT8 of a {config.width}x{config.height} frame ({config.height * config.width:,} pixels)"
+    floor = f"below {tol.INT8_MIN_PIXELS:,} pixels (1280x720)"
+    most = f"{tol.INT8_MAX_DROP_BELOW_FLOOR:g}"
     if options.max_drop is None:
         raise ConfigError(
-            f"{size} is refused: below 1280x720 pixels, 8-bit rounding misses INT8's bars on frames as hard as "
-            f"real ones (a trained model measured alpha mean |d| 7e-3 to 1e-2 against 5e-3, at 1280x720 3.9e-3). "
-            f"Use --precision FP16, a size of at least 1280x720 pixels, or --max-drop (at most "
-            f"{MAX_DROP_BELOW_FLOOR:g}: accuracy control keeps the layers it needs in floating point)"
+            f"{frame} is refused: {floor}, 8-bit rounding misses INT8's bars on frames as hard as real ones "
+            f"(a trained model measured alpha mean |d| 7e-3 to 1e-2 against {tol.INT8_HARD_MEAN_ATOL:g}; 3.9e-3 at "
+            f"1280x720). Use --precision FP16, at least {tol.INT8_MIN_PIXELS:,} pixels, or --max-drop {most} or "
+            f"less (accuracy control keeps the layers it needs in floating point)"
         )
-    if options.max_drop > MAX_DROP_BELOW_FLOOR:
+    if options.max_drop > tol.INT8_MAX_DROP_BELOW_FLOOR:
         raise ConfigError(
-            f"{size} with --max-drop {options.max_drop:g} is refused: below 1280x720 pixels that drop allows "
-            f"plain INT8, which misses INT8's bars there; at most {MAX_DROP_BELOW_FLOOR:g} (alpha mean |d| "
-            f"{tol.INT8_HARD_MEAN_ATOL:g} against the FP32 model, the bar on hard frames)"
+            f"{frame} with --max-drop {options.max_drop:g} is refused: {floor} that drop allows plain INT8, which "
+            f"misses INT8's bars there; at most {most} (alpha mean |d| {tol.INT8_HARD_MEAN_ATOL:g} against the "
+            f"FP32 model, the bar on hard frames)"
         )
 
 
@@ -269,6 +274,8 @@ def check_int8_request(config: ExportConfig, options: Int8Options, synthetic: bo
         seeds_for("calibration", options.frames)
         if options.max_drop is not None:
             seeds_for("validation", options.validation_frames)
+    elif len(image_names(options.calibration)) < options.frames_needed:
+        _too_few(options, len(image_names(options.calibration)))
 
 
 def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
@@ -291,15 +298,24 @@ def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
     wanted = options.frames_needed
     cases = image_cases(Path(options.calibration), config.height, config.width, same_aspect=True, limit=wanted)
     if len(cases) < wanted:
-        what = (
-            f"{options.frames} calibration + {options.validation_frames} validation frames"
-            if accuracy_control
-            else f"{options.frames} calibration frames"
-        )
-        raise InputError(f"calibration folder {options.calibration} has {len(cases)} frames; {what} were asked for")
+        _too_few(options, len(cases))
     # Validation frames follow the calibration frames: the two never share one.
     calibration, validation = cases[: options.frames], cases[options.frames :]
-    return Frames(calibration, validation, _folder_label(options.calibration), _target(options.calibration, validation))
+    target = _target(options.calibration, validation)
+    if target == TARGET_TRUTH and below_int8_floor(config):
+        # The drop's limit there (INT8_MAX_DROP_BELOW_FLOOR) bounds INT8's distance from the FP32
+        # model; against the truth, a drop is a difference of two errors and bounds nothing.
+        target = TARGET_FP32
+    return Frames(calibration, validation, _folder_label(options.calibration), target)
+
+
+def _too_few(options: Int8Options, found: int) -> None:
+    what = (
+        f"{options.frames} calibration + {options.validation_frames} validation frames"
+        if options.max_drop is not None
+        else f"{options.frames} calibration frames"
+    )
+    raise InputError(f"calibration folder {options.calibration} has {found} frames; {what} were asked for")
 
 
 def _target(folder: Path, validation: list[Case]) -> str | None:

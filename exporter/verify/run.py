@@ -48,6 +48,7 @@ __all__ = [
     "Reference",
     "VerifyReport",
     "default_artifacts",
+    "case_bars",
     "judged_precision",
     "verify",
 ]
@@ -202,6 +203,14 @@ def _reference(config: ExportConfig, weights: Weights, cases: list[Case]) -> Ref
     return Reference(config, cases, pha, fgr, ref[:, 0], _case_metrics(cases, pha, fgr), extra)
 
 
+def case_bars(images: Path | None, family: str) -> dict[str, Bars]:
+    """Each precision's bars on these cases: on frames as hard as real ones (the hard
+    composites, a user's own) INT8 meets its bars for them, on the plain composites the
+    older, tighter ones."""
+    hard_frames = images is not None or family != "plain"
+    return {**BARS, **({"INT8": HARD_FRAME_INT8_BARS} if hard_frames else {})}
+
+
 def _arithmetics(inference_precision: str | None) -> tuple[str, ...]:
     if inference_precision is None:
         return tuple(dict.fromkeys(("f32", default_inference_precision())))
@@ -281,9 +290,7 @@ def verify(
     if family not in FAMILIES:
         raise ConfigError(f"synthetic family {family!r} is not one of {', '.join(FAMILIES)}")
     overrides = dict(bars or {})
-    # Frames as hard as real ones (the hard composites, a user's own) get INT8's bars for them.
-    hard_frames = images is not None or family != "plain"
-    bars = {**BARS, **({"INT8": HARD_FRAME_INT8_BARS} if hard_frames else {}), **overrides}
+    bars = {**case_bars(images, family), **overrides}
     if not artifacts:
         raise ArtifactError("no artifacts to verify: give .onnx / .xml files, or run `make export` first")
     if cases < 1:
