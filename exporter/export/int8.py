@@ -278,9 +278,10 @@ def check_int8_request(config: ExportConfig, options: Int8Options, synthetic: bo
         _too_few(options, len(image_names(options.calibration)))
 
 
-def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
+def calibration_frames(config: ExportConfig, options: Int8Options, synthetic: bool = False) -> Frames:
     """Read (or make) the frames before any output is touched, so bad frames leave nothing;
-    first, that they fit in memory."""
+    first, that they fit in memory. ``synthetic``: the weights are the synthetic recipe's
+    (exempt from the size floor, ``check_int8_size``)."""
     accuracy_control = options.max_drop is not None
     check_frame_memory(config, options)
     if options.calibration is None:
@@ -302,7 +303,7 @@ def calibration_frames(config: ExportConfig, options: Int8Options) -> Frames:
     # Validation frames follow the calibration frames: the two never share one.
     calibration, validation = cases[: options.frames], cases[options.frames :]
     target = _target(options.calibration, validation)
-    if target == TARGET_TRUTH and below_int8_floor(config):
+    if target == TARGET_TRUTH and below_int8_floor(config) and not synthetic:
         # The drop's limit there (INT8_MAX_DROP_BELOW_FLOOR) bounds INT8's distance from the FP32
         # model; against the truth, a drop is a difference of two errors and bounds nothing.
         target = TARGET_FP32

@@ -101,8 +101,9 @@ def export_ir(
         )
     if config.dynamic and precision == "INT8":
         raise ConfigError("INT8 is made from a static export only: export without --dynamic to quantize")
+    synthetic = is_synthetic_label(metadata.get("checkpoint", ""))
     if precision == "INT8":
-        check_int8_request(config, int8 or Int8Options(), is_synthetic_label(metadata.get("checkpoint", "")))
+        check_int8_request(config, int8 or Int8Options(), synthetic)
     output = Path(output) if output is not None else default_artifact_path(config.model_name, precision)
     if output.suffix != ".xml":
         raise ConfigError(f"IR output {output} must end in .xml (the .bin is written beside it)")
@@ -118,7 +119,7 @@ def export_ir(
         if int8.calibration is None and on_warning is not None:  # said once nothing refuses the work
             on_warning(SYNTHETIC_CALIBRATION_WARNING)
         with stages("calibration data"):
-            frames = calibration_frames(config, int8)
+            frames = calibration_frames(config, int8, synthetic)
     metadata["precision"] = precision
     with stages("convert"):
         try:
