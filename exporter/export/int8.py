@@ -274,8 +274,8 @@ def check_int8_request(config: ExportConfig, options: Int8Options, synthetic: bo
         seeds_for("calibration", options.frames)
         if options.max_drop is not None:
             seeds_for("validation", options.validation_frames)
-    elif len(image_names(options.calibration)) < options.frames_needed:
-        _too_few(options, len(image_names(options.calibration)))
+    elif (found := len(image_names(options.calibration))) < options.frames_needed:
+        _too_few(options, found)
 
 
 def calibration_frames(config: ExportConfig, options: Int8Options, synthetic: bool = False) -> Frames:
