@@ -536,8 +536,9 @@ def ir(
     export: dict | None = None,
 ) -> None:
     """Convert to OpenVINO IR (.xml + .bin) in FP32, FP16 or INT8."""
+    from exporter.checked_ir import export_checked_ir
     from exporter.export.int8 import int8_options
-    from exporter.export.openvino import export_ir, export_ir_from_weights
+    from exporter.export.openvino import export_ir
 
     export = export or {}
     int8 = int8_options(precision, calibration, calibration_frames, max_drop)
@@ -547,7 +548,7 @@ def ir(
         result = export_ir(onnx, output, precision, int8=int8, on_stage=printer(quiet), on_warning=warn)
     else:
         config, weights = resolve_export(**export, on_warning=warn)
-        result = export_ir_from_weights(
+        result = export_checked_ir(
             config, weights, output, precision, int8=int8, on_stage=printer(quiet), on_warning=warn
         )
     for message in result.warnings:

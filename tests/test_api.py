@@ -198,11 +198,11 @@ def test_bench_refuses_options_of_another_mode(options, message):
 
 
 def test_an_int8_ir_says_what_verify_would_in_its_warnings(golden_config, weights, tmp_path, monkeypatch):
-    """``export_ir_from_weights`` verifies an INT8 IR it made and returns each missed bar as a
+    """``export_checked_ir`` verifies an INT8 IR it made and returns each missed bar as a
     warning; an FP16 IR is not verified (the export and conversion are stand-ins here: the real
     ones are tests/test_export_int8.py's)."""
+    from exporter import checked_ir
     from exporter.export import openvino
-    from exporter.verify import report
 
     def converted(onnx_path, output, precision, **kwargs):
         return openvino.IRExport(output, output.with_suffix(".bin"), precision, golden_config("mobilenetv2"),
@@ -213,16 +213,16 @@ def test_an_int8_ir_says_what_verify_would_in_its_warnings(golden_config, weight
     )
     monkeypatch.setattr(openvino, "export_ir", converted)
     verified: list[Path] = []
-    monkeypatch.setattr("exporter.verify.verify", lambda paths, weights: verified.extend(paths))
+    monkeypatch.setattr(checked_ir, "verify", lambda paths, weights: verified.extend(paths))
     missed: list[str] = []
-    monkeypatch.setattr(report, "missed_bars", lambda result: missed)
+    monkeypatch.setattr(checked_ir, "missed_bars", lambda result: missed)
     config = golden_config("mobilenetv2")
-    fp16 = openvino.export_ir_from_weights(config, weights, tmp_path / "FP16" / "m.xml", "FP16")
+    fp16 = checked_ir.export_checked_ir(config, weights, tmp_path / "FP16" / "m.xml", "FP16")
     assert (fp16.warnings, verified) == ([], [])
-    int8 = openvino.export_ir_from_weights(config, weights, tmp_path / "INT8" / "m.xml", "INT8")
+    int8 = checked_ir.export_checked_ir(config, weights, tmp_path / "INT8" / "m.xml", "INT8")
     assert int8.warnings == [] and verified == [tmp_path / "INT8" / "m.xml"]  # verified, every bar held
     missed.append("pha patches off by > 0.05 0.0303 > 0.02 (f32)")
-    int8 = openvino.export_ir_from_weights(config, weights, tmp_path / "INT8" / "m.xml", "INT8")
+    int8 = checked_ir.export_checked_ir(config, weights, tmp_path / "INT8" / "m.xml", "INT8")
     (warning,) = int8.warnings
     assert warning.startswith(f"{tmp_path / 'INT8' / 'm.xml'} misses verify's INT8 bars on 4 synthetic composites: ")
     assert "pha patches off by > 0.05 0.0303 > 0.02 (f32)." in warning

@@ -29,7 +29,7 @@ from exporter.files import atomic_outputs, check_not_input, check_writable, sha2
 from exporter.isa import isa_metadata
 from exporter.stages import Stages
 
-__all__ = ["IRExport", "export_ir", "export_ir_from_weights", "int8_shortfall"]
+__all__ = ["IRExport", "export_ir", "export_ir_from_weights"]
 
 # OpenVINO names the nodes it creates "<Type>_<n>" from a counter global to the process,
 # so the same conversion twice in one process would give different bytes.
@@ -169,8 +169,7 @@ def export_ir_from_weights(
     on_warning: Callable[[str], None] | None = None,
 ) -> IRExport:
     """Export the ONNX to a temporary folder first, then convert it; no ONNX is left behind.
-    An INT8 IR is then verified against ``weights`` as ``verify`` would, and each bar it
-    misses is said in ``warnings`` (the IR is kept: it may still be what the user wants)."""
+    ``exporter.checked_ir`` also verifies an INT8 IR made this way."""
     config = config.replace(precision=precision)  # a bad precision fails before the export
     if config.onnx_weights != "FP32":
         raise ConfigError(
@@ -192,24 +191,4 @@ def export_ir_from_weights(
             onnx_file.path, output, precision, int8=int8, on_stage=on_stage, progress=progress, on_warning=on_warning
         )
     result.durations = {**onnx_file.durations, **result.durations}
-    if precision == "INT8":
-        result.warnings.extend(filter(None, [int8_shortfall(result.xml, weights)]))
     return result
-
-
-def int8_shortfall(xml: Path, weights: Weights) -> str | None:
-    """What ``verify`` would say of a new INT8 IR, said when it is made: post-training
-    quantization can miss the INT8 bars (calibrated on frames unlike the cases, say), and a
-    user should not learn that from a later command."""
-    from exporter.verify import verify
-    from exporter.verify.report import missed_bars
-    from exporter.verify.run import DEFAULT_CASES
-
-    missed = missed_bars(verify([xml], weights))
-    if not missed:
-        return None
-    return (
-        f"{xml} misses verify's INT8 bars on {DEFAULT_CASES} synthetic composites: {'; '.join(missed)}. "
-        "Calibrating on frames of the deployment (--calibration DIR) or --max-drop may close the gap, "
-        "or use the FP16 IR; `bgm-export verify` gives the whole report"
-    )
